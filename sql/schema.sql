@@ -1,0 +1,114 @@
+-- recfusion warehouse schema. Idempotent: applied at the start of every run.
+CREATE SCHEMA IF NOT EXISTS raw;
+
+-- Events: one row per distinct event; event_key = event_id when given, else a hash of the row.
+CREATE TABLE IF NOT EXISTS raw.events (
+    event_key      VARCHAR NOT NULL,
+    user_id        VARCHAR NOT NULL,
+    item_id        VARCHAR NOT NULL,
+    event_type     VARCHAR NOT NULL,
+    value          DOUBLE  NOT NULL,
+    ts             TIMESTAMPTZ NOT NULL,
+    source_file    VARCHAR,
+    ingest_run_id  VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS raw.items (
+    item_id        VARCHAR NOT NULL,
+    title          VARCHAR,
+    text           VARCHAR,
+    tags           VARCHAR[],
+    category       VARCHAR,
+    embedding      FLOAT[],
+    source_file    VARCHAR,
+    ingest_run_id  VARCHAR
+);
+
+-- User attributes vary by source, so they are kept as one JSON object per user.
+CREATE TABLE IF NOT EXISTS raw.users (
+    user_id        VARCHAR NOT NULL,
+    attributes     JSON,
+    source_file    VARCHAR,
+    ingest_run_id  VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS raw.social (
+    user_id        VARCHAR NOT NULL,
+    friend_id      VARCHAR NOT NULL,
+    weight         DOUBLE  NOT NULL,
+    ts             TIMESTAMPTZ,
+    source_file    VARCHAR,
+    ingest_run_id  VARCHAR
+);
+
+-- Rows that broke the data contract, kept whole (as JSON) with the reason.
+CREATE TABLE IF NOT EXISTS raw.quarantine (
+    run_id         VARCHAR NOT NULL,
+    table_name     VARCHAR NOT NULL,
+    source_file    VARCHAR NOT NULL,
+    row_number     BIGINT,
+    reason         VARCHAR NOT NULL,
+    row_data       JSON,
+    quarantined_at TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS runs (
+    run_id             VARCHAR PRIMARY KEY,
+    flow_name          VARCHAR,
+    flow_run_id        VARCHAR,
+    triggered_by       VARCHAR,
+    status             VARCHAR NOT NULL,  -- running | failed | rejected | published
+    parameters         JSON,
+    source             VARCHAR,
+    as_of              TIMESTAMPTZ,
+    data_start         TIMESTAMPTZ,
+    data_end           TIMESTAMPTZ,
+    n_users            BIGINT,
+    n_items            BIGINT,
+    n_events           BIGINT,
+    n_recommendations  BIGINT,
+    fusion_strategy    VARCHAR,
+    timings            JSON,
+    message            VARCHAR,
+    started_at         TIMESTAMPTZ NOT NULL,
+    finished_at        TIMESTAMPTZ
+);
+
+CREATE TABLE IF NOT EXISTS candidates (
+    run_id    VARCHAR NOT NULL,
+    modality  VARCHAR NOT NULL,
+    user_id   VARCHAR NOT NULL,
+    item_id   VARCHAR NOT NULL,
+    score     FLOAT   NOT NULL,
+    rank      INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS recommendations (
+    run_id         VARCHAR NOT NULL,
+    user_id        VARCHAR NOT NULL,
+    rank           INTEGER NOT NULL,
+    item_id        VARCHAR NOT NULL,
+    score          DOUBLE  NOT NULL,
+    contributions  JSON,     -- modality -> share of the fused score
+    reason         VARCHAR,
+    segment        VARCHAR   -- cold | warm: which blend served the user
+);
+
+CREATE TABLE IF NOT EXISTS run_metrics (
+    run_id   VARCHAR NOT NULL,
+    model    VARCHAR NOT NULL,   -- a modality name, a fusion strategy, or 'fused'
+    metric   VARCHAR NOT NULL,
+    k        INTEGER NOT NULL,
+    segment  VARCHAR NOT NULL,   -- all | cold | with_friends | …
+    value    DOUBLE
+);
+
+CREATE TABLE IF NOT EXISTS check_results (
+    run_id          VARCHAR NOT NULL,
+    suite           VARCHAR NOT NULL,
+    expectation     VARCHAR NOT NULL,
+    column_name     VARCHAR,
+    success         BOOLEAN NOT NULL,
+    observed_value  VARCHAR,
+    checked_at      TIMESTAMPTZ NOT NULL
+);

@@ -1,0 +1,427 @@
+"""Content modality: recommend items whose attributes resemble what the user already consumed.
+
+Item features are built once per fit from whatever `Dataset.items` carries — TF-IDF over
+`title`/`text`/`tags`, a one-hot `category` and dense `embedding` vectors. Each block is
+L2-normalised and scaled by sqrt(weight) before concatenation, so the cosine of two items is the
+weighted mean of the per-block cosines. Because scores come from attributes, not from other users,
+this modality reaches *cold* items (nobody interacted with them yet) and users with one interaction.
+
+Two scorers share the features:
+- ``profile``: a user's profile is the (confidence × recency)-weighted mean of their items' vectors;
+  score = similarity(profile, item).
+- ``item_knn``: each history item votes for its top-k content neighbours with their similarity;
+  a user's score is the weighted sum of those votes. It keeps several tastes apart instead of
+  averaging them into one centroid, which measures better on multi-genre listeners.
+
+The module also holds small helpers shared by the other side-data modalities (`social`,
+`popularity`): the `MissingModalityInput` exception and the recency-weighted history matrix.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.preprocessing import normalize
+
+from tasks.dataset import Dataset
+from tasks.modalities.base import Modality
+
+
+class MissingModalityInput(Exception):
+    """The snapshot lacks the side data a modality needs; the flow skips it with a log line."""
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _epoch_seconds(when: datetime) -> float:
+    """Seconds since epoch, reading a naive datetime as UTC (as the warehouse stores it)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def recency_decay(data: Dataset, half_life_days: float | None) -> sp.csr_matrix:
+    """users × items factor 0.5 ** (age / half-life) of each pair's latest event, else all ones.
+
+    Age is measured from `Dataset.as_of` (or the newest event), so a snapshot whose timestamps are
+    all equal (e.g. Last.fm) gets factor 1 everywhere: recency is then a no-op, as it should be.
+    The sparsity pattern equals `data.interactions`.
+    """
+    ones = data.interactions.copy()
+    ones.data = np.ones_like(ones.data)
+    if not half_life_days or data.events.height == 0:
+        return ones
+    latest = (
+        data.events.select(
+            "user_idx", "item_idx", pl.col("ts").cast(pl.Datetime("us")).dt.epoch("s").alias("t")
+        )
+        .group_by("user_idx", "item_idx")
+        .agg(pl.col("t").max())
+    )
+    t = latest["t"].to_numpy().astype(np.float64)
+    if np.isnan(t).all():
+        return ones
+    t = np.where(np.isnan(t), np.nanmax(t), t)
+    ref = _epoch_seconds(data.as_of) if data.as_of is not None else float(t.max())
+    age_days = np.clip(ref - t, 0.0, None) / 86400.0
+    decay = np.maximum(0.5 ** (age_days / half_life_days), 1e-12).astype(np.float32)
+    out = sp.csr_matrix(
+        (decay, (latest["user_idx"].to_numpy(), latest["item_idx"].to_numpy())),
+        shape=data.interactions.shape,
+        dtype=np.float32,
+    )
+    # Keep exactly the interaction pattern (events dropped from the matrix get no weight).
+    return out.multiply(ones).tocsr()
+
+
+def history_weights(
+    data: Dataset,
+    half_life_days: float | None,
+    weighting: Literal["confidence", "binary"] = "confidence",
+) -> sp.csr_matrix:
+    """users × items weight of each past interaction: confidence (or 1) × recency decay."""
+    base = data.interactions.copy().astype(np.float32)
+    if weighting == "binary":
+        base.data = np.ones_like(base.data)
+    out = base.multiply(recency_decay(data, half_life_days)).tocsr()
+    out.eliminate_zeros()
+    return out.astype(np.float32)
+
+
+def sparse_to_scores(block: sp.spmatrix) -> np.ndarray:
+    """Dense float32 scores from a sparse block; structural zeros become -inf (no evidence)."""
+    csr = sp.csr_matrix(block)
+    csr.eliminate_zeros()
+    out = np.full(csr.shape, -np.inf, dtype=np.float32)
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    out[rows, csr.indices] = csr.data
+    return out
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class ContentParams(BaseModel):
+    """Knobs of the content modality; defaults were tuned on an inner split of Last.fm train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: Literal["profile", "item_knn"] = Field(
+        "item_knn",
+        description="'profile': similarity to the user's weighted mean item vector; 'item_knn': "
+        "sum of content similarity to each history item over its top-k neighbours.",
+    )
+    neighbours: int = Field(
+        200, ge=1, description="item_knn: content neighbours kept per history item."
+    )
+    metric: Literal["cosine", "euclidean"] = Field(
+        "cosine",
+        description="Similarity: cosine, or 1 / (1 + Euclidean distance) between unit vectors "
+        "(same order per item pair, flatter weights). Manhattan is not offered: it needs a "
+        "pairwise pass over all features instead of one sparse product.",
+    )
+    similarity_power: float = Field(
+        1.0, gt=0.0, description="item_knn: sharpen (>1) or flatten (<1) neighbour similarities."
+    )
+    title_weight: float = Field(0.1, ge=0.0, description="Weight of the title TF-IDF block.")
+    text_weight: float = Field(1.0, ge=0.0, description="Weight of the free-text TF-IDF block.")
+    tags_weight: float = Field(1.0, ge=0.0, description="Weight of the tags TF-IDF block.")
+    category_weight: float = Field(0.5, ge=0.0, description="Weight of the category one-hot.")
+    embedding_weight: float = Field(1.0, ge=0.0, description="Weight of the dense embedding.")
+    tag_words: bool = Field(
+        False,
+        description="Also split multi-word tags into words ('black metal' -> 'black', 'metal') "
+        "so related tags overlap.",
+    )
+    tag_position_decay: float = Field(
+        0.5,
+        ge=0.0,
+        description="Tags are listed most-frequent first; the tag at position p gets "
+        "1 / (1 + p) ** decay (0 = all tags equal).",
+    )
+    max_tags: int | None = Field(
+        None, ge=1, description="Keep only the first max_tags tags of each item (None = all)."
+    )
+    min_df: int = Field(
+        1, ge=1, description="Drop terms/tags seen on fewer items (1 keeps rare cold-item tags)."
+    )
+    sublinear_tf: bool = Field(True, description="TF-IDF uses 1 + log(tf) for text terms.")
+    history_weighting: Literal["confidence", "binary"] = Field(
+        "confidence",
+        description="Weight history items by interaction confidence, or count each once.",
+    )
+    half_life_days: float | None = Field(
+        30.0,
+        gt=0.0,
+        description="Recency: an interaction's weight halves every half_life_days before "
+        "Dataset.as_of (None = no decay; constant timestamps make it a no-op).",
+    )
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _text_column(items: pl.DataFrame, name: str) -> list[str] | None:
+    if name not in items.columns:
+        return None
+    values = items[name].cast(pl.String).fill_null("")
+    return None if (values.str.len_chars() == 0).all() else values.to_list()
+
+
+def _tfidf(docs: list[str], params: ContentParams) -> sp.csr_matrix | None:
+    vec = TfidfVectorizer(
+        min_df=params.min_df, sublinear_tf=params.sublinear_tf, stop_words="english",
+        dtype=np.float32,
+    )
+    try:
+        return sp.csr_matrix(vec.fit_transform(docs))
+    except ValueError:  # empty vocabulary: nothing informative in this column
+        return None
+
+
+def _tag_lists(items: pl.DataFrame) -> pl.Series | None:
+    """Tags as list[str] whether stored as a list or a '|'-separated string."""
+    if "tags" not in items.columns:
+        return None
+    tags = items["tags"]
+    if tags.dtype == pl.String:
+        tags = tags.str.split("|")
+    elif not isinstance(tags.dtype, pl.List):
+        return None
+    tags = tags.cast(pl.List(pl.String)).list.eval(
+        pl.element().str.strip_chars().str.to_lowercase().filter(pl.element().str.len_chars() > 0)
+    ).fill_null([])
+    return None if tags.list.len().sum() == 0 else tags
+
+
+def _tags_block(items: pl.DataFrame, params: ContentParams) -> sp.csr_matrix | None:
+    """TF-IDF over whole tags (each tag one token), damped by the tag's position in the list."""
+    tags = _tag_lists(items)
+    if tags is None:
+        return None
+    if params.max_tags is not None:
+        tags = tags.list.head(params.max_tags)
+    lists: list[list[str]] = tags.to_list()
+
+    def analyzer(doc: list[str]) -> list[str]:
+        if not params.tag_words:
+            return doc
+        return doc + [w for t in doc if " " in t for w in t.split()]
+
+    vec = TfidfVectorizer(analyzer=analyzer, min_df=params.min_df, norm=None, dtype=np.float32)
+    try:
+        mat = sp.csr_matrix(vec.fit_transform(lists))
+    except ValueError:
+        return None
+    if params.tag_position_decay > 0:
+        # Same pattern as `mat`: each (item, tag) gets its best (earliest) position's damping.
+        vocab = vec.vocabulary_
+        flat = (
+            pl.DataFrame({"item": np.arange(len(lists)), "tag": tags})
+            .explode("tag")
+            .drop_nulls("tag")
+            .with_columns(pos=pl.int_range(pl.len()).over("item"))
+            .with_columns(col=pl.col("tag").replace_strict(vocab, default=-1, return_dtype=pl.Int64))
+            .filter(pl.col("col") >= 0)
+            .group_by("item", "col")
+            .agg(pl.col("pos").min())
+        )
+        damp = (1.0 + flat["pos"].to_numpy()) ** -params.tag_position_decay
+        pos_mat = sp.csr_matrix(
+            (damp.astype(np.float32), (flat["item"].to_numpy(), flat["col"].to_numpy())),
+            shape=mat.shape,
+        )
+        # Word tokens split from tags keep weight 1 (only whole tags have a list position).
+        pattern = mat.copy()
+        pattern.data = np.ones_like(pattern.data)
+        factor = pattern - pattern.multiply(pos_mat > 0) + pos_mat.multiply(pattern)
+        mat = sp.csr_matrix(mat.multiply(factor))
+    return mat
+
+
+def _category_block(items: pl.DataFrame) -> sp.csr_matrix | None:
+    if "category" not in items.columns:
+        return None
+    cats = items["category"].cast(pl.String)
+    if cats.null_count() == len(cats):
+        return None
+    codes = cats.fill_null("").to_frame("c").with_columns(
+        code=pl.col("c").rank("dense").cast(pl.Int64) - 1
+    )
+    present = (codes["c"] != "").to_numpy()
+    rows = np.flatnonzero(present)
+    cols = codes["code"].to_numpy()[present]
+    return sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)),
+        shape=(len(cats), int(cols.max()) + 1 if len(cols) else 0),
+    )
+
+
+def _embedding_block(items: pl.DataFrame) -> np.ndarray | None:
+    """Dense item vectors; items without one (or of the wrong length) get a zero row."""
+    if "embedding" not in items.columns:
+        return None
+    emb = items["embedding"]
+    if not isinstance(emb.dtype, pl.List | pl.Array):
+        return None
+    lengths = emb.cast(pl.List(pl.Float64)).list.len().fill_null(0).to_numpy()
+    if lengths.max(initial=0) == 0:
+        return None
+    dim = int(np.bincount(lengths[lengths > 0]).argmax())
+    out = np.zeros((len(emb), dim), dtype=np.float32)
+    ok = lengths == dim
+    if ok.any():
+        out[ok] = np.asarray(
+            emb.cast(pl.List(pl.Float64)).filter(pl.Series(ok)).to_list(), dtype=np.float32
+        )
+    return np.nan_to_num(out)
+
+
+def item_features(items: pl.DataFrame, params: ContentParams) -> tuple[sp.csr_matrix, np.ndarray]:
+    """(sparse features, dense embedding) aligned to item_idx, jointly unit-norm per item.
+
+    The sparse part holds the TF-IDF and one-hot blocks; the dense part (possibly 0 columns) the
+    embedding block. Kept apart so scoring stays sparse unless embeddings exist.
+    """
+    n = items.height
+    sparse_parts: list[sp.csr_matrix] = []
+    weighted: list[tuple[sp.csr_matrix | None, float]] = []
+    for col, w in (("title", params.title_weight), ("text", params.text_weight)):
+        docs = _text_column(items, col)
+        weighted.append((_tfidf(docs, params) if docs and w > 0 else None, w))
+    weighted.append((_tags_block(items, params) if params.tags_weight > 0 else None,
+                     params.tags_weight))
+    weighted.append((_category_block(items) if params.category_weight > 0 else None,
+                     params.category_weight))
+    for mat, w in weighted:
+        if mat is not None and mat.nnz:
+            sparse_parts.append(sp.csr_matrix(normalize(mat) * np.float32(np.sqrt(w))))
+    sparse_x = (
+        sp.hstack(sparse_parts, format="csr", dtype=np.float32)
+        if sparse_parts else sp.csr_matrix((n, 0), dtype=np.float32)
+    )
+    emb = _embedding_block(items) if params.embedding_weight > 0 else None
+    dense_x = (
+        normalize(emb) * np.float32(np.sqrt(params.embedding_weight))
+        if emb is not None else np.zeros((n, 0), dtype=np.float32)
+    ).astype(np.float32)
+    # Joint unit norm: items missing a block are compared on the blocks they have.
+    norms = np.sqrt(
+        np.asarray(sparse_x.multiply(sparse_x).sum(axis=1)).ravel() + (dense_x**2).sum(axis=1)
+    )
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
+    return sp.csr_matrix(sp.diags(inv) @ sparse_x, dtype=np.float32), dense_x * inv[:, None]
+
+
+# --------------------------------------------------------------------------- modality
+
+
+def _to_similarity(cos: np.ndarray, metric: str) -> np.ndarray:
+    """Cosine between unit vectors → chosen similarity (Euclidean: 1 / (1 + ||a - b||))."""
+    if metric == "euclidean":
+        return (1.0 / (1.0 + np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, None)))).astype(np.float32)
+    return cos
+
+
+class ContentModality:
+    """Attribute-similarity scorer; see the module docstring for the two variants."""
+
+    name = "content"
+
+    def __init__(self, params: ContentParams) -> None:
+        self.params = params
+        self._x: sp.csr_matrix | None = None
+        self._dense: np.ndarray | None = None
+        self._history: sp.csr_matrix | None = None
+        self._neighbours: sp.csr_matrix | None = None
+        self._has_feature: np.ndarray | None = None
+
+    def fit(self, data: Dataset) -> ContentModality:
+        """Build item features (and, for item_knn, the top-k neighbour graph of history items)."""
+        if data.items is None or data.items.height == 0:
+            raise MissingModalityInput("content needs Dataset.items (item attributes)")
+        x, dense = item_features(data.items, self.params)
+        self._has_feature = (np.diff(x.indptr) > 0) | (np.abs(dense).sum(axis=1) > 0)
+        if not self._has_feature.any():
+            raise MissingModalityInput("items carry no title/text/tags/category/embedding")
+        self._x, self._dense = x, dense
+        history = history_weights(data, self.params.half_life_days, self.params.history_weighting)
+        # L1 per user: profile = weighted mean; knn votes = weighted share of the history.
+        self._history = sp.csr_matrix(normalize(history, norm="l1"), dtype=np.float32)
+        if self.params.variant == "item_knn":
+            self._neighbours = self._neighbour_graph(np.unique(history.indices))
+        return self
+
+    def _item_cosine(self, rows: np.ndarray) -> np.ndarray:
+        assert self._x is not None and self._dense is not None
+        cos = (self._x[rows] @ self._x.T).toarray()
+        if self._dense.shape[1]:
+            cos += self._dense[rows] @ self._dense.T
+        return cos.astype(np.float32)
+
+    def _neighbour_graph(self, rows: np.ndarray, block: int = 1024) -> sp.csr_matrix:
+        """items × items: for each history item, its top-k most similar other items."""
+        assert self._has_feature is not None
+        n = len(self._has_feature)
+        k = min(self.params.neighbours, n - 1)
+        parts_r, parts_c, parts_v = [], [], []
+        for start in range(0, len(rows), block):
+            r = rows[start : start + block]
+            cos = self._item_cosine(r)
+            cos[np.arange(len(r)), r] = -np.inf  # an item is not its own neighbour
+            cos[:, ~self._has_feature] = -np.inf
+            if k <= 0:
+                continue
+            top = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+            vals = np.take_along_axis(cos, top, axis=1)
+            keep = np.isfinite(vals) & (vals > 0)
+            sim = _to_similarity(vals[keep], self.params.metric) ** self.params.similarity_power
+            parts_r.append(np.repeat(r, k).reshape(len(r), k)[keep])
+            parts_c.append(top[keep])
+            parts_v.append(sim.astype(np.float32))
+        if not parts_r:
+            return sp.csr_matrix((n, n), dtype=np.float32)
+        return sp.csr_matrix(
+            (np.concatenate(parts_v), (np.concatenate(parts_r), np.concatenate(parts_c))),
+            shape=(n, n), dtype=np.float32,
+        )
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        """Scores for a block of users; users without history and featureless items get -inf."""
+        assert self._x is not None and self._dense is not None and self._history is not None
+        assert self._has_feature is not None
+        users = np.asarray(users, dtype=np.int64)
+        hist = self._history[users]
+        if self.params.variant == "item_knn":
+            assert self._neighbours is not None
+            return sparse_to_scores(hist @ self._neighbours)
+        profile = hist @ self._x
+        dense_profile = hist @ self._dense
+        norms = np.sqrt(
+            np.asarray(profile.multiply(profile).sum(axis=1)).ravel()
+            + (dense_profile**2).sum(axis=1)
+        )
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
+        if not self._dense.shape[1]:
+            # Sparse only: structural zeros are "no shared attribute" and become -inf.
+            cos = sparse_to_scores(sp.diags(inv) @ profile @ self._x.T)
+            finite = np.isfinite(cos)
+            cos[finite] = _to_similarity(cos[finite], self.params.metric)
+            return cos
+        cos = ((profile @ self._x.T).toarray() + dense_profile @ self._dense.T) * inv[:, None]
+        cos = _to_similarity(cos.astype(np.float32), self.params.metric)
+        cos[:, ~self._has_feature] = -np.inf
+        cos[norms == 0] = -np.inf
+        return cos.astype(np.float32)
+
+
+def make_content(params: ContentParams | None = None) -> Modality:
+    """Factory used by the flow: an unfitted content modality."""
+    return ContentModality(params or ContentParams())

@@ -1,0 +1,136 @@
+"""Popularity modality: what many people engaged with lately, optionally within the user's genres.
+
+It is the fallback that serves *every* user, including ones with no history and no friends, so it
+never needs side data: item popularity is the number of distinct users per item, each counted with
+a recency decay (half-life relative to `Dataset.as_of`, else the newest event). When items carry a
+`category`, the score blends in popularity inside the categories the user prefers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.preprocessing import normalize
+
+from tasks.dataset import Dataset
+from tasks.modalities.base import Modality
+from tasks.modalities.content import history_weights
+
+
+class PopularityParams(BaseModel):
+    """Knobs of the popularity modality; defaults tuned on an inner split of Last.fm train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    half_life_days: float | None = Field(
+        14.0,
+        gt=0.0,
+        description="A user's vote for an item halves every half_life_days before as_of, so "
+        "trends beat evergreens (None = plain distinct-user counts).",
+    )
+    category_blend: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Share of the score from popularity within the user's preferred categories "
+        "(0 = global popularity only). Used only when items have a category.",
+    )
+    category_from_first_tag: bool = Field(
+        False,
+        description="Without a category column, use each item's first (most frequent) tag as "
+        "its category.",
+    )
+
+
+def _item_categories(data: Dataset, params: PopularityParams) -> np.ndarray | None:
+    """Category code per item_idx (-1 = none), or None when items carry no category."""
+    items = data.items
+    if items is None:
+        return None
+    if "category" in items.columns:
+        cats = items["category"].cast(pl.String)
+    elif params.category_from_first_tag and "tags" in items.columns:
+        tags = items["tags"]
+        if tags.dtype == pl.String:
+            tags = tags.str.split("|")
+        if not isinstance(tags.dtype, pl.List):
+            return None
+        cats = tags.list.first().cast(pl.String).str.strip_chars().str.to_lowercase()
+    else:
+        return None
+    if cats.null_count() == len(cats):
+        return None
+    codes = cats.to_frame("c").with_columns(code=pl.col("c").rank("dense").cast(pl.Int64) - 1)
+    return codes["code"].fill_null(-1).to_numpy()
+
+
+class PopularityModality:
+    """Decayed distinct-user popularity, blended with per-category popularity for the user."""
+
+    name = "popularity"
+
+    def __init__(self, params: PopularityParams) -> None:
+        self.params = params
+        self._global: np.ndarray | None = None
+        self._within: np.ndarray | None = None
+        self._cats: np.ndarray | None = None
+        self._prefs: sp.csr_matrix | None = None
+        self._default_pref: np.ndarray | None = None
+
+    def fit(self, data: Dataset) -> PopularityModality:
+        """Count decayed distinct users per item and, with categories, each user's genre shares."""
+        votes = history_weights(data, self.params.half_life_days, "binary")
+        pop = np.asarray(votes.sum(axis=0)).ravel().astype(np.float64)
+        top = pop.max(initial=0.0)
+        self._global = (pop / top if top > 0 else pop).astype(np.float32)
+        self._cats = None
+        cats = _item_categories(data, self.params) if self.params.category_blend > 0 else None
+        if cats is None or not (cats >= 0).any() or top == 0:
+            return self
+        n_cats = int(cats.max()) + 1
+        has = cats >= 0
+        onehot = sp.csr_matrix(
+            (np.ones(int(has.sum()), dtype=np.float32), (np.flatnonzero(has), cats[has])),
+            shape=(data.n_items, n_cats),
+        )
+        # Normalise within the category so a niche genre's top item scores like a global hit.
+        cat_max = np.zeros(n_cats)
+        np.maximum.at(cat_max, cats[has], pop[has])
+        within = np.zeros_like(pop)
+        within[has] = np.divide(pop[has], cat_max[cats[has]], out=np.zeros(int(has.sum())),
+                                where=cat_max[cats[has]] > 0)
+        weights = history_weights(data, self.params.half_life_days, "confidence")
+        self._prefs = sp.csr_matrix(normalize(weights @ onehot, norm="l1"), dtype=np.float32)
+        share = np.asarray(onehot.T @ pop).ravel()
+        # Users with no history get the catalogue's overall genre mix.
+        self._default_pref = (share / share.sum()).astype(np.float32)
+        self._within, self._cats = within.astype(np.float32), cats
+        return self
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        """Same global ranking for everyone, tilted towards each user's categories; 0 → -inf."""
+        assert self._global is not None
+        users = np.asarray(users, dtype=np.int64)
+        base = np.broadcast_to(self._global, (len(users), len(self._global)))
+        if self._cats is None:
+            scores = base.copy()
+        else:
+            assert self._prefs is not None and self._within is not None
+            assert self._default_pref is not None
+            pref = self._prefs[users].toarray()
+            empty = pref.sum(axis=1) == 0
+            pref[empty] = self._default_pref
+            # Column n_cats is an all-zero "no category" slot for items with code -1.
+            pref = np.hstack([pref, np.zeros((len(users), 1), dtype=np.float32)])
+            blend = np.float32(self.params.category_blend)
+            scores = (1 - blend) * base + blend * pref[:, self._cats] * self._within
+        scores = scores.astype(np.float32)
+        scores[scores <= 0] = -np.inf
+        return scores
+
+
+def make_popularity(params: PopularityParams | None = None) -> Modality:
+    """Factory used by the flow: an unfitted popularity modality."""
+    return PopularityModality(params or PopularityParams())
