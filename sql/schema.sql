@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS runs (
     n_events           BIGINT,
     n_recommendations  BIGINT,
     fusion_strategy    VARCHAR,
+    data_fingerprint   VARCHAR,  -- same data => same fingerprint (for the regression gate)
     timings            JSON,
     message            VARCHAR,
     started_at         TIMESTAMPTZ NOT NULL,

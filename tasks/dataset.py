@@ -67,6 +67,21 @@ class Dataset:
     def history_lengths(self) -> np.ndarray:
         return np.diff(self.interactions.indptr)
 
+    def with_ids(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Replace user_idx/item_idx columns by the warehouse's string ids (order preserved)."""
+        out = frame
+        if "user_idx" in frame.columns:
+            out = out.with_columns(
+                pl.Series("user_id", self.user_ids.astype(str))
+                .gather(out["user_idx"].cast(pl.Int64)).alias("user_idx")
+            ).rename({"user_idx": "user_id"})
+        if "item_idx" in frame.columns:
+            out = out.with_columns(
+                pl.Series("item_id", self.item_ids.astype(str))
+                .gather(out["item_idx"].cast(pl.Int64)).alias("item_idx")
+            ).rename({"item_idx": "item_id"})
+        return out
+
     def user_index(self, user_ids: pl.Series | list[str]) -> np.ndarray:
         """Indexes for ids, -1 for ids this snapshot does not know."""
         lookup = pl.DataFrame({"user_id": self.user_ids, "idx": np.arange(self.n_users)})

@@ -1,0 +1,143 @@
+"""The `recfusion` command line: run, ingest, demo-data, evaluate, query, backfill, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+# A cold Prefect home needs time to migrate its SQLite database on first start.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+DEFAULT_DB = "recfusion.duckdb"
+
+
+def _params(args: argparse.Namespace) -> Any:
+    from tasks.parameters import RunParameters
+
+    overrides: dict[str, Any] = {"db": args.db, "triggered_by": "cli"}
+    if getattr(args, "source", None):
+        overrides["source"] = str(Path(args.source).resolve())
+    if getattr(args, "top_k", None):
+        overrides["top_k"] = args.top_k
+    if getattr(args, "as_of", None):
+        overrides["as_of"] = datetime.fromisoformat(args.as_of)
+    if getattr(args, "strategy", None):
+        overrides["fusion"] = {"strategy": args.strategy}
+    if getattr(args, "no_evaluate", False):
+        overrides["evaluate"] = False
+    if getattr(args, "allow_regression", False):
+        overrides["allow_regression"] = True
+    if getattr(args, "lock_timeout", None) is not None:
+        overrides["lock_timeout_seconds"] = args.lock_timeout
+    if getattr(args, "params", None):
+        overrides.update(json.loads(Path(args.params).read_text()))
+    return RunParameters(**overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.nightly import RunSummary, nightly
+
+    params = _params(args)
+    state = nightly(params=params, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, RunSummary):
+        print(f"recfusion: run failed: {state.message or summary}", file=sys.stderr)
+        return 1
+    if summary.status == "published":
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.metrics.items()
+                            if k in ("ndcg", "recall", "precision"))
+        print(f"published run {summary.run_id}: {summary.n_recommendations} recommendations "
+              f"(fusion {summary.fusion_strategy}{'; ' + metrics if metrics else ''}) -> {params.db}")
+        return 0
+    print(f"recfusion: run {summary.run_id} {summary.status}: {summary.message}", file=sys.stderr)
+    return 1
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tasks.ingest import load_source, read_source
+    from tasks.runs import new_run_id
+    from tasks.source_files import SourceError
+    from tasks.warehouse import apply_schema, connect, run_lock
+
+    run_id = new_run_id()
+    try:
+        validated = read_source(Path(args.source))
+        with run_lock(args.db), connect(args.db) as con:
+            apply_schema(con)
+            report = load_source(con, validated, run_id)
+    except SourceError as exc:
+        print(f"recfusion: ingest failed: {exc}", file=sys.stderr)
+        return 1
+    for table in report.read:
+        print(f"{table}: read {report.read[table]}, added {report.added[table]}, "
+              f"quarantined {report.quarantined[table]}")
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from tasks.demo_data import generate_demo_source
+
+    counts = generate_demo_source(Path(args.out), users=args.users, items=args.items,
+                                  events=args.events, seed=args.seed)
+    print(", ".join(f"{table}: {n}" for table, n in counts.items()) + f" -> {args.out}")
+    return 0
+
+
+def cmd_lastfm(args: argparse.Namespace) -> int:
+    from tasks.lastfm_adapter import convert_hetrec_lastfm
+
+    counts = convert_hetrec_lastfm(Path(args.src), Path(args.out))
+    print(", ".join(f"{table}: {n}" for table, n in counts.items()) + f" -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recfusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the nightly flow once (ingest → … → publish)")
+    run.add_argument("--source", help="source folder in the data contract (default: demo data)")
+    run.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default: {DEFAULT_DB})")
+    run.add_argument("--top-k", type=int, help="list length K (default 10)")
+    run.add_argument("--as-of", help="build the data as of this ISO timestamp")
+    run.add_argument("--strategy", help="fusion strategy (auto, weighted, rrf, combsum, combmnz, "
+                                        "borda, stacking)")
+    run.add_argument("--no-evaluate", action="store_true", help="skip the hold-out evaluation")
+    run.add_argument("--allow-regression", action="store_true",
+                     help="publish even if the regression gate fails")
+    run.add_argument("--lock-timeout", type=float, help="seconds to wait for a running run")
+    run.add_argument("--params", help="JSON file with more run parameters")
+    run.set_defaults(func=cmd_run)
+
+    ing = sub.add_parser("ingest", help="ingest a source folder only")
+    ing.add_argument("--source", required=True)
+    ing.add_argument("--db", default=DEFAULT_DB)
+    ing.set_defaults(func=cmd_ingest)
+
+    demo = sub.add_parser("demo-data", help="write a synthetic source in the data contract")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--users", type=int, default=2000)
+    demo.add_argument("--items", type=int, default=1500)
+    demo.add_argument("--events", type=int, default=120_000)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.set_defaults(func=cmd_demo_data)
+
+    lfm = sub.add_parser("convert-lastfm", help="convert HetRec 2011 Last.fm files to a source")
+    lfm.add_argument("--src", required=True)
+    lfm.add_argument("--out", required=True)
+    lfm.set_defaults(func=cmd_lastfm)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

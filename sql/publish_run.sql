@@ -1,0 +1,10 @@
+-- Runs inside the publishing transaction, after the run's rows were inserted:
+-- flipping the status is what makes recommendations_latest switch to this run.
+UPDATE runs
+SET status = $status,
+    finished_at = $finished_at,
+    n_recommendations = $n_recommendations,
+    fusion_strategy = $fusion_strategy,
+    timings = CAST($timings AS JSON),
+    message = $message
+WHERE run_id = $run_id;

@@ -1,0 +1,79 @@
+"""Publishing: every output of a run lands in one transaction, together with its status flip.
+
+`recommendations_latest` is a view over the last run whose status is 'published', so until the
+COMMIT below succeeds, analysts keep seeing the previous run — also if this process is killed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import duckdb
+import polars as pl
+
+from tasks.warehouse import read_sql
+
+FinalStatus = Literal["published", "rejected"]
+KEEP_ALL = 1_000_000_000
+
+
+@dataclass
+class RunOutputs:
+    """Everything a run writes besides its `runs` row."""
+
+    recommendations: pl.DataFrame  # user_id, rank, item_id, score, contributions, reason, segment
+    candidates: pl.DataFrame  # modality, user_id, item_id, score, rank
+    metrics: pl.DataFrame  # model, metric, k, segment, value
+    checks: pl.DataFrame  # suite, expectation, column_name, success, observed_value
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, select_sql: str) -> None:
+    if frame.height == 0:
+        return
+    con.register("staged_output", frame.to_arrow())
+    con.execute(f"INSERT INTO {table} {select_sql}")
+    con.unregister("staged_output")
+
+
+def publish_run(con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs,
+                status: FinalStatus, fusion_strategy: str, timings: dict[str, float],
+                message: str = "", keep_recommendations: int | None = None,
+                keep_candidates: int | None = None) -> None:
+    """Write a finished run atomically (rows + status), then apply retention in the same commit."""
+    run = pl.lit(run_id).alias("run_id")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _insert(con, "candidates", outputs.candidates.with_columns(run),
+                "SELECT run_id, modality, user_id, item_id, score, rank FROM staged_output")
+        _insert(con, "recommendations", outputs.recommendations.with_columns(run),
+                "SELECT run_id, user_id, rank, item_id, score, CAST(contributions AS JSON), reason, "
+                "segment FROM staged_output")
+        _insert(con, "run_metrics", outputs.metrics.with_columns(run),
+                "SELECT run_id, model, metric, k, segment, value FROM staged_output")
+        _insert(con, "check_results",
+                outputs.checks.with_columns(run, pl.lit(datetime.now(UTC)).alias("checked_at")),
+                "SELECT run_id, suite, expectation, column_name, success, observed_value, checked_at "
+                "FROM staged_output")
+        con.execute(read_sql("publish_run.sql"), {
+            "run_id": run_id, "status": status, "finished_at": datetime.now(UTC),
+            "n_recommendations": outputs.recommendations.height,
+            "fusion_strategy": fusion_strategy, "timings": json.dumps(timings),
+            "message": message or None,
+        })
+        if keep_recommendations or keep_candidates:
+            con.execute(read_sql("prune_runs.sql"), {
+                "keep_recommendations": keep_recommendations or KEEP_ALL,
+                "keep_candidates": keep_candidates or KEEP_ALL,
+            })
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def last_published_ndcg(con: duckdb.DuckDBPyConnection, fingerprint: str, k: int) -> tuple[float, str] | None:
+    rows = con.execute(read_sql("last_published_ndcg.sql"), {"fingerprint": fingerprint, "k": k}).fetchall()
+    return (float(rows[0][0]), str(rows[0][1])) if rows else None

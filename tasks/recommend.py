@@ -1,0 +1,132 @@
+"""The run's core, as plain functions: evaluate on a hold-out, then fit on everything and fuse.
+
+Protocol (no leakage): the hold-out window is the test; the fusion plan scored on it is tuned on
+an earlier validation window cut from the training part only. The plan that is published is then
+re-tuned on the most recent window (train → test), because nothing is evaluated after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from tasks.candidate_generation import CandidateSet, generate_candidates
+from tasks.dataset import Dataset, build_dataset
+from tasks.evaluation import evaluate_lists, user_segments
+from tasks.fusion import DEFAULT_SEGMENT
+from tasks.fusion_tuning import FusionPlan, apply_plan, choose_plan
+from tasks.holdout import Holdout, holdout_split
+from tasks.parameters import RunParameters
+from tasks.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = {"behavior": 1.0, "content": 0.3, "social": 0.3, "popularity": 0.1}
+
+
+@dataclass
+class Evaluation:
+    metrics: pl.DataFrame
+    plan: FusionPlan  # tuned on the most recent window: what gets published
+    eval_plan: FusionPlan  # tuned before the test window: what the metrics describe
+    split_kind: str
+    n_test_users: int
+
+
+@dataclass
+class Recommendations:
+    data: Dataset
+    candidates: CandidateSet
+    fused: pl.DataFrame  # user_idx, item_idx, score, rank, contrib_*
+    segments: pl.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def dataset_from(snapshot: Snapshot, params: RunParameters, events: pl.DataFrame | None = None,
+                 like: Dataset | None = None) -> Dataset:
+    """Build a Dataset; `like` pins the id space so splits and the full data share indexes."""
+    return build_dataset(
+        snapshot.events if events is None else events,
+        items=snapshot.items, social=snapshot.social, users=snapshot.users,
+        weighting=params.weighting(), as_of=snapshot.as_of,
+        user_ids=None if like is None else like.user_ids,
+        item_ids=None if like is None else like.item_ids,
+    )
+
+
+def _truth_idx(truth: pl.DataFrame, data: Dataset) -> pl.DataFrame:
+    users = pl.DataFrame({"user_id": data.user_ids.astype(str),
+                          "user_idx": np.arange(data.n_users, dtype=np.int32)})
+    items = pl.DataFrame({"item_id": data.item_ids.astype(str),
+                          "item_idx": np.arange(data.n_items, dtype=np.int32)})
+    return truth.join(users, on="user_id").join(items, on="item_id").select("user_idx", "item_idx")
+
+
+def _fixed_plan(params: RunParameters, modalities: list[str]) -> FusionPlan:
+    weights = params.fusion.weights or {m: DEFAULT_WEIGHTS.get(m, 0.1) for m in modalities}
+    strategy = "weighted" if params.fusion.strategy in ("auto", "stacking") else params.fusion.strategy
+    return FusionPlan(strategy, params.fusion.normalisation, {DEFAULT_SEGMENT: dict(weights)})
+
+
+def _plan(cands: CandidateSet, truth: pl.DataFrame, segments: pl.DataFrame,
+          params: RunParameters) -> FusionPlan:
+    return choose_plan(cands.candidates, truth, params.top_k, segments, params.fusion.strategy,
+                       params.fusion.normalisation, params.fusion.weights)
+
+
+def modality_lists(cands: CandidateSet, k: int) -> dict[str, pl.DataFrame]:
+    c = cands.candidates.filter(pl.col("rank") <= k)
+    return {m: c.filter(pl.col("modality") == m).select("user_idx", "item_idx", "rank")
+            for m in cands.modalities}
+
+
+def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -> Evaluation | None:
+    """Fit on the past, score the hold-out window; None when there is too little data to hold out."""
+    outer: Holdout = holdout_split(snapshot.events, params.holdout_days, params.holdout_fraction,
+                                   params.seed)
+    if outer.truth.height == 0 or outer.train.height == 0:
+        log.warning("evaluation skipped: not enough events to hold out a test window")
+        return None
+    inner = holdout_split(outer.train, params.holdout_days, params.holdout_fraction, params.seed + 1)
+    k = params.top_k
+
+    train = dataset_from(snapshot, params, outer.train, like=full)
+    test_truth = _truth_idx(outer.truth, train)
+    train_segments = user_segments(train, params.fusion.cold_history_max)
+    train_cands = generate_candidates(train, params)
+
+    if inner.truth.height and inner.train.height:
+        valid = dataset_from(snapshot, params, inner.train, like=full)
+        valid_cands = generate_candidates(valid, params)
+        eval_plan = _plan(valid_cands, _truth_idx(inner.truth, valid),
+                          user_segments(valid, params.fusion.cold_history_max), params)
+    else:
+        eval_plan = _fixed_plan(params, train_cands.modalities)
+
+    lists = modality_lists(train_cands, k)
+    for alternative in eval_plan.alternatives:
+        lists[alternative.strategy] = apply_plan(train_cands.candidates, alternative, k, train_segments)
+    lists["fused"] = apply_plan(train_cands.candidates, eval_plan, k, train_segments)
+    pool = train_cands.candidates.select("user_idx", "item_idx").unique()
+    metrics = evaluate_lists(lists, test_truth, train, k, train_segments, pool=pool)
+
+    # The plan to publish is tuned on the latest window: train -> test.
+    plan = _plan(train_cands, test_truth, train_segments, params)
+    return Evaluation(metrics, plan, eval_plan, outer.kind, test_truth["user_idx"].n_unique())
+
+
+def recommend(snapshot: Snapshot, full: Dataset, params: RunParameters,
+              plan: FusionPlan | None) -> Recommendations:
+    """Fit every modality on all data and fuse with the given (or a default) plan."""
+    start = time.perf_counter()
+    cands = generate_candidates(full, params)
+    plan = plan or _fixed_plan(params, cands.modalities)
+    segments = user_segments(full, params.fusion.cold_history_max)
+    fused = apply_plan(cands.candidates, plan, params.top_k, segments)
+    seconds = dict(cands.seconds)
+    seconds["recommend_total"] = time.perf_counter() - start
+    return Recommendations(full, cands, fused, segments, seconds)
