@@ -70,14 +70,15 @@ def _run_suite(suite_name: str, frame: pl.DataFrame,
         .add_batch_definition_whole_dataframe("whole")
     )
     suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
-    blocking_by_id: list[bool] = []
     for expectation, blocking in expectations:
+        # GX may reorder results, so whether a rule blocks travels with the expectation itself.
+        expectation.meta = {**(expectation.meta or {}), "blocking": blocking}
         suite.add_expectation(expectation)
-        blocking_by_id.append(blocking)
     batch = batch_definition.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
     result = batch.validate(suite)
     rows = []
-    for r, blocking in zip(result.results, blocking_by_id, strict=True):
+    for r in result.results:
+        blocking = bool((r.expectation_config.meta or {}).get("blocking", True))
         kwargs = r.expectation_config.kwargs
         column = kwargs.get("column") or ",".join(
             kwargs.get("column_list") or [c for c in (kwargs.get("column_A"), kwargs.get("column_B")) if c]

@@ -33,10 +33,13 @@ def _closest_history_item(data: Dataset, users: np.ndarray, items: np.ndarray,
     """
     seen = data.seen()
     item_users = sp.csr_matrix(seen.T)
+    # Cosine-style: divide by the history item's popularity so a hit everyone has doesn't win.
+    inv_sqrt_pop = 1.0 / np.sqrt(np.maximum(np.asarray(seen.sum(axis=0)).ravel(), 1.0))
+    seen_scaled = sp.csr_matrix(seen @ sp.diags(inv_sqrt_pop))
     best = np.full(len(users), -1, dtype=np.int64)
     for start in range(0, len(users), block):
         u, i = users[start:start + block], items[start:start + block]
-        co = sp.csr_matrix((item_users[i] @ seen).multiply(seen[u]))  # restricted to history
+        co = sp.csr_matrix((item_users[i] @ seen_scaled).multiply(seen[u]))  # restricted to history
         if not co.nnz:
             continue
         rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))

@@ -1,0 +1,35 @@
+"""Shared fixtures: one Prefect test server per session, small real sources, real DuckDB files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+LASTFM = SHARED / "data" / "lastfm-2k"
+LASTFM_SPLIT = SHARED / "data" / "lastfm-2k-split"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic source in the data contract (all four tables)."""
+    from tasks.demo_data import generate_demo_source
+
+    out = tmp_path_factory.mktemp("small_source")
+    generate_demo_source(out, users=300, items=200, events=8000, seed=3)
+    return out
