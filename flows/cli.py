@@ -96,6 +96,28 @@ def cmd_lastfm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from tasks.queries import QueryError, run_query
+    from tasks.warehouse import read_sql, sql_query_names
+
+    if args.list or not args.name:
+        for name in sql_query_names():
+            first = read_sql(f"queries/{name}.sql").splitlines()[0].lstrip("- ")
+            print(f"{name:32s} {first}")
+        return 0
+    params = dict(p.split("=", 1) for p in args.param)
+    try:
+        frame = run_query(args.db, args.name, params)
+    except QueryError as exc:
+        print(f"recfusion: {exc}", file=sys.stderr)
+        return 2
+    with pl.Config(tbl_rows=args.limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+        print(frame)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recfusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     lfm.add_argument("--src", required=True)
     lfm.add_argument("--out", required=True)
     lfm.set_defaults(func=cmd_lastfm)
+    qry = sub.add_parser("query", help="run a ready-made analyst query from sql/queries/")
+    qry.add_argument("name", nargs="?", help="query name (omit or --list to see them)")
+    qry.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    qry.add_argument("--db", default=DEFAULT_DB)
+    qry.add_argument("--limit", type=int, default=50, help="rows to print")
+    qry.add_argument("--list", action="store_true")
+    qry.set_defaults(func=cmd_query)
     return parser
 
 
