@@ -118,6 +118,26 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from tasks.offline_evaluation import evaluate_published, read_truth
+
+    try:
+        truth = read_truth(Path(args.test))
+    except (ValueError, OSError) as exc:
+        print(f"recfusion: {exc}", file=sys.stderr)
+        return 2
+    results = evaluate_published(args.db, truth, args.k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    table = pl.DataFrame([{"list": name, **values} for name, values in results.items()])
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, float_precision=4, tbl_width_chars=200):
+        print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recfusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     lfm.add_argument("--src", required=True)
     lfm.add_argument("--out", required=True)
     lfm.set_defaults(func=cmd_lastfm)
+    ev = sub.add_parser("evaluate", help="score the published lists against a held-out file")
+    ev.add_argument("--db", default=DEFAULT_DB)
+    ev.add_argument("--test", required=True, help="Parquet or CSV with user_id, item_id")
+    ev.add_argument("--k", type=int, default=10)
+    ev.add_argument("--json", action="store_true", help="one JSON object: list -> metric -> value")
+    ev.set_defaults(func=cmd_evaluate)
+
     qry = sub.add_parser("query", help="run a ready-made analyst query from sql/queries/")
     qry.add_argument("name", nargs="?", help="query name (omit or --list to see them)")
     qry.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
