@@ -10,8 +10,9 @@ Two scorers share the features:
 - ``profile``: a user's profile is the (confidence × recency)-weighted mean of their items' vectors;
   score = similarity(profile, item).
 - ``item_knn``: each history item votes for its top-k content neighbours with their similarity;
-  a user's score is the weighted sum of those votes. It keeps several tastes apart instead of
-  averaging them into one centroid, which measures better on multi-genre listeners.
+  a user's score is the weighted sum of those votes, so separate tastes are not averaged into one
+  centroid. On Last.fm it measured below the profile (small k loses signal; k → all items
+  converges to the profile's order), so ``profile`` is the default.
 
 The module also holds small helpers shared by the other side-data modalities (`social`,
 `popularity`): the `MissingModalityInput` exception and the recency-weighted history matrix.
@@ -114,51 +115,76 @@ class ContentParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variant: Literal["profile", "item_knn"] = Field(
-        "item_knn",
+        default="profile",
         description="'profile': similarity to the user's weighted mean item vector; 'item_knn': "
         "sum of content similarity to each history item over its top-k neighbours.",
     )
     neighbours: int = Field(
-        200, ge=1, description="item_knn: content neighbours kept per history item."
+        default=1000, ge=1, description="item_knn: content neighbours kept per history item."
     )
     metric: Literal["cosine", "euclidean"] = Field(
-        "cosine",
+        default="cosine",
         description="Similarity: cosine, or 1 / (1 + Euclidean distance) between unit vectors "
         "(same order per item pair, flatter weights). Manhattan is not offered: it needs a "
         "pairwise pass over all features instead of one sparse product.",
     )
     similarity_power: float = Field(
-        1.0, gt=0.0, description="item_knn: sharpen (>1) or flatten (<1) neighbour similarities."
+        default=1.0, gt=0.0,
+        description="item_knn: sharpen (>1) or flatten (<1) neighbour similarities.",
     )
-    title_weight: float = Field(0.1, ge=0.0, description="Weight of the title TF-IDF block.")
-    text_weight: float = Field(1.0, ge=0.0, description="Weight of the free-text TF-IDF block.")
-    tags_weight: float = Field(1.0, ge=0.0, description="Weight of the tags TF-IDF block.")
-    category_weight: float = Field(0.5, ge=0.0, description="Weight of the category one-hot.")
-    embedding_weight: float = Field(1.0, ge=0.0, description="Weight of the dense embedding.")
+    title_weight: float = Field(
+        default=0.1, ge=0.0,
+        description="Weight of the title TF-IDF block.",
+    )
+    text_weight: float = Field(
+        default=1.0, ge=0.0,
+        description="Weight of the free-text TF-IDF block.",
+    )
+    tags_weight: float = Field(default=1.0, ge=0.0, description="Weight of the tags TF-IDF block.")
+    category_weight: float = Field(
+        default=0.5, ge=0.0,
+        description="Weight of the category one-hot.",
+    )
+    embedding_weight: float = Field(
+        default=1.0, ge=0.0,
+        description="Weight of the dense embedding.",
+    )
     tag_words: bool = Field(
-        False,
+        default=False,
         description="Also split multi-word tags into words ('black metal' -> 'black', 'metal') "
         "so related tags overlap.",
     )
     tag_position_decay: float = Field(
-        0.5,
+        default=0.25,
         ge=0.0,
         description="Tags are listed most-frequent first; the tag at position p gets "
         "1 / (1 + p) ** decay (0 = all tags equal).",
     )
     max_tags: int | None = Field(
-        None, ge=1, description="Keep only the first max_tags tags of each item (None = all)."
+        default=None, ge=1,
+        description="Keep only the first max_tags tags of each item (None = all).",
     )
-    min_df: int = Field(
-        1, ge=1, description="Drop terms/tags seen on fewer items (1 keeps rare cold-item tags)."
+    min_df_share: float = Field(
+        default=0.003,
+        ge=0.0,
+        lt=1.0,
+        description="Drop terms/tags found on fewer than this share of items (at least 1 item). "
+        "Rare tags make obscure items look alike on noise; ~0.3 % keeps genre-level tags.",
     )
-    sublinear_tf: bool = Field(True, description="TF-IDF uses 1 + log(tf) for text terms.")
+    sublinear_tf: bool = Field(default=True, description="TF-IDF uses 1 + log(tf) for text terms.")
+    popularity_prior: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Multiply positive similarity by (1 + distinct users of the item) ** prior: "
+        "similarity says what kind, the prior says which one. 0 = pure content; cold items "
+        "keep their bare similarity (factor 1).",
+    )
     history_weighting: Literal["confidence", "binary"] = Field(
-        "confidence",
+        default="confidence",
         description="Weight history items by interaction confidence, or count each once.",
     )
     half_life_days: float | None = Field(
-        30.0,
+        default=30.0,
         gt=0.0,
         description="Recency: an interaction's weight halves every half_life_days before "
         "Dataset.as_of (None = no decay; constant timestamps make it a no-op).",
@@ -175,14 +201,18 @@ def _text_column(items: pl.DataFrame, name: str) -> list[str] | None:
     return None if (values.str.len_chars() == 0).all() else values.to_list()
 
 
+def _min_df(params: ContentParams, n_items: int) -> int:
+    return max(1, int(round(params.min_df_share * n_items)))
+
+
 def _tfidf(docs: list[str], params: ContentParams) -> sp.csr_matrix | None:
     vec = TfidfVectorizer(
-        min_df=params.min_df, sublinear_tf=params.sublinear_tf, stop_words="english",
-        dtype=np.float32,
+        min_df=_min_df(params, len(docs)), sublinear_tf=params.sublinear_tf,
+        stop_words="english", dtype=np.float32,
     )
     try:
         return sp.csr_matrix(vec.fit_transform(docs))
-    except ValueError:  # empty vocabulary: nothing informative in this column
+    except ValueError:  # empty vocabulary after pruning: nothing informative in this column
         return None
 
 
@@ -215,7 +245,9 @@ def _tags_block(items: pl.DataFrame, params: ContentParams) -> sp.csr_matrix | N
             return doc
         return doc + [w for t in doc if " " in t for w in t.split()]
 
-    vec = TfidfVectorizer(analyzer=analyzer, min_df=params.min_df, norm=None, dtype=np.float32)
+    vec = TfidfVectorizer(
+        analyzer=analyzer, min_df=_min_df(params, len(lists)), norm=None, dtype=np.float32
+    )
     try:
         mat = sp.csr_matrix(vec.fit_transform(lists))
     except ValueError:
@@ -228,7 +260,9 @@ def _tags_block(items: pl.DataFrame, params: ContentParams) -> sp.csr_matrix | N
             .explode("tag")
             .drop_nulls("tag")
             .with_columns(pos=pl.int_range(pl.len()).over("item"))
-            .with_columns(col=pl.col("tag").replace_strict(vocab, default=-1, return_dtype=pl.Int64))
+            .with_columns(
+                col=pl.col("tag").replace_strict(vocab, default=-1, return_dtype=pl.Int64)
+            )
             .filter(pl.col("col") >= 0)
             .group_by("item", "col")
             .agg(pl.col("pos").min())
@@ -342,6 +376,7 @@ class ContentModality:
         self._history: sp.csr_matrix | None = None
         self._neighbours: sp.csr_matrix | None = None
         self._has_feature: np.ndarray | None = None
+        self._prior: np.ndarray | None = None
 
     def fit(self, data: Dataset) -> ContentModality:
         """Build item features (and, for item_knn, the top-k neighbour graph of history items)."""
@@ -355,6 +390,8 @@ class ContentModality:
         history = history_weights(data, self.params.half_life_days, self.params.history_weighting)
         # L1 per user: profile = weighted mean; knn votes = weighted share of the history.
         self._history = sp.csr_matrix(normalize(history, norm="l1"), dtype=np.float32)
+        users_per_item = np.diff(sp.csc_matrix(data.interactions).indptr).astype(np.float64)
+        self._prior = ((1.0 + users_per_item) ** self.params.popularity_prior).astype(np.float32)
         if self.params.variant == "item_knn":
             self._neighbours = self._neighbour_graph(np.unique(history.indices))
         return self
@@ -395,6 +432,13 @@ class ContentModality:
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         """Scores for a block of users; users without history and featureless items get -inf."""
+        scores = self._similarity_block(np.asarray(users, dtype=np.int64))
+        if self.params.popularity_prior > 0:
+            assert self._prior is not None
+            scores = np.where(scores > 0, scores * self._prior, scores / self._prior)
+        return scores.astype(np.float32, copy=False)
+
+    def _similarity_block(self, users: np.ndarray) -> np.ndarray:
         assert self._x is not None and self._dense is not None and self._history is not None
         assert self._has_feature is not None
         users = np.asarray(users, dtype=np.int64)

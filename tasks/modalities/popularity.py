@@ -25,20 +25,21 @@ class PopularityParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     half_life_days: float | None = Field(
-        14.0,
+        default=14.0,
         gt=0.0,
         description="A user's vote for an item halves every half_life_days before as_of, so "
         "trends beat evergreens (None = plain distinct-user counts).",
     )
     category_blend: float = Field(
-        0.3,
+        default=0.9,
         ge=0.0,
         le=1.0,
         description="Share of the score from popularity within the user's preferred categories "
-        "(0 = global popularity only). Used only when items have a category.",
+        "(0 = global popularity only; users without history always get global popularity). "
+        "Used only when items have a category. Below 1 so global hits still fill the list.",
     )
     category_from_first_tag: bool = Field(
-        False,
+        default=False,
         description="Without a category column, use each item's first (most frequent) tag as "
         "its category.",
     )
@@ -77,7 +78,6 @@ class PopularityModality:
         self._within: np.ndarray | None = None
         self._cats: np.ndarray | None = None
         self._prefs: sp.csr_matrix | None = None
-        self._default_pref: np.ndarray | None = None
 
     def fit(self, data: Dataset) -> PopularityModality:
         """Count decayed distinct users per item and, with categories, each user's genre shares."""
@@ -103,9 +103,6 @@ class PopularityModality:
                                 where=cat_max[cats[has]] > 0)
         weights = history_weights(data, self.params.half_life_days, "confidence")
         self._prefs = sp.csr_matrix(normalize(weights @ onehot, norm="l1"), dtype=np.float32)
-        share = np.asarray(onehot.T @ pop).ravel()
-        # Users with no history get the catalogue's overall genre mix.
-        self._default_pref = (share / share.sum()).astype(np.float32)
         self._within, self._cats = within.astype(np.float32), cats
         return self
 
@@ -118,14 +115,14 @@ class PopularityModality:
             scores = base.copy()
         else:
             assert self._prefs is not None and self._within is not None
-            assert self._default_pref is not None
             pref = self._prefs[users].toarray()
-            empty = pref.sum(axis=1) == 0
-            pref[empty] = self._default_pref
             # Column n_cats is an all-zero "no category" slot for items with code -1.
             pref = np.hstack([pref, np.zeros((len(users), 1), dtype=np.float32)])
             blend = np.float32(self.params.category_blend)
             scores = (1 - blend) * base + blend * pref[:, self._cats] * self._within
+            # No category preference (no history): plain global popularity, the cold fallback.
+            empty = pref.sum(axis=1) == 0
+            scores[empty] = base[empty]
         scores = scores.astype(np.float32)
         scores[scores <= 0] = -np.inf
         return scores

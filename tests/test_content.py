@@ -1,0 +1,140 @@
+"""Content modality on tiny hand-made snapshots: cold items, short histories, missing input."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tasks.candidates import top_n
+from tasks.dataset import Dataset, build_dataset
+from tasks.modalities.base import Modality
+from tasks.modalities.content import ContentParams, MissingModalityInput, make_content
+
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def events(rows: list[tuple[str, str]], ts: list[datetime] | None = None) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "user_id": [u for u, _ in rows],
+            "item_id": [i for _, i in rows],
+            "event_type": ["listen"] * len(rows),
+            "value": [1.0] * len(rows),
+            "ts": ts or [NOW] * len(rows),
+        },
+        schema_overrides={"ts": pl.Datetime("us", "UTC")},
+    )
+
+
+ITEMS = pl.DataFrame(
+    {
+        "item_id": ["rock1", "rock2", "rock_cold", "pop_hit", "jazz1", "jazz_cold"],
+        "title": ["Band A", "Band B", "Band C", "Star", "Trio", "Quartet"],
+        "tags": [
+            ["indie rock", "britpop"],
+            ["indie rock", "guitar"],
+            ["indie rock", "britpop", "guitar"],
+            ["dance", "pop"],
+            ["jazz", "bebop"],
+            ["jazz", "bebop", "piano"],
+        ],
+    }
+)
+
+# Everyone else loves pop_hit; "u" listened to indie rock only; "one" has a single listen.
+BASE = [("u", "rock1"), ("u", "rock2"), ("one", "jazz1")] + [
+    (f"fan{i}", "pop_hit") for i in range(5)
+]
+
+
+def dataset(items: pl.DataFrame | None = ITEMS, rows: list[tuple[str, str]] = BASE,
+            ts: list[datetime] | None = None) -> Dataset:
+    return build_dataset(events(rows, ts), items=items, as_of=NOW)
+
+
+def test_factory_builds_a_modality() -> None:
+    model = make_content()
+    assert isinstance(model, Modality) and model.name == "content"
+
+
+def scores_for(model: Modality, data: Dataset, user: str) -> dict[str, float]:
+    row = model.score_block(data.user_index([user]))[0]
+    return dict(zip(data.item_ids.tolist(), row.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("variant", ["profile", "item_knn"])
+def test_cold_item_sharing_tags_beats_unrelated_popular_item(variant: str) -> None:
+    data = dataset()
+    cold = int(np.flatnonzero(data.item_ids == "rock_cold")[0])
+    assert data.interactions[:, cold].nnz == 0  # nobody interacted with it
+    model = make_content(ContentParams(variant=variant)).fit(data)  # type: ignore[arg-type]
+    recs = top_n(model, data.user_index(["u"]), n=3, seen=data.seen())
+    ranked = data.item_ids[recs.sort("rank")["item_idx"].to_numpy()].tolist()
+    assert ranked[0] == "rock_cold"
+    s = scores_for(model, data, "u")
+    assert s["rock_cold"] > s["pop_hit"]
+    assert s["pop_hit"] == -np.inf  # no shared attribute: no evidence, not a weak yes
+
+
+def test_user_with_one_interaction_gets_recommendations() -> None:
+    data = dataset()
+    model = make_content().fit(data)
+    recs = top_n(model, data.user_index(["one"]), n=5, seen=data.seen())
+    ranked = data.item_ids[recs.sort("rank")["item_idx"].to_numpy()].tolist()
+    assert ranked and ranked[0] == "jazz_cold"
+    assert "jazz1" not in ranked  # seen items are excluded
+
+
+def test_user_without_history_cannot_be_served() -> None:
+    data = build_dataset(events(BASE), items=ITEMS, users=pl.DataFrame({"user_id": ["new"]}))
+    row = make_content().fit(data).score_block(data.user_index(["new"]))[0]
+    assert row.dtype == np.float32 and np.isneginf(row).all()
+
+
+def test_pipe_separated_tags_match_list_tags() -> None:
+    piped = ITEMS.with_columns(pl.col("tags").list.join("|"))
+    a = make_content().fit(dataset()).score_block(np.arange(3))
+    b = make_content().fit(dataset(items=piped)).score_block(np.arange(3))
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_category_and_embedding_blocks_carry_similarity() -> None:
+    items = pl.DataFrame(
+        {
+            "item_id": ["a", "b", "c", "d"],
+            "category": ["film", "film", "book", None],
+            "embedding": [[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, 0.2]],
+        }
+    )
+    data = build_dataset(events([("u", "a"), ("v", "c")]), items=items)
+    s = scores_for(make_content().fit(data), data, "u")
+    # b shares category and direction with a; d only the direction; c neither.
+    assert s["b"] > s["d"] > s["c"]
+
+
+def test_recent_history_outweighs_old_history() -> None:
+    rows = [("u", "rock1"), ("u", "jazz1")]
+    ts = [NOW - timedelta(days=365), NOW - timedelta(days=1)]
+    data = dataset(rows=rows, ts=ts)
+    decayed = scores_for(make_content(ContentParams(half_life_days=30)).fit(data), data, "u")
+    assert decayed["jazz_cold"] > decayed["rock_cold"]
+    flat = scores_for(make_content(ContentParams(half_life_days=None)).fit(data), data, "u")
+    assert flat["jazz_cold"] - flat["rock_cold"] < decayed["jazz_cold"] - decayed["rock_cold"]
+
+
+def test_recency_is_a_no_op_when_timestamps_are_constant() -> None:
+    data = dataset()
+    users = np.arange(data.n_users)
+    a = make_content(ContentParams(half_life_days=7)).fit(data).score_block(users)
+    b = make_content(ContentParams(half_life_days=None)).fit(data).score_block(users)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_missing_items_raise_missing_modality_input() -> None:
+    with pytest.raises(MissingModalityInput):
+        make_content().fit(dataset(items=None))
+    with pytest.raises(MissingModalityInput):
+        make_content().fit(dataset(items=ITEMS.select("item_id")))

@@ -1,0 +1,115 @@
+"""Social modality on tiny graphs: friends' items, friends-of-friends, taste overlap, no input."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tasks.candidates import top_n
+from tasks.dataset import Dataset, build_dataset
+from tasks.modalities.base import Modality
+from tasks.modalities.content import MissingModalityInput
+from tasks.modalities.social import SocialParams, make_social
+
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def events(rows: list[tuple[str, str]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "user_id": [u for u, _ in rows],
+            "item_id": [i for _, i in rows],
+            "event_type": ["listen"] * len(rows),
+            "value": [1.0] * len(rows),
+            "ts": [NOW] * len(rows),
+        },
+        schema_overrides={"ts": pl.Datetime("us", "UTC")},
+    )
+
+
+def ties(pairs: list[tuple[str, str]], weights: list[float] | None = None) -> pl.DataFrame:
+    """Mutual friendships, both directions, as the data contract stores them."""
+    both = pairs + [(b, a) for a, b in pairs]
+    w = (weights or [1.0] * len(pairs)) * 2
+    return pl.DataFrame(
+        {"user_id": [a for a, _ in both], "friend_id": [b for _, b in both], "weight": w}
+    )
+
+
+# new -- friend -- fof (a chain); loner has history but no friends.
+ROWS = [("friend", "x"), ("fof", "y"), ("loner", "z"), ("other", "x")]
+CHAIN = ties([("new", "friend"), ("friend", "fof")])
+
+
+def test_factory_builds_a_modality() -> None:
+    model = make_social()
+    assert isinstance(model, Modality) and model.name == "social"
+
+
+def scores_for(model: Modality, data: Dataset, user: str) -> dict[str, float]:
+    row = model.score_block(data.user_index([user]))[0]
+    return dict(zip(data.item_ids.tolist(), row.tolist(), strict=True))
+
+
+def test_friend_item_recommended_to_user_without_history() -> None:
+    data = build_dataset(events(ROWS), social=CHAIN)
+    assert data.history_lengths()[data.user_index(["new"])[0]] == 0
+    model = make_social(SocialParams(propagation="direct")).fit(data)
+    recs = top_n(model, data.user_index(["new"]), n=5, seen=data.seen())
+    assert data.item_ids[recs.sort("rank")["item_idx"].to_numpy()].tolist() == ["x"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SocialParams(propagation="two_hop", hop_decay=1.0), SocialParams(propagation="ppr")],
+)
+def test_friend_of_friend_item_reached_below_direct_friend_item(params: SocialParams) -> None:
+    data = build_dataset(events(ROWS), social=CHAIN)
+    s = scores_for(make_social(params).fit(data), data, "new")
+    assert np.isfinite(s["y"])
+    assert s["x"] > s["y"] > -np.inf
+    assert s["z"] == -np.inf  # the loner is not connected
+
+
+def test_direct_propagation_does_not_reach_friend_of_friend() -> None:
+    data = build_dataset(events(ROWS), social=CHAIN)
+    s = scores_for(make_social(SocialParams(propagation="direct")).fit(data), data, "new")
+    assert np.isfinite(s["x"]) and s["y"] == -np.inf
+
+
+def test_user_without_friends_gets_all_minus_inf() -> None:
+    data = build_dataset(events(ROWS), social=CHAIN)
+    row = make_social().fit(data).score_block(data.user_index(["loner"]))[0]
+    assert row.dtype == np.float32 and np.isneginf(row).all()
+
+
+def test_taste_overlap_favours_the_like_minded_friend() -> None:
+    rows = [("u", "a"), ("u", "b"), ("twin", "a"), ("twin", "b"), ("twin", "t"),
+            ("stranger", "c"), ("stranger", "s")]
+    data = build_dataset(events(rows), social=ties([("u", "twin"), ("u", "stranger")]))
+    plain = scores_for(
+        make_social(SocialParams(propagation="direct", taste_weight=0.0)).fit(data), data, "u"
+    )
+    tilted = scores_for(
+        make_social(SocialParams(propagation="direct", taste_weight=0.9)).fit(data), data, "u"
+    )
+    assert tilted["t"] > tilted["s"]
+    assert tilted["t"] / tilted["s"] > plain["t"] / plain["s"]
+
+
+def test_tie_weight_orders_friends() -> None:
+    rows = [("close", "c"), ("far", "f")]
+    data = build_dataset(events(rows), social=ties([("u", "close"), ("u", "far")], [5.0, 1.0]))
+    s = scores_for(make_social(SocialParams(taste_weight=0.0)).fit(data), data, "u")
+    assert s["c"] > s["f"] > -np.inf
+
+
+def test_missing_social_raises_missing_modality_input() -> None:
+    with pytest.raises(MissingModalityInput):
+        make_social().fit(build_dataset(events(ROWS)))
+    empty = pl.DataFrame(schema={"user_id": pl.String, "friend_id": pl.String})
+    with pytest.raises(MissingModalityInput):
+        make_social().fit(build_dataset(events(ROWS), social=empty))
