@@ -12,6 +12,8 @@ from typing import Any
 
 # A cold Prefect home needs time to migrate its SQLite database on first start.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# No network here or on many production boxes: don't let telemetry add errors to the log.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 DEFAULT_DB = "recfusion.duckdb"
 
@@ -138,6 +140,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_all
+
+    source = str(Path(args.source).resolve()) if args.source else None
+    serve_all(str(Path(args.db).resolve()), source, args.cron, args.timezone)
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from flows.backfill import BackfillParameters, backfill
+
+    params = BackfillParameters(start=date.fromisoformat(args.start), end=date.fromisoformat(args.end),
+                                force=args.force, run=_params(args))
+    summaries = backfill(params=params)
+    failed = [s for s in summaries if s.status != "published"]
+    for s in summaries:
+        print(f"{s.run_id}: {s.status} {s.message}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recfusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, default=10)
     ev.add_argument("--json", action="store_true", help="one JSON object: list -> metric -> value")
     ev.set_defaults(func=cmd_evaluate)
+
+    srv = sub.add_parser("serve", help="serve the nightly schedule and manual deployments")
+    srv.add_argument("--db", default=DEFAULT_DB)
+    srv.add_argument("--source", help="source folder (default: demo data)")
+    srv.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default 02:00)")
+    srv.add_argument("--timezone", default="UTC")
+    srv.set_defaults(func=cmd_serve)
+
+    bf = sub.add_parser("backfill", help="run the nightly flow as of each day in a range")
+    bf.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    bf.add_argument("--end", required=True, help="last day, YYYY-MM-DD")
+    bf.add_argument("--force", action="store_true", help="rerun days already published")
+    bf.add_argument("--source")
+    bf.add_argument("--db", default=DEFAULT_DB)
+    bf.add_argument("--no-evaluate", action="store_true")
+    bf.set_defaults(func=cmd_backfill)
 
     qry = sub.add_parser("query", help="run a ready-made analyst query from sql/queries/")
     qry.add_argument("name", nargs="?", help="query name (omit or --list to see them)")

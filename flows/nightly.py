@@ -14,11 +14,13 @@ from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
+from flows.artifacts import publish_artifacts
 from tasks import checks, runs
 from tasks.candidates import CANDIDATE_SCHEMA
 from tasks.dataset import Dataset
@@ -27,6 +29,7 @@ from tasks.ingest import IngestReport, load_source, read_source
 from tasks.parameters import RunParameters
 from tasks.publish import RunOutputs, last_published_ndcg, publish_run
 from tasks.reasons import explain
+from tasks.report import ReportInput, write_report
 from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_holdout, recommend
 from tasks.snapshot import Snapshot, load_snapshot
 from tasks.source_files import SourceError
@@ -170,6 +173,52 @@ def publish_task(params: RunParameters, run_id: str, outputs: RunOutputs, status
                     keep_candidates=params.retention_runs)
 
 
+@task(name="read-previous-run", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition,
+      **IO_RETRIES)
+def previous_run_task(db: str) -> tuple[str | None, pl.DataFrame | None]:
+    """The last published run's id and metrics, for the lift in reports (before we publish)."""
+    with connect(db, read_only=True) as con:
+        rows = con.execute("SELECT run_id FROM last_published_run").fetchall()
+        if not rows:
+            return None, None
+        return str(rows[0][0]), con.sql("SELECT model, metric, k, segment, value FROM metrics_latest").pl()
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(params: RunParameters, run_id: str, status: str, message: str, strategy: str,
+                outputs: RunOutputs, previous: tuple[str | None, pl.DataFrame | None],
+                check_outcomes: list[checks.CheckOutcome], ingest_report: IngestReport,
+                timings: dict[str, float]) -> Path | None:
+    """HTML report + GX pages next to the database, and the run's Prefect artifacts.
+
+    A report that cannot be written is logged, never a reason to fail a run that already published.
+    """
+    logger = get_run_logger()
+    row_counts = {f"{t}_read": n for t, n in ingest_report.read.items()}
+    row_counts |= {f"{t}_added": n for t, n in ingest_report.added.items()}
+    row_counts |= {f"{t}_quarantined": n for t, n in ingest_report.quarantined.items()}
+    row_counts |= {"recommendations": outputs.recommendations.height,
+                   "candidates": outputs.candidates.height}
+    path: Path | None = None
+    try:
+        folder = report_dir(params.db) / run_id
+        data = ReportInput(run_id, status, message, strategy, outputs.metrics, previous[1], previous[0],
+                           outputs.recommendations["score"].to_numpy(), outputs.checks, row_counts,
+                           timings)
+        pages = {c.suite: page for c in check_outcomes if (page := c.html())}
+        path = write_report(folder, data, pages)
+        logger.info("report: %s", path)
+    except Exception as exc:
+        logger.warning("could not write the HTML report: %s", exc)
+    publish_artifacts(run_id, status, outputs.metrics, previous[1], previous[0], outputs.checks,
+                      row_counts, path)
+    return path
+
+
+def report_dir(db: str) -> Path:
+    return Path(db).resolve().parent / "recfusion-reports"
+
+
 def _regression_gate(params: RunParameters, fingerprint: str, evaluation: Evaluation | None) -> str:
     """'' when the run may publish; otherwise why it is rejected."""
     if evaluation is None or params.allow_regression:
@@ -227,13 +276,18 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
 
 def _run(params: RunParameters, run_id: str, source: Path, timings: dict[str, float],
          clock: float) -> RunSummary:
+    progress = create_progress_artifact(progress=0.0, description=f"run {run_id}")
+    steps = ("ingest", "snapshot_and_checks", "evaluate", "recommend", "explain_and_check", "publish")
+
     def lap(name: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
         clock = now
+        if progress is not None:
+            update_progress_artifact(progress, 100.0 * (steps.index(name) + 1) / len(steps))
 
-    ingest(params.db, source, run_id)
+    ingest_report = ingest(params.db, source, run_id)
     lap("ingest")
     snap = snapshot_task(params)
     input_check = check_events_task(snap, params)
@@ -247,6 +301,7 @@ def _run(params: RunParameters, run_id: str, source: Path, timings: dict[str, fl
     lap("recommend")
     outputs = assemble_outputs(recs, evaluation, [input_check])
     output_check = check_output_task(outputs, data, params.top_k)
+    previous = previous_run_task(params.db)
     outputs.checks = pl.concat([outputs.checks, output_check.results.drop("blocking")])
     lap("explain_and_check")
 
@@ -259,6 +314,8 @@ def _run(params: RunParameters, run_id: str, source: Path, timings: dict[str, fl
         status = "rejected" if message else "published"
     publish_task(params, run_id, outputs, status, strategy, timings, message)
     lap("publish")
+    report_task(params, run_id, status, message, strategy, outputs, previous,
+                [input_check, output_check], ingest_report, timings)
     fused = outputs.metrics.filter((pl.col("model") == "fused") & (pl.col("segment") == "all"))
     return RunSummary(run_id, status, message, outputs.recommendations.height, strategy,
                       dict(zip(fused["metric"].to_list(), fused["value"].to_list(), strict=True)),

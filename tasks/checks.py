@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,16 @@ class CheckOutcome:
 
     suite: str
     results: pl.DataFrame
+    gx_result: Any = field(default=None, repr=False)  # GX's own result, for its HTML page
+
+    def html(self) -> str | None:
+        """Great Expectations' own rendering of this validation, as a standalone HTML page."""
+        if self.gx_result is None:
+            return None
+        from great_expectations.render.renderer import ValidationResultsPageRenderer
+        from great_expectations.render.view import DefaultJinjaPageView
+
+        return str(DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(self.gx_result)))
 
     @property
     def passed(self) -> bool:
@@ -97,7 +107,7 @@ def _run_suite(suite_name: str, frame: pl.DataFrame,
             "observed_value": None if observed is None else str(observed),
             "blocking": blocking,
         })
-    outcome = CheckOutcome(suite_name, pl.DataFrame(rows, schema=CHECK_SCHEMA))
+    outcome = CheckOutcome(suite_name, pl.DataFrame(rows, schema=CHECK_SCHEMA), result)
     for failure in outcome.failures():
         log.warning("check %s failed: %s", suite_name, failure)
     return outcome

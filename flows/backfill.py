@@ -1,0 +1,60 @@
+"""Backfill: the nightly flow as of each day in a range, as subflows, skipping days already done."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from flows.nightly import RunSummary, nightly
+from tasks.parameters import RunParameters
+from tasks.warehouse import connect
+
+
+class BackfillParameters(BaseModel):
+    """A date range to (re)build; each day is one nightly run as of that day's end (UTC)."""
+
+    start: date = Field(description="First day (inclusive).")
+    end: date = Field(description="Last day (inclusive).")
+    force: bool = Field(False, description="Run days that already have a published run again.")
+    run: RunParameters = Field(default_factory=RunParameters, description="Parameters of each run.")
+
+
+def end_of_day(day: date) -> datetime:
+    """Runs 'as of a day' see every event up to that day's last instant (UTC)."""
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC) - timedelta(microseconds=1)
+
+
+def published_as_of(db: str) -> set[datetime]:
+    try:
+        with connect(db, read_only=True, retries=1) as con:
+            rows = con.execute(
+                "SELECT DISTINCT as_of FROM runs WHERE status = 'published' AND as_of IS NOT NULL"
+            ).fetchall()
+    except Exception:  # no database or no runs table yet: nothing was published
+        return set()
+    return {r[0].astimezone(UTC) for r in rows}
+
+
+@flow(name="recfusion-backfill", log_prints=True)
+def backfill(params: BackfillParameters) -> list[RunSummary]:
+    logger = get_run_logger()
+    if params.end < params.start:
+        raise ValueError(f"end {params.end} is before start {params.start}")
+    done = published_as_of(params.run.db)
+    summaries: list[RunSummary] = []
+    day = params.start
+    while day <= params.end:
+        as_of = end_of_day(day)
+        if as_of in done and not params.force:
+            logger.info("%s already published; skipping (force=True to rerun)", day)
+        else:
+            run_params = params.run.model_copy(update={"as_of": as_of, "triggered_by": "backfill"})
+            state = nightly(params=run_params, return_state=True)
+            summary = state.result(raise_on_failure=False)
+            if isinstance(summary, RunSummary):
+                summaries.append(summary)
+                logger.info("%s: run %s %s %s", day, summary.run_id, summary.status, summary.message)
+        day += timedelta(days=1)
+    return summaries
