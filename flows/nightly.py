@@ -25,6 +25,7 @@ from tasks import checks, runs
 from tasks.candidates import CANDIDATE_SCHEMA
 from tasks.dataset import Dataset
 from tasks.demo_data import generate_demo_source
+from tasks.fault_injection import fault_point
 from tasks.ingest import IngestReport, load_source, read_source
 from tasks.parameters import RunParameters
 from tasks.publish import RunOutputs, last_published_ndcg, publish_run
@@ -289,6 +290,7 @@ def _run(params: RunParameters, run_id: str, source: Path, timings: dict[str, fl
 
     ingest_report = ingest(params.db, source, run_id)
     lap("ingest")
+    fault_point("after_ingest")
     snap = snapshot_task(params)
     input_check = check_events_task(snap, params)
     if not input_check.passed:
@@ -297,6 +299,7 @@ def _run(params: RunParameters, run_id: str, source: Path, timings: dict[str, fl
     lap("snapshot_and_checks")
     evaluation = evaluate_task(snap, data, params) if params.evaluate else None
     lap("evaluate")
+    fault_point("after_evaluate")
     recs = recommend_task(snap, data, params, evaluation)
     lap("recommend")
     outputs = assemble_outputs(recs, evaluation, [input_check])

@@ -16,7 +16,7 @@ import polars as pl
 
 from tasks.contract import VALIDATORS, Validated
 from tasks.source_files import find_table_files, read_table_file
-from tasks.warehouse import read_sql
+from tasks.warehouse import execute_script, read_sql
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def load_source(con: duckdb.DuckDBPyConnection, validated: dict[str, Validated],
                 good = good.unique(subset=DEDUP_KEYS[table], keep="last", maintain_order=True)
             before = _count(con, table)
             con.register(f"staged_{table}", good.to_arrow())
-            con.execute(read_sql(f"ingest_{table}.sql"),
-                        {"source_file": v.source_file, "run_id": run_id})
+            execute_script(con, read_sql(f"ingest_{table}.sql"),
+                           {"source_file": v.source_file, "run_id": run_id})
             con.unregister(f"staged_{table}")
             report.read[table] = v.good.height + v.quarantine.height
             report.added[table] = _count(con, table) - before

@@ -14,7 +14,8 @@ from typing import Literal
 import duckdb
 import polars as pl
 
-from tasks.warehouse import read_sql
+from tasks.fault_injection import fault_point
+from tasks.warehouse import execute_script, read_sql
 
 FinalStatus = Literal["published", "rejected"]
 KEEP_ALL = 1_000_000_000
@@ -48,9 +49,11 @@ def publish_run(con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs
     try:
         _insert(con, "candidates", outputs.candidates.with_columns(run),
                 "SELECT run_id, modality, user_id, item_id, score, rank FROM staged_output")
+        fault_point("publish:after_candidates")
         _insert(con, "recommendations", outputs.recommendations.with_columns(run),
                 "SELECT run_id, user_id, rank, item_id, score, CAST(contributions AS JSON), reason, "
                 "segment FROM staged_output")
+        fault_point("publish:after_recommendations")
         _insert(con, "run_metrics", outputs.metrics.with_columns(run),
                 "SELECT run_id, model, metric, k, segment, value FROM staged_output")
         _insert(con, "check_results",
@@ -64,10 +67,11 @@ def publish_run(con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs
             "message": message or None,
         })
         if keep_recommendations or keep_candidates:
-            con.execute(read_sql("prune_runs.sql"), {
+            execute_script(con, read_sql("prune_runs.sql"), {
                 "keep_recommendations": keep_recommendations or KEEP_ALL,
                 "keep_candidates": keep_candidates or KEEP_ALL,
             })
+        fault_point("publish:before_commit")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -8,6 +8,7 @@ file serialises whole runs so two runs never interleave their writes.
 from __future__ import annotations
 
 import fcntl
+import re
 import os
 import time
 from collections.abc import Iterator
@@ -25,6 +26,24 @@ class RunLockTimeout(RuntimeError):
 def read_sql(name: str) -> str:
     """Load a `.sql` file shipped in the `sql` package (e.g. 'schema.sql', 'queries/x.sql')."""
     return resources.files("sql").joinpath(name).read_text(encoding="utf-8")
+
+
+def execute_script(con: duckdb.DuckDBPyConnection, sql: str,
+                   params: dict[str, object] | None = None) -> None:
+    """Run a multi-statement SQL file; each statement gets just the $parameters it uses.
+
+    DuckDB binds prepared parameters to the last statement only, so files are run one by one.
+    Statements are split on ';' at line ends: the project's SQL files keep to that style.
+    """
+
+
+    params = params or {}
+    for statement in re.split(r";\s*(?:\n|$)", sql):
+        body = "\n".join(line.split("--", 1)[0] for line in statement.splitlines()).strip()
+        if not body:
+            continue
+        used = set(re.findall(r"\$([A-Za-z_]\w*)", body))
+        con.execute(statement, {k: v for k, v in params.items() if k in used} or None)
 
 
 def sql_query_names() -> list[str]:

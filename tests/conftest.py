@@ -33,3 +33,24 @@ def small_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("small_source")
     generate_demo_source(out, users=300, items=200, events=8000, seed=3)
     return out
+
+
+@pytest.fixture(scope="session")
+def api_url(prefect_harness: None) -> str:
+    """The test server's URL, for subprocesses that should talk to it instead of starting their own."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def published_db(prefect_harness: None, small_source: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database produced by one real nightly run (with evaluation) on the small source."""
+    from flows.nightly import nightly
+    from tasks.parameters import RunParameters
+
+    db = tmp_path_factory.mktemp("published") / "rf.duckdb"
+    state = nightly(params=RunParameters(source=str(small_source), db=str(db)), return_state=True)
+    assert state.is_completed(), state.message
+    return db

@@ -1,0 +1,24 @@
+"""Deterministic crash points, so tests can kill a real run exactly where it hurts most.
+
+Set RECFUSION_FAULT_AT=<point> and the process SIGKILLs itself when it reaches that point: no
+cleanup handler, no exception, exactly like the OOM killer or a pulled plug. Unset, it is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+FAULT_ENV = "RECFUSION_FAULT_AT"
+POINTS = (
+    "after_ingest",
+    "after_evaluate",
+    "publish:after_candidates",
+    "publish:after_recommendations",
+    "publish:before_commit",
+)
+
+
+def fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

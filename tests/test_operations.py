@@ -1,0 +1,239 @@
+"""Operations: deployments, serve, kill-safety, locking, regression gate, retention, queries, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+from flows.cli import main as cli
+from flows.nightly import RunSummary, nightly
+from tasks.fault_injection import FAULT_ENV
+from tasks.parameters import RunParameters
+from tasks.queries import query_parameters, run_query
+from tasks.warehouse import read_sql, run_lock, sql_query_names
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def latest(db: Path) -> list[tuple]:
+    return query(db, "SELECT user_id, item_id, rank, score, run_id FROM recommendations_latest "
+                     "ORDER BY user_id, rank")
+
+
+def run(source: Path, db: Path, **extra: object) -> RunSummary:
+    state = nightly(params=RunParameters(source=str(source), db=str(db), **extra), return_state=True)
+    summary = state.result(raise_on_failure=False)
+    assert isinstance(summary, RunSummary), summary
+    return summary
+
+
+def cli_subprocess(args: list[str], api_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=600,
+                          env={**os.environ, "PREFECT_API_URL": api_url, **env})
+
+
+async def _deployments() -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return {d.name: d for d in await client.read_deployments()}
+
+
+def test_prefect_yaml_is_accepted_by_prefect_deploy(api_url: str):
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    names = {d["name"]: d for d in spec["deployments"]}
+    assert set(names) == {"nightly", "backfill", "evaluate"}
+    assert names["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    assert names["nightly"]["schedules"][0]["timezone"] == "UTC"
+    RunParameters(**names["nightly"]["parameters"]["params"])  # defaults are valid parameters
+
+    env = {**os.environ, "PREFECT_API_URL": api_url, "RECFUSION_HOME": str(REPO)}
+    pool = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "recfusion",
+                           "--type", "process"], env=env, capture_output=True, text=True, timeout=300)
+    assert pool.returncode == 0 or "already exists" in pool.stdout + pool.stderr
+    deploy = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+                             "--prefect-file", "deployments/prefect.yaml"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    deployed = asyncio.run(_deployments())
+    nightly_dep = deployed["nightly"]
+    assert [s.schedule.cron for s in nightly_dep.schedules] == ["0 2 * * *"]  # type: ignore[attr-defined]
+    schema = nightly_dep.parameter_openapi_schema  # type: ignore[attr-defined]
+    run_form = schema["definitions"]["RunParameters"]["properties"]
+    assert run_form["top_k"]["default"] == 10 and "description" in run_form["top_k"]
+    assert {"backfill", "evaluate"} <= set(deployed)
+
+
+def test_serve_registers_the_nightly_schedule(api_url: str, tmp_path: Path):
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--db",
+                             str(tmp_path / "served.duckdb"), "--cron", "30 3 * * *"],
+                            cwd=REPO, env={**os.environ, "PREFECT_API_URL": api_url},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        found = None
+        while time.monotonic() < deadline and found is None:
+            time.sleep(2)
+            for dep in asyncio.run(_deployments()).values():
+                crons = [s.schedule.cron for s in dep.schedules]  # type: ignore[attr-defined]
+                if "30 3 * * *" in crons:
+                    found = dep
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert found is not None, "serve did not register the nightly schedule in time"
+        assert found.parameters["params"]["db"].endswith("served.duckdb")  # type: ignore[attr-defined]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("point", ["after_ingest", "publish:after_candidates",
+                                   "publish:after_recommendations", "publish:before_commit"])
+def test_killed_run_leaves_latest_exactly_as_before(point: str, api_url: str, small_source: Path,
+                                                    tmp_path: Path):
+    db = tmp_path / "rf.duckdb"
+    first = cli_subprocess(["run", "--source", str(small_source), "--db", str(db), "--no-evaluate"],
+                           api_url)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = latest(db)
+    counts_before = query(db, "SELECT (SELECT count(*) FROM recommendations), "
+                              "(SELECT count(*) FROM candidates), (SELECT count(*) FROM run_metrics)")
+
+    killed = cli_subprocess(["run", "--source", str(small_source), "--db", str(db), "--no-evaluate",
+                             "--allow-regression"], api_url, **{FAULT_ENV: point})
+    assert killed.returncode == -9  # SIGKILL: no cleanup ran
+    assert latest(db) == before
+    assert query(db, "SELECT (SELECT count(*) FROM recommendations), "
+                     "(SELECT count(*) FROM candidates), (SELECT count(*) FROM run_metrics)") \
+        == counts_before
+    assert query(db, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0] == 1
+
+    after = run(small_source, db, evaluate=False)  # the lock died with the process
+    assert after.status == "published"
+    statuses = sorted(s for (s,) in query(db, "SELECT status FROM runs"))
+    assert statuses == ["failed", "published", "published"]  # the killed run is marked abandoned
+
+
+def test_second_run_exits_clearly_while_another_holds_the_database(small_source: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]):
+    db = tmp_path / "rf.duckdb"
+    with run_lock(db):
+        code = cli(["run", "--source", str(small_source), "--db", str(db), "--lock-timeout", "1"])
+    assert code != 0
+    assert "another recfusion run is using" in capsys.readouterr().err
+
+
+def test_concurrent_runs_never_interleave(api_url: str, small_source: Path, tmp_path: Path):
+    db = tmp_path / "rf.duckdb"
+    args = ["run", "--source", str(small_source), "--db", str(db), "--no-evaluate",
+            "--lock-timeout", "300", "--allow-regression"]
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    codes = [p.wait(timeout=600) for p in procs]
+    assert codes == [0, 0]
+    spans = query(db, "SELECT started_at, finished_at FROM runs ORDER BY started_at")
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0]  # the second started after the first ended
+
+
+def test_regressed_run_is_rejected_and_not_published(small_source: Path, tmp_path: Path):
+    db = tmp_path / "rf.duckdb"
+    good = run(small_source, db)
+    assert good.status == "published"
+    before = latest(db)
+    weak = run(small_source, db, modalities=["popularity"], regression_tolerance=0.01)
+    assert weak.status == "rejected" and "regression gate" in weak.message
+    assert latest(db) == before
+    assert query(db, "SELECT status FROM runs ORDER BY started_at") == [("published",), ("rejected",)]
+    forced = run(small_source, db, modalities=["popularity"], allow_regression=True)
+    assert forced.status == "published"
+    assert latest(db) != before
+
+
+def test_retention_prunes_old_recommendations_but_keeps_metrics(small_source: Path, tmp_path: Path):
+    db = tmp_path / "rf.duckdb"
+    runs = [run(small_source, db, evaluate=False, retention_runs=1) for _ in range(2)]
+    kept = query(db, "SELECT DISTINCT run_id FROM recommendations")
+    assert kept == [(runs[1].run_id,)]
+    assert query(db, "SELECT count(*) FROM runs")[0][0] == 2
+    run(small_source, db, retention_runs=1)
+    assert query(db, "SELECT count(DISTINCT run_id) FROM run_metrics")[0][0] == 1  # evaluated run
+    assert query(db, "SELECT count(DISTINCT run_id) FROM check_results")[0][0] == 3
+
+
+@pytest.mark.parametrize("name", sql_query_names())
+def test_every_analyst_query_runs_on_a_published_database(name: str, published_db: Path):
+    values = {"user_id": query(published_db, "SELECT min(user_id) FROM recommendations_latest")[0][0],
+              "item_id": query(published_db, "SELECT min(item_id) FROM recommendations_latest")[0][0],
+              "k": "10"}
+    params = {p: str(values[p]) for p in query_parameters(read_sql(f"queries/{name}.sql"))}
+    frame = run_query(published_db, name, params)
+    if name in ("recommendations_for_user", "why_item", "modality_lift_latest",
+                "coverage_and_popularity_skew"):
+        assert frame.height > 0
+
+
+def test_views_for_analysts(published_db: Path):
+    assert query(published_db, "SELECT count(*) FROM run_history")[0][0] == 1
+    models = {m for (m,) in query(published_db, "SELECT DISTINCT model FROM metrics_latest")}
+    assert {"fused", "behavior", "weighted", "rrf"} <= models
+    lift = query(published_db, "SELECT count(DISTINCT modality) FROM modality_lift WHERE metric='ndcg'")
+    assert lift[0][0] == 4
+
+
+def test_report_and_gx_pages_are_written_next_to_the_database(published_db: Path):
+    run_id = query(published_db, "SELECT run_id FROM runs")[0][0]
+    folder = published_db.parent / "recfusion-reports" / run_id
+    report = (folder / "report.html").read_text()
+    assert "published" in report and "<svg" in report and "ndcg" in report
+    assert "Great Expectations" in (folder / "gx_recommendations_output.html").read_text()
+
+
+def test_run_artifacts_have_stable_keys(published_db: Path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def keys() -> set[str]:
+        async with get_client() as client:
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(like_="recfusion-")))
+            return {a.key for a in arts if a.key}
+
+    assert {"recfusion-metrics", "recfusion-lift", "recfusion-checks", "recfusion-row-counts",
+            "recfusion-report"} <= asyncio.run(keys())
+
+
+def test_backfill_runs_each_day_and_skips_published_days(small_source: Path, tmp_path: Path):
+    import polars as pl
+
+    from flows.backfill import BackfillParameters, backfill
+
+    last_day = pl.read_parquet(small_source / "events.parquet")["ts"].max().date()  # type: ignore[union-attr]
+    start = last_day.fromordinal(last_day.toordinal() - 1)
+    params = BackfillParameters(start=start, end=last_day,
+                                run=RunParameters(source=str(small_source), db=str(tmp_path / "b.duckdb"),
+                                                  evaluate=False))
+    first = backfill(params=params)
+    assert [s.status for s in first] == ["published", "published"]
+    as_of = query(tmp_path / "b.duckdb", "SELECT count(DISTINCT as_of) FROM runs")[0][0]
+    assert as_of == 2
+    assert backfill(params=params) == []  # both days already published
+    assert len(backfill(params=params.model_copy(update={"force": True}))) == 2
