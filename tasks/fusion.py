@@ -1,13 +1,16 @@
 """Model-level fusion: combine each modality's candidate lists into one ranked list per user.
 
 Input is the long candidate frame (modality, user_idx, item_idx, score, rank) that every modality
-produces. Every strategy here is a vectorised group-by over that frame; a user's blend can depend
-on their segment (cold-start switching), so weights are given per segment.
+produces. It is laid out once as a wide `CandidateTable` (one row per user × item, one column per
+modality and signal); every strategy is then column arithmetic plus a per-user top-k, so trying
+many strategies or weight vectors costs little. A user's blend can depend on their segment
+(cold-start switching), so weights are given per segment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import polars as pl
@@ -17,7 +20,6 @@ RankStrategy = Literal["rrf", "combsum", "combmnz", "borda"]
 SegmentWeights = Mapping[str, Mapping[str, float]]  # segment -> modality -> weight
 
 DEFAULT_SEGMENT = "warm"
-FUSED_SCHEMA = {"user_idx": pl.Int32, "item_idx": pl.Int32, "score": pl.Float64, "rank": pl.Int32}
 RRF_K = 60.0
 
 
@@ -43,29 +45,84 @@ def normalise(candidates: pl.DataFrame, method: Normalisation = "minmax") -> pl.
     return candidates.with_columns(norm.alias("norm"))
 
 
-def _segment_weights_frame(weights: SegmentWeights) -> pl.DataFrame:
-    rows = [(seg, mod, float(w)) for seg, per in weights.items() for mod, w in per.items()]
-    return pl.DataFrame(rows, schema={"segment": pl.String, "modality": pl.String, "weight": pl.Float64},
-                        orient="row")
+@dataclass(frozen=True)
+class CandidateTable:
+    """Union of all candidates, wide: norm_<m>, rank_<m> (null if m did not propose), len_<m>."""
+
+    frame: pl.DataFrame
+    modalities: tuple[str, ...]
+    normalisation: Normalisation
 
 
-def _with_weights(candidates: pl.DataFrame, weights: SegmentWeights,
-                  segments: pl.DataFrame | None) -> pl.DataFrame:
-    """Attach each candidate's modality weight for its user's segment (default segment: warm)."""
-    if segments is None:
-        framed = candidates.with_columns(pl.lit(DEFAULT_SEGMENT).alias("segment"))
+def candidate_table(candidates: pl.DataFrame, normalisation: Normalisation = "minmax") -> CandidateTable:
+    modalities = tuple(sorted(candidates["modality"].unique().to_list()))
+    long = normalise(candidates, normalisation).with_columns(
+        pl.len().over(["modality", "user_idx"]).cast(pl.Float64).alias("len"))
+    wide = long.pivot(on="modality", index=["user_idx", "item_idx"],
+                      values=["norm", "rank", "len"], aggregate_function="first")
+    if len(modalities) == 1:  # pivot names columns by value only when there is one modality
+        m = modalities[0]
+        wide = wide.rename({c: f"{c}_{m}" for c in ("norm", "rank", "len") if c in wide.columns})
+    return CandidateTable(wide.with_columns(pl.col("user_idx").cast(pl.Int32),
+                                            pl.col("item_idx").cast(pl.Int32)),
+                          modalities, normalisation)
+
+
+def _weight_columns(table: CandidateTable, weights: SegmentWeights,
+                    segments: pl.DataFrame | None) -> pl.DataFrame:
+    """Attach w_<m>: the weight of modality m for the row's user segment (default: warm's)."""
+    frame = table.frame
+    if segments is not None:
+        frame = frame.join(segments.select(pl.col("user_idx").cast(pl.Int32), "segment"),
+                           on="user_idx", how="left")
     else:
-        framed = candidates.join(segments.select("user_idx", "segment"), on="user_idx", how="left") \
-            .with_columns(pl.col("segment").fill_null(DEFAULT_SEGMENT))
-    table = _segment_weights_frame(weights)
-    # Segments without their own weights use the default segment's.
-    default = table.filter(pl.col("segment") == DEFAULT_SEGMENT).drop("segment")
-    return (
-        framed.join(table, on=["segment", "modality"], how="left")
-        .join(default.rename({"weight": "default_weight"}), on="modality", how="left")
-        .with_columns(pl.coalesce("weight", "default_weight", pl.lit(0.0)).alias("weight"))
-        .drop("default_weight")
-    )
+        frame = frame.with_columns(pl.lit(DEFAULT_SEGMENT).alias("segment"))
+    frame = frame.with_columns(pl.col("segment").fill_null(DEFAULT_SEGMENT))
+    default = weights.get(DEFAULT_SEGMENT, {})
+    exprs = []
+    for m in table.modalities:
+        expr: pl.Expr = pl.lit(float(default.get(m, 0.0)))
+        for segment, per in weights.items():
+            if segment != DEFAULT_SEGMENT:
+                expr = pl.when(pl.col("segment") == segment).then(
+                    pl.lit(float(per.get(m, default.get(m, 0.0))))).otherwise(expr)
+        exprs.append(expr.alias(f"w_{m}"))
+    return frame.with_columns(exprs)
+
+
+def _terms(strategy: str, m: str) -> pl.Expr:
+    """Per-modality evidence before weighting; 0 where the modality did not propose the item."""
+    rank, norm, n = pl.col(f"rank_{m}").cast(pl.Float64), pl.col(f"norm_{m}"), pl.col(f"len_{m}")
+    if strategy in ("weighted", "combsum", "combmnz"):
+        base = norm
+    elif strategy == "rrf":
+        base = 1.0 / (RRF_K + rank)
+    elif strategy == "borda":
+        base = (n - rank + 1.0) / n
+    else:
+        raise ValueError(f"unknown fusion strategy {strategy!r}")
+    return base.fill_null(0.0)
+
+
+def fuse_table(table: CandidateTable, strategy: str, k: int, weights: SegmentWeights | None = None,
+               segments: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Fuse a candidate table: returns user_idx, item_idx, score, rank, contrib_<m> per modality."""
+    if weights is None:
+        weights = {DEFAULT_SEGMENT: dict.fromkeys(table.modalities, 1.0)}
+    frame = _weight_columns(table, weights, segments)
+    contrib = [(pl.col(f"w_{m}") * _terms(strategy, m)).alias(f"contrib_{m}") for m in table.modalities]
+    frame = frame.with_columns(contrib)
+    if strategy == "combmnz":
+        # CombMNZ multiplies the sum by how many lists (with weight > 0) contain the item.
+        hits = pl.sum_horizontal([(pl.col(f"rank_{m}").is_not_null() & (pl.col(f"w_{m}") > 0))
+                                  .cast(pl.Float64) for m in table.modalities])
+        frame = frame.with_columns([(pl.col(f"contrib_{m}") * hits).alias(f"contrib_{m}")
+                                    for m in table.modalities])
+    contrib_cols = [f"contrib_{m}" for m in table.modalities]
+    scored = frame.select("user_idx", "item_idx", *contrib_cols).with_columns(
+        pl.sum_horizontal(contrib_cols).alias("score"))
+    return top_k(scored, k).select("user_idx", "item_idx", pl.col("score").cast(pl.Float64), "rank",
+                                   *contrib_cols)
 
 
 def top_k(scored: pl.DataFrame, k: int) -> pl.DataFrame:
@@ -77,55 +134,15 @@ def top_k(scored: pl.DataFrame, k: int) -> pl.DataFrame:
     )
 
 
-def contributions_wide(parts: pl.DataFrame) -> pl.DataFrame:
-    """(user, item, modality, contribution) -> one row per (user, item) with contrib_<modality> columns."""
-    wide = parts.pivot(on="modality", index=["user_idx", "item_idx"], values="contribution",
-                       aggregate_function="sum")
-    modalities = [c for c in wide.columns if c not in ("user_idx", "item_idx")]
-    return wide.rename({m: f"contrib_{m}" for m in modalities}).fill_null(0.0)
-
-
 def fuse_weighted(candidates: pl.DataFrame, weights: SegmentWeights, k: int,
                   normalisation: Normalisation = "minmax",
                   segments: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Weighted sum of normalised scores; returns user_idx, item_idx, score, rank, contrib_*."""
-    parts = _with_weights(normalise(candidates, normalisation), weights, segments).with_columns(
-        (pl.col("weight") * pl.col("norm")).alias("contribution")
-    )
-    return _finish(parts, k)
+    """Weighted sum of normalised scores."""
+    return fuse_table(candidate_table(candidates, normalisation), "weighted", k, weights, segments)
 
 
 def fuse_rank(candidates: pl.DataFrame, strategy: RankStrategy, k: int,
               weights: SegmentWeights | None = None,
               segments: pl.DataFrame | None = None) -> pl.DataFrame:
     """Rank fusion: RRF, CombSUM, CombMNZ or Borda, optionally weighted per modality."""
-    if weights is None:
-        names = candidates["modality"].unique().to_list()
-        weights = {DEFAULT_SEGMENT: dict.fromkeys(names, 1.0)}
-    parts = _with_weights(normalise(candidates, "minmax"), weights, segments)
-    rank = pl.col("rank").cast(pl.Float64)
-    if strategy == "rrf":
-        base = 1.0 / (RRF_K + rank)
-    elif strategy in ("combsum", "combmnz"):
-        base = pl.col("norm")
-    elif strategy == "borda":
-        n = pl.len().over(["modality", "user_idx"]).cast(pl.Float64)
-        base = (n - rank + 1.0) / n
-    else:
-        raise ValueError(f"unknown rank fusion strategy {strategy!r}")
-    parts = parts.with_columns((pl.col("weight") * base).alias("contribution"))
-    if strategy == "combmnz":
-        # CombMNZ multiplies the sum by how many lists (with weight > 0) contain the item.
-        hits = (pl.col("weight") > 0).cast(pl.Float64).sum().over(["user_idx", "item_idx"])
-        parts = parts.with_columns((pl.col("contribution") * hits).alias("contribution"))
-    return _finish(parts, k)
-
-
-def _finish(parts: pl.DataFrame, k: int) -> pl.DataFrame:
-    wide = contributions_wide(parts.select("user_idx", "item_idx", "modality", "contribution"))
-    contrib_cols = [c for c in wide.columns if c.startswith("contrib_")]
-    scored = wide.with_columns(pl.sum_horizontal(contrib_cols).alias("score"))
-    return top_k(scored, k).select(
-        pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32),
-        pl.col("score").cast(pl.Float64), "rank", *contrib_cols,
-    )
+    return fuse_table(candidate_table(candidates, "minmax"), strategy, k, weights, segments)

@@ -15,11 +15,11 @@ import polars as pl
 
 from tasks.fusion import (
     DEFAULT_SEGMENT,
+    CandidateTable,
     Normalisation,
     SegmentWeights,
-    fuse_rank,
-    fuse_weighted,
-    normalise,
+    candidate_table,
+    fuse_table,
 )
 
 log = logging.getLogger(__name__)
@@ -43,66 +43,92 @@ class FusionPlan:
                 "weights": self.weights, "validation_ndcg": self.validation_ndcg}
 
 
-def apply_plan(candidates: pl.DataFrame, plan: FusionPlan, k: int,
+def apply_plan(candidates: pl.DataFrame | CandidateTable, plan: FusionPlan, k: int,
                segments: pl.DataFrame | None) -> pl.DataFrame:
-    if plan.strategy == "weighted":
-        return fuse_weighted(candidates, plan.weights, k, plan.normalisation, segments)
-    return fuse_rank(candidates, plan.strategy, k, plan.weights or None, segments)  # type: ignore[arg-type]
+    """Fuse with a plan; pass a CandidateTable built with the plan's normalisation to reuse it."""
+    normalisation = plan.normalisation if plan.strategy == "weighted" else "minmax"
+    if isinstance(candidates, CandidateTable):
+        if candidates.normalisation != normalisation:
+            raise ValueError(f"candidate table is {candidates.normalisation}, plan needs {normalisation}")
+        table = candidates
+    else:
+        table = candidate_table(candidates, normalisation)
+    return fuse_table(table, plan.strategy, k, plan.weights or None, segments)
 
 
-def _wide_norms(candidates: pl.DataFrame, modalities: Sequence[str],
-                normalisation: Normalisation) -> pl.DataFrame:
-    wide = normalise(candidates, normalisation).pivot(
-        on="modality", index=["user_idx", "item_idx"], values="norm", aggregate_function="max")
-    for m in modalities:
-        if m not in wide.columns:
-            wide = wide.with_columns(pl.lit(None, pl.Float64).alias(m))
+def apply_plans(candidates: pl.DataFrame, plans: Sequence[FusionPlan], k: int,
+                segments: pl.DataFrame | None,
+                tables: dict[str, CandidateTable] | None = None) -> dict[str, pl.DataFrame]:
+    """Fuse with several plans, building each normalisation's candidate table only once."""
+    tables = {} if tables is None else tables
+    out = {}
+    for plan in plans:
+        normalisation = plan.normalisation if plan.strategy == "weighted" else "minmax"
+        if normalisation not in tables:
+            tables[normalisation] = candidate_table(candidates, normalisation)
+        out[plan.strategy] = apply_plan(tables[normalisation], plan, k, segments)
+    return out
+
+
+def _wide_norms(table: CandidateTable) -> pl.DataFrame:
     # A modality that did not propose an item gives it its floor (0 after min-max).
-    return wide.with_columns([pl.col(m).fill_null(0.0) for m in modalities]).sort("user_idx")
+    return table.frame.select("user_idx", "item_idx", *[
+        pl.col(f"norm_{m}").fill_null(0.0).alias(m) for m in table.modalities]).sort("user_idx")
 
 
 class _FastNdcg:
-    """NDCG@k of many weight vectors over one fixed candidate pool, with NumPy only."""
+    """NDCG@k of many weight vectors over one fixed candidate pool, with NumPy only.
+
+    Candidates are laid out as a padded users × slots block, so each evaluation is one matrix
+    product and one row-wise argpartition instead of a global sort.
+    """
 
     def __init__(self, wide: pl.DataFrame, truth: pl.DataFrame, modalities: Sequence[str], k: int):
         labelled = wide.join(truth.with_columns(pl.lit(1.0).alias("hit")),
-                             on=["user_idx", "item_idx"], how="left").sort("user_idx")
-        self.users = labelled["user_idx"].to_numpy()
-        self.features = labelled.select(modalities).to_numpy().astype(np.float64)
-        self.hits = labelled["hit"].fill_null(0.0).to_numpy()
-        self.items = labelled["item_idx"].to_numpy()
+                             on=["user_idx", "item_idx"], how="left").sort("user_idx", "item_idx")
+        users = labelled["user_idx"].to_numpy()
+        self.uniq, starts, counts = np.unique(users, return_index=True, return_counts=True)
+        slots = int(counts.max()) if counts.size else 0
+        row = np.repeat(np.arange(len(self.uniq)), counts)
+        col = np.arange(len(users)) - np.repeat(starts, counts)
+        self.features = np.zeros((len(self.uniq), slots, len(modalities)), dtype=np.float32)
+        self.features[row, col] = labelled.select(modalities).to_numpy().astype(np.float32)
+        self.valid = np.zeros((len(self.uniq), slots), dtype=bool)
+        self.valid[row, col] = True
+        self.hits = np.zeros((len(self.uniq), slots), dtype=np.float32)
+        self.hits[row, col] = labelled["hit"].fill_null(0.0).to_numpy()
         n_rel = truth.group_by("user_idx").len()
+        rel = pl.DataFrame({"user_idx": self.uniq}).join(n_rel, on="user_idx", how="left")
+        rel_per_user = rel["len"].fill_null(0).to_numpy()
         self.n_users = max(1, n_rel.height)
-        rel = dict(zip(n_rel["user_idx"].to_list(), n_rel["len"].to_list(), strict=True))
-        uniq = np.unique(self.users)
-        rel_per_user = np.array([rel.get(int(u), 0) for u in uniq], dtype=np.int64)
-        discounts = 1.0 / np.log2(np.arange(2, k + 2))
-        ideal = np.concatenate([[0.0], np.cumsum(discounts)])
-        self.uniq, self.k, self.discounts = uniq, k, discounts
-        self.idcg_arr = ideal[np.minimum(rel_per_user, k)]
+        self.k = min(k, slots) if slots else 0
+        self.discounts = (1.0 / np.log2(np.arange(2, k + 2))).astype(np.float32)
+        ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
+        self.idcg = ideal[np.minimum(rel_per_user, k)]
 
     def __call__(self, weights: np.ndarray) -> float:
-        score = self.features @ weights
-        order = np.lexsort((self.items, -score, self.users))
-        users = self.users[order]
-        starts = np.searchsorted(users, self.uniq)
-        pos = np.arange(len(users)) - np.repeat(starts, np.diff(np.append(starts, len(users))))
-        keep = pos < self.k
-        gains = self.hits[order][keep] * self.discounts[pos[keep]]
-        dcg = np.bincount(np.searchsorted(self.uniq, users[keep]), weights=gains,
-                          minlength=len(self.uniq))
+        if self.k == 0:
+            return 0.0
+        score = self.features @ weights.astype(np.float32)
+        score[~self.valid] = -np.inf
+        # Slots are item-ordered within a user, so a stable descending sort breaks ties by item.
+        top = np.argpartition(-score, self.k - 1, axis=1)[:, : self.k]
+        top_scores = np.take_along_axis(score, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        gains = np.take_along_axis(self.hits, top, axis=1) @ self.discounts[: self.k]
         with np.errstate(invalid="ignore", divide="ignore"):
-            ndcg = np.where(self.idcg_arr > 0, dcg / self.idcg_arr, 0.0)
+            ndcg = np.where(self.idcg > 0, gains / self.idcg, 0.0)
         return float(ndcg.sum() / self.n_users)
 
 
-def tune_weights(candidates: pl.DataFrame, truth: pl.DataFrame, k: int,
-                 normalisation: Normalisation = "minmax", passes: int = 2) -> tuple[dict[str, float], float]:
+def tune_weights(table: CandidateTable, truth: pl.DataFrame, k: int,
+                 passes: int = 2) -> tuple[dict[str, float], float]:
     """Coordinate ascent over a weight grid, maximising validation NDCG@k."""
-    modalities = sorted(candidates["modality"].unique().to_list())
+    modalities = list(table.modalities)
     if not modalities or truth.height == 0:
         return dict.fromkeys(modalities, 1.0), 0.0
-    wide = _wide_norms(candidates, modalities, normalisation)
+    wide = _wide_norms(table)
     ndcg = _FastNdcg(wide, truth, modalities, k)
     weights = np.ones(len(modalities))
     best = ndcg(weights)
@@ -127,7 +153,8 @@ def choose_plan(candidates: pl.DataFrame, truth: pl.DataFrame, k: int,
                 normalisation: Normalisation = "minmax",
                 fixed_weights: Mapping[str, float] | None = None) -> FusionPlan:
     """Tune weights per segment and, for `auto`, pick the strategy with the best validation NDCG."""
-    seg_of = segments.select("user_idx", "segment")
+    seg_of = segments.select(pl.col("user_idx").cast(pl.Int32), "segment")
+    weighted_table = candidate_table(candidates, normalisation)
     weights: SegmentWeights
     if fixed_weights:
         weights = {DEFAULT_SEGMENT: dict(fixed_weights)}
@@ -138,8 +165,10 @@ def choose_plan(candidates: pl.DataFrame, truth: pl.DataFrame, k: int,
             seg_truth = truth.join(users, on="user_idx", how="semi")
             if seg_truth.height == 0:
                 continue
-            w, score = tune_weights(candidates.join(users, on="user_idx", how="semi"), seg_truth,
-                                    k, normalisation)
+            seg_table = CandidateTable(
+                weighted_table.frame.join(users, on="user_idx", how="semi"),
+                weighted_table.modalities, normalisation)
+            w, score = tune_weights(seg_table, seg_truth, k)
             tuned[segment] = w
             log.info("tuned %s weights for %s users: %s (validation ndcg %.4f)",
                      normalisation, segment, w, score)
@@ -150,17 +179,18 @@ def choose_plan(candidates: pl.DataFrame, truth: pl.DataFrame, k: int,
     elif strategy != "weighted":
         plans = [FusionPlan(strategy, weights={s: dict(w) for s, w in weights.items()}
                             if fixed_weights else {})]
-    return best_plan(plans, candidates, truth, k, segments)
+    return best_plan(plans, candidates, truth, k, segments, {normalisation: weighted_table})
 
 
 def best_plan(plans: Sequence[FusionPlan], candidates: pl.DataFrame, truth: pl.DataFrame, k: int,
-              segments: pl.DataFrame) -> FusionPlan:
+              segments: pl.DataFrame, tables: dict[str, CandidateTable] | None = None) -> FusionPlan:
     """Evaluate each plan on the validation truth; the winner carries every plan's score."""
     from tasks.metrics import ranking_metrics
 
     scores: dict[str, float] = {}
+    fused_by_strategy = apply_plans(candidates, plans, k, segments, tables)
     for plan in plans:
-        fused = apply_plan(candidates, plan, k, segments)
+        fused = fused_by_strategy[plan.strategy]
         recs = fused.select(pl.col("user_idx").alias("user_id"), pl.col("item_idx").alias("item_id"),
                             "rank")
         scores[plan.strategy] = ranking_metrics(

@@ -18,7 +18,8 @@ from tasks.candidate_generation import CandidateSet, generate_candidates
 from tasks.dataset import Dataset, build_dataset
 from tasks.evaluation import evaluate_lists, user_segments
 from tasks.fusion import DEFAULT_SEGMENT
-from tasks.fusion_tuning import FusionPlan, apply_plan, choose_plan
+from tasks.fusion import CandidateTable
+from tasks.fusion_tuning import FusionPlan, apply_plan, apply_plans, choose_plan
 from tasks.holdout import Holdout, holdout_split
 from tasks.parameters import RunParameters
 from tasks.snapshot import Snapshot
@@ -108,9 +109,11 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
         eval_plan = _fixed_plan(params, train_cands.modalities)
 
     lists = modality_lists(train_cands, k)
-    for alternative in eval_plan.alternatives:
-        lists[alternative.strategy] = apply_plan(train_cands.candidates, alternative, k, train_segments)
-    lists["fused"] = apply_plan(train_cands.candidates, eval_plan, k, train_segments)
+    tables: dict[str, CandidateTable] = {}
+    lists |= apply_plans(train_cands.candidates, eval_plan.alternatives or [eval_plan], k,
+                         train_segments, tables)
+    lists["fused"] = apply_plans(train_cands.candidates, [eval_plan], k, train_segments,
+                                 tables)[eval_plan.strategy]
     pool = train_cands.candidates.select("user_idx", "item_idx").unique()
     metrics = evaluate_lists(lists, test_truth, train, k, train_segments, pool=pool)
 
