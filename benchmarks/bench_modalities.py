@@ -1,0 +1,147 @@
+"""Speed and memory of every modality, side by side with the `implicit` library.
+
+Prints, per modality: fit seconds, seconds to recommend top-K for every user, users scored per
+second, and the peak RSS of the process that did it; then the ratios the product targets:
+users/s against implicit's ALS recommend-all (≥ 1.0) and fit time against implicit's ALS fit
+(≤ 2.0). Each model runs in its own subprocess, so one model's memory never hides another's.
+
+    pip install -e ".[bench]"
+    python benchmarks/bench_modalities.py                    # 100k users × 20k items × 5M events
+    python benchmarks/bench_modalities.py --users 20000 --items 5000 --events 1000000   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = ("behavior", "content", "social", "popularity", "implicit-als", "implicit-itemknn")
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is KiB on Linux
+
+
+def _load(source: Path) -> Any:
+    import polars as pl
+
+    from tasks.dataset import build_dataset
+
+    return build_dataset(pl.read_parquet(source / "events.parquet"),
+                         items=pl.read_parquet(source / "items.parquet"),
+                         social=pl.read_parquet(source / "social.parquet"))
+
+
+def _run_ours(name: str, source: Path, k: int, block: int) -> dict[str, float]:
+    import numpy as np
+
+    from tasks.candidate_generation import build_modality
+    from tasks.candidates import top_n
+    from tasks.parameters import RunParameters
+
+    data = _load(source)
+    after_load = _peak_rss_gb()
+    model = build_modality(name, RunParameters())
+    start = time.perf_counter()
+    model.fit(data)
+    fit = time.perf_counter() - start
+    seen = data.seen()
+    start = time.perf_counter()
+    recs = top_n(model, np.arange(data.n_users), k, seen=seen, block_size=block)
+    score = time.perf_counter() - start
+    return {"fit_s": fit, "recommend_s": score, "users": data.n_users,
+            "served": recs["user_idx"].n_unique(), "rss_gb": _peak_rss_gb(),
+            "rss_after_load_gb": after_load}
+
+
+def _run_implicit(name: str, source: Path, k: int) -> dict[str, float]:
+    import numpy as np
+    from implicit.als import AlternatingLeastSquares
+    from implicit.nearest_neighbours import CosineRecommender
+
+    data = _load(source)
+    after_load = _peak_rss_gb()
+    user_items = data.interactions.tocsr().astype(np.float32)
+    model = (AlternatingLeastSquares(factors=64, iterations=15, random_state=7)
+             if name == "implicit-als" else CosineRecommender(K=100))
+    start = time.perf_counter()
+    model.fit(user_items, show_progress=False)
+    fit = time.perf_counter() - start
+    users = np.arange(data.n_users)
+    start = time.perf_counter()
+    ids, _ = model.recommend(users, user_items, N=k, filter_already_liked_items=True)
+    score = time.perf_counter() - start
+    return {"fit_s": fit, "recommend_s": score, "users": data.n_users, "served": int(len(ids)),
+            "rss_gb": _peak_rss_gb(), "rss_after_load_gb": after_load}
+
+
+def _child(name: str, source: str, k: int, block: int, queue: Any) -> None:
+    try:
+        if name.startswith("implicit"):
+            queue.put(_run_implicit(name, Path(source), k))
+        else:
+            queue.put(_run_ours(name, Path(source), k, block))
+    except Exception as exc:  # report, don't hang the parent
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--block", type=int, default=2048, help="users per scoring block")
+    parser.add_argument("--data", default="/tmp/recfusion-bench", help="where the demo source goes")
+    parser.add_argument("--models", default=",".join(MODELS))
+    args = parser.parse_args()
+
+    from tasks.demo_data import generate_demo_source
+
+    source = Path(args.data) / f"u{args.users}-i{args.items}-e{args.events}"
+    if not (source / "events.parquet").exists():
+        start = time.perf_counter()
+        generate_demo_source(source, users=args.users, items=args.items, events=args.events, seed=42)
+        print(f"generated demo data in {time.perf_counter() - start:.1f}s -> {source}")
+
+    ctx = mp.get_context("spawn")
+    results: dict[str, dict[str, float]] = {}
+    for name in args.models.split(","):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child, args=(name, str(source), args.k, args.block, queue))
+        proc.start()
+        results[name] = queue.get()
+        proc.join()
+        r = results[name]
+        if "error" in r:
+            print(f"{name:18s} ERROR {r['error']}")
+            continue
+        print(f"{name:18s} fit {r['fit_s']:7.2f}s  recommend {r['recommend_s']:7.2f}s  "
+              f"{r['users'] / r['recommend_s']:9.0f} users/s  peak RSS {r['rss_gb']:.2f} GB "
+              f"(data loaded: {r['rss_after_load_gb']:.2f} GB)  served {r['served']}/{r['users']}",
+              flush=True)
+
+    als = results.get("implicit-als", {})
+    if als and "error" not in als:
+        print("\nratios against implicit ALS (targets: speed >= 1.0, fit <= 2.0, RSS <= 2 GB)")
+        for name in ("behavior", "content", "social", "popularity"):
+            r = results.get(name)
+            if not r or "error" in r:
+                continue
+            speed = (r["users"] / r["recommend_s"]) / (als["users"] / als["recommend_s"])
+            fit = r["fit_s"] / als["fit_s"]
+            ok = speed >= 1.0 and fit <= 2.0 and r["rss_gb"] <= 2.0
+            print(f"{name:12s} users/s ratio {speed:6.2f}   fit ratio {fit:5.2f}   "
+                  f"RSS {r['rss_gb']:.2f} GB   {'OK' if ok else 'MISS'}")
+    Path(args.data, "last_results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
