@@ -36,4 +36,5 @@ SELECT f.run_id, f.metric, f.k, f.segment, m.model AS modality,
 FROM run_metrics f
 JOIN run_metrics m
   ON m.run_id = f.run_id AND m.metric = f.metric AND m.k = f.k AND m.segment = f.segment
-WHERE f.model = 'fused' AND m.model IN ('behavior', 'content', 'social', 'popularity');
+WHERE f.model = 'fused'
+  AND m.model IN ('behavior', 'content', 'social', 'popularity', 'hybrid_features', 'hybrid_samples');

@@ -15,6 +15,7 @@ from tasks.dataset import Dataset
 from tasks.modalities.base import Modality
 from tasks.modalities.behavior import make_behavior
 from tasks.modalities.content import MissingModalityInput, make_content
+from tasks.modalities.hybrid import make_feature_fusion, make_sample_fusion
 from tasks.modalities.popularity import make_popularity
 from tasks.modalities.social import make_social
 from tasks.parameters import RunParameters
@@ -29,6 +30,8 @@ def build_modality(name: str, params: RunParameters) -> Modality:
         "content": lambda: make_content(params.content),
         "social": lambda: make_social(params.social),
         "popularity": lambda: make_popularity(params.popularity),
+        "hybrid_features": lambda: make_feature_fusion(params.hybrid),
+        "hybrid_samples": lambda: make_sample_fusion(params.hybrid),
     }
     return factories[name]()
 

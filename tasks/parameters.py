@@ -10,11 +10,18 @@ from pydantic import BaseModel, Field
 from tasks.dataset import DEFAULT_EVENT_WEIGHTS, InteractionWeighting
 from tasks.modalities.behavior import BehaviorParams
 from tasks.modalities.content import ContentParams
+from tasks.modalities.hybrid import HybridParams
 from tasks.modalities.popularity import PopularityParams
 from tasks.modalities.social import SocialParams
 
-ModalityName = Literal["behavior", "content", "social", "popularity"]
-ALL_MODALITIES: list[ModalityName] = ["behavior", "content", "social", "popularity"]
+ModalityName = Literal[
+    "behavior", "content", "social", "popularity", "hybrid_features", "hybrid_samples"
+]
+ALL_MODALITIES: list[ModalityName] = [
+    "behavior", "content", "social", "popularity", "hybrid_features", "hybrid_samples"
+]
+#: The four single-evidence modalities; hybrids are fusions below the model level.
+SINGLE_MODALITIES = ("behavior", "content", "social", "popularity")
 FusionStrategy = Literal[
     "auto", "weighted", "rrf", "combsum", "combmnz", "borda", "stacking"
 ]
@@ -47,11 +54,15 @@ class RunParameters(BaseModel):
         None, description="Build the data as of this time (events after it are ignored); "
                           "empty = latest event.")
     modalities: list[ModalityName] = Field(
-        default_factory=lambda: list(ALL_MODALITIES), description="Modalities to run.")
+        default_factory=lambda: list(ALL_MODALITIES),
+        description="Candidate sources to run: the four modalities, plus the feature-level "
+                    "(hybrid_features) and sample-level (hybrid_samples) fusion models.")
     behavior: BehaviorParams = Field(default_factory=BehaviorParams)
     content: ContentParams = Field(default_factory=ContentParams)
     social: SocialParams = Field(default_factory=SocialParams)
     popularity: PopularityParams = Field(default_factory=PopularityParams)
+    hybrid: HybridParams = Field(default_factory=HybridParams,
+                                 description="Feature-level and sample-level fusion models.")
     fusion: FusionParams = Field(default_factory=FusionParams)
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),

@@ -13,6 +13,8 @@ GENERIC = {
     "content": "similar to items you interacted with",
     "social": "popular among your friends",
     "popularity": "popular right now",
+    "hybrid_features": "similar to items you interacted with",
+    "hybrid_samples": "people like you and your friends chose it",
 }
 
 
@@ -71,6 +73,8 @@ def explain(fused: pl.DataFrame, data: Dataset) -> pl.DataFrame:
 
     titles = _titles(data)
     for modality, template in (("behavior", "because you liked {}"),
+                               ("hybrid_features", "because you liked {}"),
+                               ("hybrid_samples", "because you liked {}"),
                                ("content", "similar to {}")):
         rows = np.flatnonzero(top == modality)
         if rows.size and titles is not None:

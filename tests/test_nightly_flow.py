@@ -53,7 +53,7 @@ def test_nightly_publishes_lists_for_every_user_and_reruns_idempotently(small_so
     assert {"precision", "recall", "f1", "ndcg"} <= metric_names
     assert query(db, "SELECT count(*), bool_and(success) FROM check_results "
                      "WHERE suite = 'recommendations_output'")[0] == (6, True)
-    assert query(db, "SELECT count(DISTINCT modality) FROM candidates")[0][0] == 4
+    assert query(db, "SELECT count(DISTINCT modality) FROM candidates")[0][0] == 6
 
     raw_before = query(db, "SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.items),"
                            " (SELECT count(*) FROM raw.social), (SELECT count(*) FROM raw.users)")

@@ -196,7 +196,7 @@ def test_views_for_analysts(published_db: Path):
     models = {m for (m,) in query(published_db, "SELECT DISTINCT model FROM metrics_latest")}
     assert {"fused", "behavior", "weighted", "rrf"} <= models
     lift = query(published_db, "SELECT count(DISTINCT modality) FROM modality_lift WHERE metric='ndcg'")
-    assert lift[0][0] == 4
+    assert lift[0][0] == 6
 
 
 def test_report_and_gx_pages_are_written_next_to_the_database(published_db: Path):
