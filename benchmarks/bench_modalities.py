@@ -33,9 +33,11 @@ def _load(source: Path) -> Any:
 
     from tasks.dataset import build_dataset
 
-    return build_dataset(pl.read_parquet(source / "events.parquet"),
-                         items=pl.read_parquet(source / "items.parquet"),
-                         social=pl.read_parquet(source / "social.parquet"))
+    return build_dataset(
+        pl.read_parquet(source / "events.parquet"),
+        items=pl.read_parquet(source / "items.parquet"),
+        social=pl.read_parquet(source / "social.parquet"),
+    )
 
 
 def _run_ours(name: str, source: Path, k: int, block: int) -> dict[str, float]:
@@ -55,9 +57,14 @@ def _run_ours(name: str, source: Path, k: int, block: int) -> dict[str, float]:
     start = time.perf_counter()
     recs = top_n(model, np.arange(data.n_users), k, seen=seen, block_size=block)
     score = time.perf_counter() - start
-    return {"fit_s": fit, "recommend_s": score, "users": data.n_users,
-            "served": recs["user_idx"].n_unique(), "rss_gb": _peak_rss_gb(),
-            "rss_after_load_gb": after_load}
+    return {
+        "fit_s": fit,
+        "recommend_s": score,
+        "users": data.n_users,
+        "served": recs["user_idx"].n_unique(),
+        "rss_gb": _peak_rss_gb(),
+        "rss_after_load_gb": after_load,
+    }
 
 
 def _run_implicit(name: str, source: Path, k: int) -> dict[str, float]:
@@ -68,8 +75,11 @@ def _run_implicit(name: str, source: Path, k: int) -> dict[str, float]:
     data = _load(source)
     after_load = _peak_rss_gb()
     user_items = data.interactions.tocsr().astype(np.float32)
-    model = (AlternatingLeastSquares(factors=64, iterations=15, random_state=7)
-             if name == "implicit-als" else CosineRecommender(K=100))
+    model = (
+        AlternatingLeastSquares(factors=64, iterations=15, random_state=7)
+        if name == "implicit-als"
+        else CosineRecommender(K=100)
+    )
     start = time.perf_counter()
     model.fit(user_items, show_progress=False)
     fit = time.perf_counter() - start
@@ -77,8 +87,14 @@ def _run_implicit(name: str, source: Path, k: int) -> dict[str, float]:
     start = time.perf_counter()
     ids, _ = model.recommend(users, user_items, N=k, filter_already_liked_items=True)
     score = time.perf_counter() - start
-    return {"fit_s": fit, "recommend_s": score, "users": data.n_users, "served": int(len(ids)),
-            "rss_gb": _peak_rss_gb(), "rss_after_load_gb": after_load}
+    return {
+        "fit_s": fit,
+        "recommend_s": score,
+        "users": data.n_users,
+        "served": int(len(ids)),
+        "rss_gb": _peak_rss_gb(),
+        "rss_after_load_gb": after_load,
+    }
 
 
 def _child(name: str, source: str, k: int, block: int, queue: Any) -> None:
@@ -92,7 +108,9 @@ def _child(name: str, source: str, k: int, block: int, queue: Any) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--events", type=int, default=5_000_000)
@@ -107,7 +125,9 @@ def main() -> int:
     source = Path(args.data) / f"u{args.users}-i{args.items}-e{args.events}"
     if not (source / "events.parquet").exists():
         start = time.perf_counter()
-        generate_demo_source(source, users=args.users, items=args.items, events=args.events, seed=42)
+        generate_demo_source(
+            source, users=args.users, items=args.items, events=args.events, seed=42
+        )
         print(f"generated demo data in {time.perf_counter() - start:.1f}s -> {source}")
 
     ctx = mp.get_context("spawn")
@@ -122,10 +142,12 @@ def main() -> int:
         if "error" in r:
             print(f"{name:18s} ERROR {r['error']}")
             continue
-        print(f"{name:18s} fit {r['fit_s']:7.2f}s  recommend {r['recommend_s']:7.2f}s  "
-              f"{r['users'] / r['recommend_s']:9.0f} users/s  peak RSS {r['rss_gb']:.2f} GB "
-              f"(data loaded: {r['rss_after_load_gb']:.2f} GB)  served {r['served']}/{r['users']}",
-              flush=True)
+        print(
+            f"{name:18s} fit {r['fit_s']:7.2f}s  recommend {r['recommend_s']:7.2f}s  "
+            f"{r['users'] / r['recommend_s']:9.0f} users/s  peak RSS {r['rss_gb']:.2f} GB "
+            f"(data loaded: {r['rss_after_load_gb']:.2f} GB)  served {r['served']}/{r['users']}",
+            flush=True,
+        )
 
     als = results.get("implicit-als", {})
     if als and "error" not in als:
@@ -137,8 +159,10 @@ def main() -> int:
             speed = (r["users"] / r["recommend_s"]) / (als["users"] / als["recommend_s"])
             fit = r["fit_s"] / als["fit_s"]
             ok = speed >= 1.0 and fit <= 2.0 and r["rss_gb"] <= 2.0
-            print(f"{name:12s} users/s ratio {speed:6.2f}   fit ratio {fit:5.2f}   "
-                  f"RSS {r['rss_gb']:.2f} GB   {'OK' if ok else 'MISS'}")
+            print(
+                f"{name:12s} users/s ratio {speed:6.2f}   fit ratio {fit:5.2f}   "
+                f"RSS {r['rss_gb']:.2f} GB   {'OK' if ok else 'MISS'}"
+            )
     Path(args.data, "last_results.json").write_text(json.dumps(results, indent=2))
     return 0
 

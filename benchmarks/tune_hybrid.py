@@ -1,6 +1,6 @@
 """Tune the feature- and sample-level fusion models on an inner split of Last.fm train only.
 
-    python benchmarks/tune_hybrid.py            # validation grid, then the chosen configs on test
+python benchmarks/tune_hybrid.py            # validation grid, then the chosen configs on test
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ from tasks.modalities.hybrid import FeatureFusionModel, HybridParams, SampleFusi
 SPLIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lastfm-2k-split"
 
 
-def score(model_cls: type, params: HybridParams, events: pl.DataFrame, truth: pl.DataFrame,
-          items: pl.DataFrame, social: pl.DataFrame) -> tuple[float, float]:
+def score(
+    model_cls: type,
+    params: HybridParams,
+    events: pl.DataFrame,
+    truth: pl.DataFrame,
+    items: pl.DataFrame,
+    social: pl.DataFrame,
+) -> tuple[float, float]:
     full = build_dataset(events, items, social)
     start = time.perf_counter()
     model = model_cls(params).fit(full)
@@ -40,19 +46,32 @@ def main() -> int:
     print("validation (inner split of train, seed 7): NDCG@10")
     best: dict[str, tuple[float, HybridParams]] = {}
     grid = {
-        "hybrid_features": (FeatureFusionModel,
-                            [HybridParams(feature_weight=b, features_l2=l2) for b in (0, 5, 20, 50, 100)
-                             for l2 in (100, 200)]),
-        "hybrid_samples": (SampleFusionModel,
-                           [HybridParams(social_weight=g, samples_l2=l2) for g in (0, 0.1, 0.3, 0.6)
-                            for l2 in (100, 200)]),
+        "hybrid_features": (
+            FeatureFusionModel,
+            [
+                HybridParams(feature_weight=b, features_l2=l2)
+                for b in (0, 5, 20, 50, 100)
+                for l2 in (100, 200)
+            ],
+        ),
+        "hybrid_samples": (
+            SampleFusionModel,
+            [
+                HybridParams(social_weight=g, samples_l2=l2)
+                for g in (0, 0.1, 0.3, 0.6)
+                for l2 in (100, 200)
+            ],
+        ),
     }
     for name, (cls, configs) in grid.items():
         for params in configs:
             ndcg, seconds = score(cls, params, inner.train, inner.truth, items, social)
             l2 = params.features_l2 if name == "hybrid_features" else params.samples_l2
-            print(f"  {name:16s} beta={params.feature_weight:<5} gamma={params.social_weight:<4} "
-                  f"l2={l2:<5} ndcg={ndcg:.4f} ({seconds:.1f}s)", flush=True)
+            print(
+                f"  {name:16s} beta={params.feature_weight:<5} gamma={params.social_weight:<4} "
+                f"l2={l2:<5} ndcg={ndcg:.4f} ({seconds:.1f}s)",
+                flush=True,
+            )
             if ndcg > best.get(name, (-1.0, params))[0]:
                 best[name] = (ndcg, params)
     test = pl.read_parquet(SPLIT / "test.parquet")

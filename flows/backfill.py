@@ -23,7 +23,9 @@ class BackfillParameters(BaseModel):
 
 def end_of_day(day: date) -> datetime:
     """Runs 'as of a day' see every event up to that day's last instant (UTC)."""
-    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC) - timedelta(microseconds=1)
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC) - timedelta(
+        microseconds=1
+    )
 
 
 def published_as_of(db: str) -> set[datetime]:
@@ -55,6 +57,8 @@ def backfill(params: BackfillParameters) -> list[RunSummary]:
             summary = state.result(raise_on_failure=False)
             if isinstance(summary, RunSummary):
                 summaries.append(summary)
-                logger.info("%s: run %s %s %s", day, summary.run_id, summary.status, summary.message)
+                logger.info(
+                    "%s: run %s %s %s", day, summary.run_id, summary.status, summary.message
+                )
         day += timedelta(days=1)
     return summaries

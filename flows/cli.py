@@ -51,10 +51,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"recfusion: run failed: {state.message or summary}", file=sys.stderr)
         return 1
     if summary.status == "published":
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.metrics.items()
-                            if k in ("ndcg", "recall", "precision"))
-        print(f"published run {summary.run_id}: {summary.n_recommendations} recommendations "
-              f"(fusion {summary.fusion_strategy}{'; ' + metrics if metrics else ''}) -> {params.db}")
+        metrics = ", ".join(
+            f"{k}={v:.4f}"
+            for k, v in summary.metrics.items()
+            if k in ("ndcg", "recall", "precision")
+        )
+        print(
+            f"published run {summary.run_id}: {summary.n_recommendations} recommendations "
+            f"(fusion {summary.fusion_strategy}{'; ' + metrics if metrics else ''}) -> {params.db}"
+        )
         return 0
     print(f"recfusion: run {summary.run_id} {summary.status}: {summary.message}", file=sys.stderr)
     return 1
@@ -76,16 +81,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"recfusion: ingest failed: {exc}", file=sys.stderr)
         return 1
     for table in report.read:
-        print(f"{table}: read {report.read[table]}, added {report.added[table]}, "
-              f"quarantined {report.quarantined[table]}")
+        print(
+            f"{table}: read {report.read[table]}, added {report.added[table]}, "
+            f"quarantined {report.quarantined[table]}"
+        )
     return 0
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from tasks.demo_data import generate_demo_source
 
-    counts = generate_demo_source(Path(args.out), users=args.users, items=args.items,
-                                  events=args.events, seed=args.seed)
+    counts = generate_demo_source(
+        Path(args.out), users=args.users, items=args.items, events=args.events, seed=args.seed
+    )
     print(", ".join(f"{table}: {n}" for table, n in counts.items()) + f" -> {args.out}")
     return 0
 
@@ -153,8 +161,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     from flows.backfill import BackfillParameters, backfill
 
-    params = BackfillParameters(start=date.fromisoformat(args.start), end=date.fromisoformat(args.end),
-                                force=args.force, run=_params(args))
+    params = BackfillParameters(
+        start=date.fromisoformat(args.start),
+        end=date.fromisoformat(args.end),
+        force=args.force,
+        run=_params(args),
+    )
     summaries = backfill(params=params)
     failed = [s for s in summaries if s.status != "published"]
     for s in summaries:
@@ -171,11 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default: {DEFAULT_DB})")
     run.add_argument("--top-k", type=int, help="list length K (default 10)")
     run.add_argument("--as-of", help="build the data as of this ISO timestamp")
-    run.add_argument("--strategy", help="fusion strategy (auto, weighted, rrf, combsum, combmnz, "
-                                        "borda, stacking)")
+    run.add_argument(
+        "--strategy",
+        help="fusion strategy (auto, weighted, rrf, combsum, combmnz, borda, stacking)",
+    )
     run.add_argument("--no-evaluate", action="store_true", help="skip the hold-out evaluation")
-    run.add_argument("--allow-regression", action="store_true",
-                     help="publish even if the regression gate fails")
+    run.add_argument(
+        "--allow-regression", action="store_true", help="publish even if the regression gate fails"
+    )
     run.add_argument("--lock-timeout", type=float, help="seconds to wait for a running run")
     run.add_argument("--params", help="JSON file with more run parameters")
     run.set_defaults(func=cmd_run)

@@ -11,14 +11,17 @@ from tasks.offline_evaluation import evaluate_published, read_truth
 
 
 @flow(name="recfusion-evaluate", log_prints=True)
-def evaluate(db: str = "recfusion.duckdb", test_file: str = "test.parquet",
-             k: int = 10) -> dict[str, dict[str, float]]:
+def evaluate(
+    db: str = "recfusion.duckdb", test_file: str = "test.parquet", k: int = 10
+) -> dict[str, dict[str, float]]:
     """Metrics@k of `fused` and each modality of the latest published run on `test_file`."""
     results = evaluate_published(db, read_truth(Path(test_file)), k)
     create_table_artifact(
         key="recfusion-offline-evaluation",
-        table=[{"list": name, **{m: round(v, 4) for m, v in values.items()}}
-               for name, values in results.items()],
+        table=[
+            {"list": name, **{m: round(v, 4) for m, v in values.items()}}
+            for name, values in results.items()
+        ],
         description=f"Published lists of {db} scored against {test_file} at k={k}",
     )
     for name, values in results.items():

@@ -30,14 +30,17 @@ from tasks.ingest import IngestReport, load_source, read_source
 from tasks.parameters import RunParameters
 from tasks.publish import RunOutputs, last_published_ndcg, publish_run
 from tasks.reasons import explain
-from tasks.report import ReportInput, write_report
 from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_holdout, recommend
+from tasks.report import ReportInput, write_report
 from tasks.snapshot import Snapshot, load_snapshot
 from tasks.source_files import SourceError
 from tasks.warehouse import RunLockTimeout, apply_schema, connect, run_lock
 
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-              "retry_jitter_factor": 0.2}
+IO_RETRIES = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.2,
+}
 NO_RETRY_ON = (SourceError,)
 
 
@@ -85,15 +88,24 @@ def prepare_source(params: RunParameters) -> Path:
 @task(name="open-run", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition, **IO_RETRIES)
 def open_run(params: RunParameters, run_id: str, source: Path) -> None:
     ctx = get_run_context()
-    flow_run = getattr(ctx, "flow_run", None) or getattr(getattr(ctx, "task_run", None), "flow_run_id", None)
+    flow_run = getattr(ctx, "flow_run", None) or getattr(
+        getattr(ctx, "task_run", None), "flow_run_id", None
+    )
     flow_run_id = str(getattr(flow_run, "id", flow_run) or "")
     with connect(params.db) as con:
         apply_schema(con)
         stale = runs.abandon_stale_runs(con)
         if stale:
             get_run_logger().warning("marked %d abandoned run(s) as failed", stale)
-        runs.start_run(con, run_id, params.model_dump(mode="json"), str(source), "recfusion-nightly",
-                       flow_run_id or None, params.triggered_by)
+        runs.start_run(
+            con,
+            run_id,
+            params.model_dump(mode="json"),
+            str(source),
+            "recfusion-nightly",
+            flow_run_id or None,
+            params.triggered_by,
+        )
 
 
 @task(name="ingest", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition, **IO_RETRIES)
@@ -103,12 +115,19 @@ def ingest(db: str, source: Path, run_id: str) -> IngestReport:
         report = load_source(con, validated, run_id)
     logger = get_run_logger()
     for table in report.read:
-        logger.info("%s: read %d, added %d, quarantined %d", table, report.read[table],
-                    report.added[table], report.quarantined[table])
+        logger.info(
+            "%s: read %d, added %d, quarantined %d",
+            table,
+            report.read[table],
+            report.added[table],
+            report.quarantined[table],
+        )
     return report
 
 
-@task(name="load-snapshot", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition, **IO_RETRIES)
+@task(
+    name="load-snapshot", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition, **IO_RETRIES
+)
 def snapshot_task(params: RunParameters) -> Snapshot:
     with connect(params.db) as con:
         snap = load_snapshot(con, params.as_of)
@@ -126,9 +145,17 @@ def check_events_task(snap: Snapshot, params: RunParameters) -> checks.CheckOutc
 def dataset_task(snap: Snapshot, params: RunParameters, run_id: str) -> Dataset:
     data = dataset_from(snap, params)
     with connect(params.db) as con:
-        runs.record_data_window(con, run_id, params.as_of, snap.events["ts"].min(),  # type: ignore[arg-type]
-                                snap.events["ts"].max(), data.n_users, data.n_items,  # type: ignore[arg-type]
-                                snap.events.height, snap.fingerprint())
+        runs.record_data_window(
+            con,
+            run_id,
+            params.as_of,
+            snap.events["ts"].min(),  # type: ignore[arg-type]
+            snap.events["ts"].max(),
+            data.n_users,
+            data.n_items,  # type: ignore[arg-type]
+            snap.events.height,
+            snap.fingerprint(),
+        )
     return data
 
 
@@ -138,23 +165,37 @@ def evaluate_task(snap: Snapshot, data: Dataset, params: RunParameters) -> Evalu
 
 
 @task(name="recommend", cache_policy=NO_CACHE)
-def recommend_task(snap: Snapshot, data: Dataset, params: RunParameters,
-                   evaluation: Evaluation | None) -> Recommendations:
+def recommend_task(
+    snap: Snapshot, data: Dataset, params: RunParameters, evaluation: Evaluation | None
+) -> Recommendations:
     return recommend(snap, data, params, evaluation.plan if evaluation else None)
 
 
 @task(name="assemble-outputs", cache_policy=NO_CACHE)
-def assemble_outputs(recs: Recommendations, evaluation: Evaluation | None,
-                     check_outcomes: list[checks.CheckOutcome]) -> RunOutputs:
+def assemble_outputs(
+    recs: Recommendations, evaluation: Evaluation | None, check_outcomes: list[checks.CheckOutcome]
+) -> RunOutputs:
     data = recs.data
-    explained = explain(recs.fused, data).join(recs.segments.select("user_idx", "segment"),
-                                               on="user_idx", how="left")
+    explained = explain(recs.fused, data).join(
+        recs.segments.select("user_idx", "segment"), on="user_idx", how="left"
+    )
     recommendations = data.with_ids(explained).select(
-        "user_id", "rank", "item_id", "score", "contributions", "reason", "segment")
+        "user_id", "rank", "item_id", "score", "contributions", "reason", "segment"
+    )
     candidates = data.with_ids(recs.candidates.candidates.cast(CANDIDATE_SCHEMA))  # type: ignore[arg-type]
-    metrics = evaluation.metrics if evaluation else pl.DataFrame(
-        schema={"model": pl.String, "metric": pl.String, "k": pl.Int32, "segment": pl.String,
-                "value": pl.Float64})
+    metrics = (
+        evaluation.metrics
+        if evaluation
+        else pl.DataFrame(
+            schema={
+                "model": pl.String,
+                "metric": pl.String,
+                "k": pl.Int32,
+                "segment": pl.String,
+                "value": pl.Float64,
+            }
+        )
+    )
     check_frame = pl.concat([c.results.drop("blocking") for c in check_outcomes])
     return RunOutputs(recommendations, candidates, metrics, check_frame)
 
@@ -166,30 +207,59 @@ def check_output_task(outputs: RunOutputs, data: Dataset, k: int) -> checks.Chec
 
 
 @task(name="publish", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition, **IO_RETRIES)
-def publish_task(params: RunParameters, run_id: str, outputs: RunOutputs, status: str,
-                 strategy: str, timings: dict[str, float], message: str) -> None:
+def publish_task(
+    params: RunParameters,
+    run_id: str,
+    outputs: RunOutputs,
+    status: str,
+    strategy: str,
+    timings: dict[str, float],
+    message: str,
+) -> None:
     with connect(params.db) as con:
-        publish_run(con, run_id, outputs, status, strategy, timings, message,  # type: ignore[arg-type]
-                    keep_recommendations=params.retention_runs,
-                    keep_candidates=params.retention_runs)
+        publish_run(
+            con,
+            run_id,
+            outputs,
+            status,
+            strategy,
+            timings,
+            message,  # type: ignore[arg-type]
+            keep_recommendations=params.retention_runs,
+            keep_candidates=params.retention_runs,
+        )
 
 
-@task(name="read-previous-run", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition,
-      **IO_RETRIES)
+@task(
+    name="read-previous-run",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=_retry_condition,
+    **IO_RETRIES,
+)
 def previous_run_task(db: str) -> tuple[str | None, pl.DataFrame | None]:
     """The last published run's id and metrics, for the lift in reports (before we publish)."""
     with connect(db, read_only=True) as con:
         rows = con.execute("SELECT run_id FROM last_published_run").fetchall()
         if not rows:
             return None, None
-        return str(rows[0][0]), con.sql("SELECT model, metric, k, segment, value FROM metrics_latest").pl()
+        return str(rows[0][0]), con.sql(
+            "SELECT model, metric, k, segment, value FROM metrics_latest"
+        ).pl()
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(params: RunParameters, run_id: str, status: str, message: str, strategy: str,
-                outputs: RunOutputs, previous: tuple[str | None, pl.DataFrame | None],
-                check_outcomes: list[checks.CheckOutcome], ingest_report: IngestReport,
-                timings: dict[str, float]) -> Path | None:
+def report_task(
+    params: RunParameters,
+    run_id: str,
+    status: str,
+    message: str,
+    strategy: str,
+    outputs: RunOutputs,
+    previous: tuple[str | None, pl.DataFrame | None],
+    check_outcomes: list[checks.CheckOutcome],
+    ingest_report: IngestReport,
+    timings: dict[str, float],
+) -> Path | None:
     """HTML report + GX pages next to the database, and the run's Prefect artifacts.
 
     A report that cannot be written is logged, never a reason to fail a run that already published.
@@ -198,21 +268,34 @@ def report_task(params: RunParameters, run_id: str, status: str, message: str, s
     row_counts = {f"{t}_read": n for t, n in ingest_report.read.items()}
     row_counts |= {f"{t}_added": n for t, n in ingest_report.added.items()}
     row_counts |= {f"{t}_quarantined": n for t, n in ingest_report.quarantined.items()}
-    row_counts |= {"recommendations": outputs.recommendations.height,
-                   "candidates": outputs.candidates.height}
+    row_counts |= {
+        "recommendations": outputs.recommendations.height,
+        "candidates": outputs.candidates.height,
+    }
     path: Path | None = None
     try:
         folder = report_dir(params.db) / run_id
-        data = ReportInput(run_id, status, message, strategy, outputs.metrics, previous[1], previous[0],
-                           outputs.recommendations["score"].to_numpy(), outputs.checks, row_counts,
-                           timings)
+        data = ReportInput(
+            run_id,
+            status,
+            message,
+            strategy,
+            outputs.metrics,
+            previous[1],
+            previous[0],
+            outputs.recommendations["score"].to_numpy(),
+            outputs.checks,
+            row_counts,
+            timings,
+        )
         pages = {c.suite: page for c in check_outcomes if (page := c.html())}
         path = write_report(folder, data, pages)
         logger.info("report: %s", path)
     except Exception as exc:
         logger.warning("could not write the HTML report: %s", exc)
-    publish_artifacts(run_id, status, outputs.metrics, previous[1], previous[0], outputs.checks,
-                      row_counts, path)
+    publish_artifacts(
+        run_id, status, outputs.metrics, previous[1], previous[0], outputs.checks, row_counts, path
+    )
     return path
 
 
@@ -224,8 +307,9 @@ def _regression_gate(params: RunParameters, fingerprint: str, evaluation: Evalua
     """'' when the run may publish; otherwise why it is rejected."""
     if evaluation is None or params.allow_regression:
         return ""
-    fused = evaluation.metrics.filter((pl.col("model") == "fused") & (pl.col("metric") == "ndcg")
-                                      & (pl.col("segment") == "all"))
+    fused = evaluation.metrics.filter(
+        (pl.col("model") == "fused") & (pl.col("metric") == "ndcg") & (pl.col("segment") == "all")
+    )
     if fused.height == 0:
         return ""
     with connect(params.db, read_only=True) as con:
@@ -234,8 +318,10 @@ def _regression_gate(params: RunParameters, fingerprint: str, evaluation: Evalua
         return ""
     now_value, (before, before_run) = float(fused["value"][0]), previous
     if now_value < before * (1 - params.regression_tolerance):
-        return (f"regression gate: fused ndcg@{params.top_k} {now_value:.4f} is more than "
-                f"{params.regression_tolerance:.0%} below {before:.4f} of published run {before_run}")
+        return (
+            f"regression gate: fused ndcg@{params.top_k} {now_value:.4f} is more than "
+            f"{params.regression_tolerance:.0%} below {before:.4f} of published run {before_run}"
+        )
     return ""
 
 
@@ -263,8 +349,11 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
             try:
                 summary = _run(params, run_id, source, timings, clock)
             except Exception as exc:
-                message = str(exc) if isinstance(exc, RunFailed | SourceError) else \
-                    f"{type(exc).__name__}: {exc}"
+                message = (
+                    str(exc)
+                    if isinstance(exc, RunFailed | SourceError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
                 _fail(params, run_id, message)
                 summary.message = message
     except (RunLockTimeout, SourceError) as exc:
@@ -275,10 +364,18 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
     return Failed(data=summary, message=summary.message or summary.status)
 
 
-def _run(params: RunParameters, run_id: str, source: Path, timings: dict[str, float],
-         clock: float) -> RunSummary:
+def _run(
+    params: RunParameters, run_id: str, source: Path, timings: dict[str, float], clock: float
+) -> RunSummary:
     progress = create_progress_artifact(progress=0.0, description=f"run {run_id}")
-    steps = ("ingest", "snapshot_and_checks", "evaluate", "recommend", "explain_and_check", "publish")
+    steps = (
+        "ingest",
+        "snapshot_and_checks",
+        "evaluate",
+        "recommend",
+        "explain_and_check",
+        "publish",
+    )
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -317,9 +414,25 @@ def _run(params: RunParameters, run_id: str, source: Path, timings: dict[str, fl
         status = "rejected" if message else "published"
     publish_task(params, run_id, outputs, status, strategy, timings, message)
     lap("publish")
-    report_task(params, run_id, status, message, strategy, outputs, previous,
-                [input_check, output_check], ingest_report, timings)
+    report_task(
+        params,
+        run_id,
+        status,
+        message,
+        strategy,
+        outputs,
+        previous,
+        [input_check, output_check],
+        ingest_report,
+        timings,
+    )
     fused = outputs.metrics.filter((pl.col("model") == "fused") & (pl.col("segment") == "all"))
-    return RunSummary(run_id, status, message, outputs.recommendations.height, strategy,
-                      dict(zip(fused["metric"].to_list(), fused["value"].to_list(), strict=True)),
-                      params.db)
+    return RunSummary(
+        run_id,
+        status,
+        message,
+        outputs.recommendations.height,
+        strategy,
+        dict(zip(fused["metric"].to_list(), fused["value"].to_list(), strict=True)),
+        params.db,
+    )

@@ -19,29 +19,35 @@ from tasks.parameters import RunParameters
 NIGHTLY_CRON = "0 2 * * *"
 
 
-def deployments(db: str, source: str | None, cron: str = NIGHTLY_CRON,
-                timezone: str = "UTC") -> list[Any]:
+def deployments(
+    db: str, source: str | None, cron: str = NIGHTLY_CRON, timezone: str = "UTC"
+) -> list[Any]:
     """nightly (scheduled), backfill and evaluate (manual), with defaults for this database."""
     run = RunParameters(db=db, source=source, triggered_by="schedule")
     today = date.today()
     return [
         nightly.to_deployment(
-            name="nightly", schedules=[Cron(cron, timezone=timezone)],
+            name="nightly",
+            schedules=[Cron(cron, timezone=timezone)],
             parameters={"params": run.model_dump(mode="json", exclude_defaults=True)},
             description="Nightly run: ingest, evaluate, recommend, publish.",
             tags=["recfusion"],
         ),
         backfill.to_deployment(
             name="backfill",
-            parameters={"params": BackfillParameters(
-                start=today, end=today,
-                run=run.model_copy(update={"triggered_by": "backfill"})).model_dump(mode="json")},
-            description="Nightly runs as of each day in a range; skips published days unless forced.",
+            parameters={
+                "params": BackfillParameters(
+                    start=today, end=today, run=run.model_copy(update={"triggered_by": "backfill"})
+                ).model_dump(mode="json")
+            },
+            description="Nightly runs as of each day in a range; skips published days.",
             tags=["recfusion"],
         ),
         evaluate.to_deployment(
-            name="evaluate", parameters={"db": db, "test_file": "test.parquet", "k": 10},
-            description="Score the published lists against a held-out file.", tags=["recfusion"],
+            name="evaluate",
+            parameters={"db": db, "test_file": "test.parquet", "k": 10},
+            description="Score the published lists against a held-out file.",
+            tags=["recfusion"],
         ),
     ]
 

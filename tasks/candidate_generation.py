@@ -49,8 +49,12 @@ class CandidateSet:
         return sorted(self.candidates["modality"].unique().to_list())
 
 
-def generate_candidates(data: Dataset, params: RunParameters, users: np.ndarray | None = None,
-                        modalities: Sequence[str] | None = None) -> CandidateSet:
+def generate_candidates(
+    data: Dataset,
+    params: RunParameters,
+    users: np.ndarray | None = None,
+    modalities: Sequence[str] | None = None,
+) -> CandidateSet:
     """Fit every modality and keep each one's top-N unseen items for `users` (default: all)."""
     users = np.arange(data.n_users) if users is None else users
     seen = data.seen()
@@ -68,12 +72,25 @@ def generate_candidates(data: Dataset, params: RunParameters, users: np.ndarray 
         frame = top_n(model, users, n, seen=seen, block_size=params.block_size)
         frames.append(frame.with_columns(pl.lit(name).alias("modality")))
         out.seconds[name] = time.perf_counter() - start
-        log.info("modality %s: %d candidates for %d users in %.1fs", name, frame.height,
-                 frame["user_idx"].n_unique(), out.seconds[name])
+        log.info(
+            "modality %s: %d candidates for %d users in %.1fs",
+            name,
+            frame.height,
+            frame["user_idx"].n_unique(),
+            out.seconds[name],
+        )
     if frames:
-        out.candidates = pl.concat(frames).select("modality", "user_idx", "item_idx", "score", "rank")
+        out.candidates = pl.concat(frames).select(
+            "modality", "user_idx", "item_idx", "score", "rank"
+        )
     else:
-        out.candidates = pl.DataFrame(schema={"modality": pl.String, "user_idx": pl.Int32,
-                                              "item_idx": pl.Int32, "score": pl.Float32,
-                                              "rank": pl.Int32})
+        out.candidates = pl.DataFrame(
+            schema={
+                "modality": pl.String,
+                "user_idx": pl.Int32,
+                "item_idx": pl.Int32,
+                "score": pl.Float32,
+                "rank": pl.Int32,
+            }
+        )
     return out

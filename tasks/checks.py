@@ -44,7 +44,9 @@ class CheckOutcome:
         from great_expectations.render.renderer import ValidationResultsPageRenderer
         from great_expectations.render.view import DefaultJinjaPageView
 
-        return str(DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(self.gx_result)))
+        return str(
+            DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(self.gx_result))
+        )
 
     @property
     def passed(self) -> bool:
@@ -67,8 +69,9 @@ def _gx() -> Any:
     return gx
 
 
-def _run_suite(suite_name: str, frame: pl.DataFrame,
-               expectations: Iterable[tuple[Any, bool]]) -> CheckOutcome:
+def _run_suite(
+    suite_name: str, frame: pl.DataFrame, expectations: Iterable[tuple[Any, bool]]
+) -> CheckOutcome:
     gx = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -91,7 +94,8 @@ def _run_suite(suite_name: str, frame: pl.DataFrame,
         blocking = bool((r.expectation_config.meta or {}).get("blocking", True))
         kwargs = r.expectation_config.kwargs
         column = kwargs.get("column") or ",".join(
-            kwargs.get("column_list") or [c for c in (kwargs.get("column_A"), kwargs.get("column_B")) if c]
+            kwargs.get("column_list")
+            or [c for c in (kwargs.get("column_A"), kwargs.get("column_B")) if c]
         )
         observed = r.result.get("observed_value")
         if observed is None and "unexpected_count" in r.result:
@@ -99,22 +103,25 @@ def _run_suite(suite_name: str, frame: pl.DataFrame,
             sample = r.result.get("partial_unexpected_list") or []
             if sample:
                 observed += f", e.g. {sample[:3]}"
-        rows.append({
-            "suite": suite_name,
-            "expectation": r.expectation_config.type,
-            "column_name": column or None,
-            "success": bool(r.success),
-            "observed_value": None if observed is None else str(observed),
-            "blocking": blocking,
-        })
+        rows.append(
+            {
+                "suite": suite_name,
+                "expectation": r.expectation_config.type,
+                "column_name": column or None,
+                "success": bool(r.success),
+                "observed_value": None if observed is None else str(observed),
+                "blocking": blocking,
+            }
+        )
     outcome = CheckOutcome(suite_name, pl.DataFrame(rows, schema=CHECK_SCHEMA), result)
     for failure in outcome.failures():
         log.warning("check %s failed: %s", suite_name, failure)
     return outcome
 
 
-def check_events(events: pl.DataFrame, known_event_types: Iterable[str],
-                 now: datetime | None = None) -> CheckOutcome:
+def check_events(
+    events: pl.DataFrame, known_event_types: Iterable[str], now: datetime | None = None
+) -> CheckOutcome:
     """Input suite: keys present, timestamps not in the future, values finite, types known.
 
     An unknown event type is reported but does not block: it still counts with the default weight.
@@ -122,7 +129,9 @@ def check_events(events: pl.DataFrame, known_event_types: Iterable[str],
     gxe = _gx().expectations
     now = now or datetime.now(UTC)
     frame = events.select(
-        "user_id", "item_id", "event_type",
+        "user_id",
+        "item_id",
+        "event_type",
         (pl.col("ts").dt.epoch("ms") / 1000.0).alias("ts_epoch"),
         pl.col("value").is_finite().fill_null(False).alias("value_is_finite"),
     )
@@ -131,9 +140,17 @@ def check_events(events: pl.DataFrame, known_event_types: Iterable[str],
         (gxe.ExpectColumnValuesToNotBeNull(column="item_id"), True),
         (gxe.ExpectColumnValuesToNotBeNull(column="event_type"), True),
         (gxe.ExpectColumnValuesToNotBeNull(column="ts_epoch"), True),
-        (gxe.ExpectColumnValuesToBeBetween(column="ts_epoch", max_value=now.timestamp() + 86400), True),
+        (
+            gxe.ExpectColumnValuesToBeBetween(column="ts_epoch", max_value=now.timestamp() + 86400),
+            True,
+        ),
         (gxe.ExpectColumnValuesToBeInSet(column="value_is_finite", value_set=[True]), True),
-        (gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=sorted(known_event_types)), False),
+        (
+            gxe.ExpectColumnValuesToBeInSet(
+                column="event_type", value_set=sorted(known_event_types)
+            ),
+            False,
+        ),
     ]
     return _run_suite("events_input", frame, expectations)
 
@@ -143,7 +160,9 @@ def recommendation_rule_columns(recs: pl.DataFrame, seen: pl.DataFrame) -> pl.Da
 
     `seen` holds the (user_id, item_id) pairs the lists were built from.
     """
-    seen_pairs = seen.select("user_id", "item_id").unique().with_columns(pl.lit(True).alias("already_seen"))
+    seen_pairs = (
+        seen.select("user_id", "item_id").unique().with_columns(pl.lit(True).alias("already_seen"))
+    )
     return (
         recs.select("user_id", "item_id", "rank", "score")
         .sort("user_id", "rank")
@@ -151,7 +170,8 @@ def recommendation_rule_columns(recs: pl.DataFrame, seen: pl.DataFrame) -> pl.Da
             pl.int_range(1, pl.len() + 1).over("user_id").alias("expected_rank"),
             pl.len().over("user_id").alias("list_length"),
             pl.col("score").is_finite().fill_null(False).alias("score_is_finite"),
-            (pl.col("score").shift(1).over("user_id") - pl.col("score")).fill_null(0.0)
+            (pl.col("score").shift(1).over("user_id") - pl.col("score"))
+            .fill_null(0.0)
             .alias("score_drop"),
         )
         .join(seen_pairs, on=["user_id", "item_id"], how="left")

@@ -53,7 +53,9 @@ def parse_timestamp(name: str, dtype: pl.DataType) -> pl.Expr:
     """Parse a timestamp column of any common shape into UTC; unparseable values become null."""
     col = pl.col(name)
     if isinstance(dtype, pl.Datetime):
-        return col.dt.convert_time_zone("UTC") if dtype.time_zone else col.dt.replace_time_zone("UTC")
+        return (
+            col.dt.convert_time_zone("UTC") if dtype.time_zone else col.dt.replace_time_zone("UTC")
+        )
     if dtype == pl.Date:
         return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
     if dtype.is_numeric():
@@ -63,7 +65,9 @@ def parse_timestamp(name: str, dtype: pl.DataType) -> pl.Expr:
     def fmt(pattern: str, with_zone: bool) -> pl.Expr:
         if with_zone:
             return text.str.strptime(pl.Datetime("us", "UTC"), pattern, strict=False)
-        return text.str.strptime(pl.Datetime("us"), pattern, strict=False).dt.replace_time_zone("UTC")
+        return text.str.strptime(pl.Datetime("us"), pattern, strict=False).dt.replace_time_zone(
+            "UTC"
+        )
 
     return pl.coalesce(
         fmt("%Y-%m-%dT%H:%M:%S%.f%#z", True),
@@ -101,18 +105,29 @@ def _check_columns(frame: pl.DataFrame, table: str, path: Path) -> list[str]:
     return [f"{path}: ignoring unknown column(s) {', '.join(unknown)}"] if unknown else []
 
 
-def _split(frame: pl.DataFrame, reasons: list[pl.Expr], original: list[str], table: str,
-           path: Path, keep: list[pl.Expr], warnings: list[str]) -> Validated:
+def _split(
+    frame: pl.DataFrame,
+    reasons: list[pl.Expr],
+    original: list[str],
+    table: str,
+    path: Path,
+    keep: list[pl.Expr],
+    warnings: list[str],
+) -> Validated:
     """Rows with no reason are good; the others are quarantined with all their reasons."""
     checked = frame.with_columns(
-        pl.concat_list([r.cast(pl.String) for r in reasons]).list.drop_nulls().list.join("; ")
+        pl.concat_list([r.cast(pl.String) for r in reasons])
+        .list.drop_nulls()
+        .list.join("; ")
         .alias("__reason")
     )
     bad = checked.filter(pl.col("__reason") != "")
     quarantine = bad.select(
         pl.col(ROW).cast(pl.Int64).alias("row_number"),
         pl.col("__reason").alias("reason"),
-        pl.struct([pl.col(c).cast(pl.String) for c in original]).struct.json_encode().alias("row_data"),
+        pl.struct([pl.col(c).cast(pl.String) for c in original])
+        .struct.json_encode()
+        .alias("row_data"),
     )
     good = checked.filter(pl.col("__reason") == "").select(keep)
     return Validated(table, str(path), good, quarantine, warnings)
@@ -137,10 +152,12 @@ def validate_events(frame: pl.DataFrame, path: Path, now: datetime | None = None
         _text("item_id").alias("__item_id"),
         _text("event_type").alias("__event_type"),
         parse_timestamp("ts", frame.schema["ts"]).alias("__ts"),
-        (_number("value", value_dtype) if "value" in frame.columns else pl.lit(None, pl.Float64))
-        .alias("__value"),
-        (_text("event_id") if "event_id" in frame.columns else pl.lit(None, pl.String))
-        .alias("__event_id"),
+        (
+            _number("value", value_dtype) if "value" in frame.columns else pl.lit(None, pl.Float64)
+        ).alias("__value"),
+        (_text("event_id") if "event_id" in frame.columns else pl.lit(None, pl.String)).alias(
+            "__event_id"
+        ),
     )
     raw_value_present = pl.col("value").is_not_null() if "value" in frame.columns else pl.lit(False)
     reasons = [
@@ -148,12 +165,18 @@ def validate_events(frame: pl.DataFrame, path: Path, now: datetime | None = None
         _reason(pl.col("__item_id").is_null(), "missing item_id"),
         _reason(pl.col("__event_type").is_null(), "missing event_type"),
         _reason(pl.col("ts").is_null(), "missing ts"),
-        _reason(pl.col("ts").is_not_null() & pl.col("__ts").is_null(),
-                pl.lit("unparseable ts ") + _quoted("ts")),
+        _reason(
+            pl.col("ts").is_not_null() & pl.col("__ts").is_null(),
+            pl.lit("unparseable ts ") + _quoted("ts"),
+        ),
         _reason(pl.col("__ts") > pl.lit(now + FUTURE_TOLERANCE), "ts is in the future"),
-        _reason(raw_value_present & pl.col("__value").is_null(),
-                pl.lit("non-numeric value ") + _quoted("value") if "value" in frame.columns else ""),
-        _reason(pl.col("__value").is_not_null() & ~pl.col("__value").is_finite(), "value is not finite"),
+        _reason(
+            raw_value_present & pl.col("__value").is_null(),
+            pl.lit("non-numeric value ") + _quoted("value") if "value" in frame.columns else "",
+        ),
+        _reason(
+            pl.col("__value").is_not_null() & ~pl.col("__value").is_finite(), "value is not finite"
+        ),
     ]
     keep = [
         pl.col("__event_id").alias("event_id"),
@@ -185,29 +208,41 @@ def _embedding(frame: pl.DataFrame) -> pl.Expr:
     dtype = frame.schema["embedding"]
     if isinstance(dtype, pl.List | pl.Array):
         return pl.col("embedding").cast(pl.List(pl.Float32), strict=False)
-    return (pl.col("embedding").cast(pl.String)
-            .str.json_decode(pl.List(pl.Float64)).cast(pl.List(pl.Float32), strict=False))
+    return (
+        pl.col("embedding")
+        .cast(pl.String)
+        .str.json_decode(pl.List(pl.Float64))
+        .cast(pl.List(pl.Float32), strict=False)
+    )
 
 
 def validate_items(frame: pl.DataFrame, path: Path) -> Validated:
     warnings = _check_columns(frame, "items", path)
     original = frame.columns
-    if "embedding" in frame.columns and not isinstance(frame.schema["embedding"], pl.List | pl.Array):
+    if "embedding" in frame.columns and not isinstance(
+        frame.schema["embedding"], pl.List | pl.Array
+    ):
         # json_decode raises on malformed text; mark such rows instead of failing the file.
         frame = frame.with_columns(
-            pl.col("embedding").cast(pl.String).map_elements(_valid_json_list, return_dtype=pl.String)
+            pl.col("embedding")
+            .cast(pl.String)
+            .map_elements(_valid_json_list, return_dtype=pl.String)
             .alias("__embedding_text")
         )
     df = frame.with_row_index(ROW, offset=1).with_columns(
         _text("item_id").alias("__item_id"),
-        *[(_text(c) if c in frame.columns else pl.lit(None, pl.String)).alias(f"__{c}")
-          for c in ("title", "text", "category")],
+        *[
+            (_text(c) if c in frame.columns else pl.lit(None, pl.String)).alias(f"__{c}")
+            for c in ("title", "text", "category")
+        ],
         _tags(frame).alias("__tags"),
     )
     if "__embedding_text" in df.columns:
         df = df.with_columns(
-            pl.col("__embedding_text").str.json_decode(pl.List(pl.Float64))
-            .cast(pl.List(pl.Float32)).alias("__embedding")
+            pl.col("__embedding_text")
+            .str.json_decode(pl.List(pl.Float64))
+            .cast(pl.List(pl.Float32))
+            .alias("__embedding")
         )
     else:
         df = df.with_columns(_embedding(frame).alias("__embedding"))
@@ -217,16 +252,25 @@ def validate_items(frame: pl.DataFrame, path: Path) -> Validated:
     reasons = [
         _reason(pl.col("__item_id").is_null(), "missing item_id"),
         _reason(raw_emb & pl.col("__embedding").is_null(), "embedding is not a list of numbers"),
-        _reason(pl.col("__embedding").is_not_null()
-                & (pl.col("__embedding").list.len() != expected_dim),
-                pl.format("embedding has {} dims, expected {}",
-                          pl.col("__embedding").list.len(), pl.lit(expected_dim))),
-        _reason(pl.col("__embedding").is_not_null()
-                & ~pl.col("__embedding").list.eval(pl.element().is_finite()).list.all(),
-                "embedding has non-finite values"),
+        _reason(
+            pl.col("__embedding").is_not_null()
+            & (pl.col("__embedding").list.len() != expected_dim),
+            pl.format(
+                "embedding has {} dims, expected {}",
+                pl.col("__embedding").list.len(),
+                pl.lit(expected_dim),
+            ),
+        ),
+        _reason(
+            pl.col("__embedding").is_not_null()
+            & ~pl.col("__embedding").list.eval(pl.element().is_finite()).list.all(),
+            "embedding has non-finite values",
+        ),
     ]
-    keep = [pl.col(f"__{c}").alias(c)
-            for c in ("item_id", "title", "text", "tags", "category", "embedding")]
+    keep = [
+        pl.col(f"__{c}").alias(c)
+        for c in ("item_id", "title", "text", "tags", "category", "embedding")
+    ]
     return _split(df, reasons, original, "items", path, keep, warnings)
 
 
@@ -250,8 +294,11 @@ def validate_users(frame: pl.DataFrame, path: Path) -> Validated:
     attributes = [c for c in frame.columns if c != "user_id"]
     df = frame.with_row_index(ROW, offset=1).with_columns(
         _text("user_id").alias("__user_id"),
-        (pl.struct([pl.col(c).cast(pl.String) for c in attributes]).struct.json_encode()
-         if attributes else pl.lit("{}")).alias("__attributes"),
+        (
+            pl.struct([pl.col(c).cast(pl.String) for c in attributes]).struct.json_encode()
+            if attributes
+            else pl.lit("{}")
+        ).alias("__attributes"),
     )
     reasons = [_reason(pl.col("__user_id").is_null(), "missing user_id")]
     keep = [pl.col("__user_id").alias("user_id"), pl.col("__attributes").alias("attributes")]
@@ -265,10 +312,16 @@ def validate_social(frame: pl.DataFrame, path: Path) -> Validated:
     df = frame.with_row_index(ROW, offset=1).with_columns(
         _text("user_id").alias("__user_id"),
         _text("friend_id").alias("__friend_id"),
-        (_number("weight", weight_dtype) if "weight" in frame.columns else pl.lit(None, pl.Float64))
-        .alias("__weight"),
-        (parse_timestamp("ts", frame.schema["ts"]) if "ts" in frame.columns
-         else pl.lit(None, pl.Datetime("us", "UTC"))).alias("__ts"),
+        (
+            _number("weight", weight_dtype)
+            if "weight" in frame.columns
+            else pl.lit(None, pl.Float64)
+        ).alias("__weight"),
+        (
+            parse_timestamp("ts", frame.schema["ts"])
+            if "ts" in frame.columns
+            else pl.lit(None, pl.Datetime("us", "UTC"))
+        ).alias("__ts"),
     )
     raw_weight = pl.col("weight").is_not_null() if "weight" in frame.columns else pl.lit(False)
     raw_ts = pl.col("ts").is_not_null() if "ts" in frame.columns else pl.lit(False)
@@ -277,9 +330,11 @@ def validate_social(frame: pl.DataFrame, path: Path) -> Validated:
         _reason(pl.col("__friend_id").is_null(), "missing friend_id"),
         _reason(pl.col("__user_id") == pl.col("__friend_id"), "user is their own friend"),
         _reason(raw_weight & pl.col("__weight").is_null(), "non-numeric weight"),
-        _reason(pl.col("__weight").is_not_null()
-                & (~pl.col("__weight").is_finite() | (pl.col("__weight") < 0)),
-                "weight must be a finite number >= 0"),
+        _reason(
+            pl.col("__weight").is_not_null()
+            & (~pl.col("__weight").is_finite() | (pl.col("__weight") < 0)),
+            "weight must be a finite number >= 0",
+        ),
         _reason(raw_ts & pl.col("__ts").is_null(), "unparseable ts"),
     ]
     keep = [

@@ -73,12 +73,14 @@ class Dataset:
         if "user_idx" in frame.columns:
             out = out.with_columns(
                 pl.Series("user_id", self.user_ids.astype(str))
-                .gather(out["user_idx"].cast(pl.Int64)).alias("user_idx")
+                .gather(out["user_idx"].cast(pl.Int64))
+                .alias("user_idx")
             ).rename({"user_idx": "user_id"})
         if "item_idx" in frame.columns:
             out = out.with_columns(
                 pl.Series("item_id", self.item_ids.astype(str))
-                .gather(out["item_idx"].cast(pl.Int64)).alias("item_idx")
+                .gather(out["item_idx"].cast(pl.Int64))
+                .alias("item_idx")
             ).rename({"item_idx": "item_id"})
         return out
 
@@ -86,9 +88,11 @@ class Dataset:
         """Indexes for ids, -1 for ids this snapshot does not know."""
         lookup = pl.DataFrame({"user_id": self.user_ids, "idx": np.arange(self.n_users)})
         frame = pl.DataFrame({"user_id": pl.Series(user_ids, dtype=pl.String)})
-        return frame.join(lookup, on="user_id", how="left", maintain_order="left")[
-            "idx"
-        ].fill_null(-1).to_numpy()
+        return (
+            frame.join(lookup, on="user_id", how="left", maintain_order="left")["idx"]
+            .fill_null(-1)
+            .to_numpy()
+        )
 
 
 def _id_space(*columns: pl.Series | None) -> np.ndarray:
@@ -100,15 +104,22 @@ def _id_space(*columns: pl.Series | None) -> np.ndarray:
 
 def _index(ids: np.ndarray, name: str) -> pl.DataFrame:
     return pl.DataFrame(
-        {name: pl.Series(ids, dtype=pl.String), f"{name[:-3]}_idx": np.arange(len(ids), dtype=np.int32)}
+        {
+            name: pl.Series(ids, dtype=pl.String),
+            f"{name[:-3]}_idx": np.arange(len(ids), dtype=np.int32),
+        }
     )
 
 
-def event_confidence(events: pl.DataFrame, weighting: InteractionWeighting,
-                     as_of: datetime | None) -> pl.DataFrame:
+def event_confidence(
+    events: pl.DataFrame, weighting: InteractionWeighting, as_of: datetime | None
+) -> pl.DataFrame:
     """Per-event weight = type weight × value × optional recency decay (vectorised)."""
     weights = pl.DataFrame(
-        {"event_type": list(weighting.event_weights), "type_weight": list(weighting.event_weights.values())},
+        {
+            "event_type": list(weighting.event_weights),
+            "type_weight": list(weighting.event_weights.values()),
+        },
         schema={"event_type": pl.String, "type_weight": pl.Float64},
     )
     out = events.join(weights, on="event_type", how="left").with_columns(
@@ -121,7 +132,9 @@ def event_confidence(events: pl.DataFrame, weighting: InteractionWeighting,
         value = value.log1p()
     conf = pl.col("type_weight") * value
     if weighting.half_life_days and as_of is not None:
-        age_days = (pl.lit(as_of).dt.replace_time_zone("UTC") - pl.col("ts")).dt.total_seconds() / 86400.0
+        age_days = (
+            pl.lit(as_of).dt.replace_time_zone("UTC") - pl.col("ts")
+        ).dt.total_seconds() / 86400.0
         conf = conf * (0.5 ** (age_days.clip(lower_bound=0.0) / weighting.half_life_days))
     return out.with_columns(confidence=conf)
 
@@ -136,7 +149,7 @@ def build_dataset(
     user_ids: np.ndarray | None = None,
     item_ids: np.ndarray | None = None,
 ) -> Dataset:
-    """Build a snapshot from contract-shaped frames (events with user_id, item_id, event_type, value, ts).
+    """Build a snapshot from contract-shaped frames (events: user, item, event_type, value, ts).
 
     `user_ids`/`item_ids` pin the id space, so a training split and the full data share indexes.
     """
@@ -152,9 +165,8 @@ def build_dataset(
         item_ids = _id_space(events["item_id"], items["item_id"] if items is not None else None)
     user_index, item_index = _index(user_ids, "user_id"), _index(item_ids, "item_id")
 
-    indexed = (
-        events.join(user_index, on="user_id", how="inner")
-        .join(item_index, on="item_id", how="inner")
+    indexed = events.join(user_index, on="user_id", how="inner").join(
+        item_index, on="item_id", how="inner"
     )
     weighted = event_confidence(indexed, weighting, as_of)
     pairs = weighted.group_by("user_idx", "item_idx").agg(pl.col("confidence").sum())
@@ -177,18 +189,28 @@ def build_dataset(
     social_matrix = None
     if social is not None and social.height > 0:
         s = (
-            social.with_columns(pl.col("weight").fill_null(1.0) if "weight" in social.columns
-                                else pl.lit(1.0).alias("weight"))
+            social.with_columns(
+                pl.col("weight").fill_null(1.0)
+                if "weight" in social.columns
+                else pl.lit(1.0).alias("weight")
+            )
             .join(user_index, on="user_id", how="inner")
-            .join(user_index.rename({"user_id": "friend_id", "user_idx": "friend_idx"}),
-                  on="friend_id", how="inner")
+            .join(
+                user_index.rename({"user_id": "friend_id", "user_idx": "friend_idx"}),
+                on="friend_id",
+                how="inner",
+            )
             .filter(pl.col("user_idx") != pl.col("friend_idx"))
-            .group_by("user_idx", "friend_idx").agg(pl.col("weight").max())
+            .group_by("user_idx", "friend_idx")
+            .agg(pl.col("weight").max())
         )
         social_matrix = sp.csr_matrix(
-            (s["weight"].to_numpy().astype(np.float32),
-             (s["user_idx"].to_numpy(), s["friend_idx"].to_numpy())),
-            shape=(len(user_ids), len(user_ids)), dtype=np.float32,
+            (
+                s["weight"].to_numpy().astype(np.float32),
+                (s["user_idx"].to_numpy(), s["friend_idx"].to_numpy()),
+            ),
+            shape=(len(user_ids), len(user_ids)),
+            dtype=np.float32,
         )
 
     return Dataset(

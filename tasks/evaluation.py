@@ -22,8 +22,13 @@ from tasks.metrics import (
     pool_accuracy,
 )
 
-METRIC_SCHEMA = {"model": pl.String, "metric": pl.String, "k": pl.Int32, "segment": pl.String,
-                 "value": pl.Float64}
+METRIC_SCHEMA = {
+    "model": pl.String,
+    "metric": pl.String,
+    "k": pl.Int32,
+    "segment": pl.String,
+    "value": pl.Float64,
+}
 
 
 def user_segments(data: Dataset, cold_history_max: int) -> pl.DataFrame:
@@ -32,25 +37,38 @@ def user_segments(data: Dataset, cold_history_max: int) -> pl.DataFrame:
     `segment` is the blend a user gets (cold or warm); `with_friends` is an extra reporting slice.
     """
     history = data.history_lengths()
-    friends = (np.diff(data.social.indptr) if data.social is not None
-               else np.zeros(data.n_users, dtype=np.int64))
-    return pl.DataFrame({
-        "user_idx": np.arange(data.n_users, dtype=np.int32),
-        "segment": np.where(history <= cold_history_max, "cold", "warm"),
-        "with_friends": friends > 0,
-        "history_length": history.astype(np.int64),
-        "n_friends": friends.astype(np.int64),
-    })
+    friends = (
+        np.diff(data.social.indptr)
+        if data.social is not None
+        else np.zeros(data.n_users, dtype=np.int64)
+    )
+    return pl.DataFrame(
+        {
+            "user_idx": np.arange(data.n_users, dtype=np.int32),
+            "segment": np.where(history <= cold_history_max, "cold", "warm"),
+            "with_friends": friends > 0,
+            "history_length": history.astype(np.int64),
+            "n_friends": friends.astype(np.int64),
+        }
+    )
 
 
 def _long(model: str, k: int, segment: str, values: Mapping[str, float]) -> list[dict[str, object]]:
-    return [{"model": model, "metric": m, "k": k, "segment": segment, "value": float(v)}
-            for m, v in values.items()]
+    return [
+        {"model": model, "metric": m, "k": k, "segment": segment, "value": float(v)}
+        for m, v in values.items()
+    ]
 
 
-def evaluate_lists(lists: Mapping[str, pl.DataFrame], truth: pl.DataFrame, data: Dataset, k: int,
-                   segments: pl.DataFrame, pool: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Metrics at k for each named list of (user_idx, item_idx, rank) against truth (user_idx, item_idx).
+def evaluate_lists(
+    lists: Mapping[str, pl.DataFrame],
+    truth: pl.DataFrame,
+    data: Dataset,
+    k: int,
+    segments: pl.DataFrame,
+    pool: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Metrics at k of each named list (user_idx, item_idx, rank) against truth pairs.
 
     Ranking metrics per segment (all, cold, warm, with_friends); beyond-accuracy metrics (coverage,
     novelty, intra-list diversity) and pool accuracy on all evaluated users.
@@ -66,14 +84,16 @@ def evaluate_lists(lists: Mapping[str, pl.DataFrame], truth: pl.DataFrame, data:
     }
     seen = data.seen()
     item_users = np.asarray(seen.sum(axis=0)).ravel()
-    popularity = pl.DataFrame({"item_id": np.arange(data.n_items, dtype=np.int32),
-                               "n_users": item_users})
+    popularity = pl.DataFrame(
+        {"item_id": np.arange(data.n_items, dtype=np.int32), "n_users": item_users}
+    )
     item_vectors = sp.csr_matrix(seen.T)
     catalog = max(1, int((item_users > 0).sum()))
     rows: list[dict[str, object]] = []
     for model, frame in lists.items():
-        recs = frame.select(pl.col("user_idx").alias("user_id"), pl.col("item_idx").alias("item_id"),
-                            "rank").filter(pl.col("user_id").is_in(evaluated["user_id"].implode()))
+        recs = frame.select(
+            pl.col("user_idx").alias("user_id"), pl.col("item_idx").alias("item_id"), "rank"
+        ).filter(pl.col("user_id").is_in(evaluated["user_id"].implode()))
         per_user = per_user_metrics(recs, truth, k)
         for name, members in slices.items():
             part = per_user.filter(pl.col("user_id").is_in(members.implode()))
@@ -84,17 +104,22 @@ def evaluate_lists(lists: Mapping[str, pl.DataFrame], truth: pl.DataFrame, data:
         extra = {
             "coverage": catalog_coverage(recs, catalog, k),
             "novelty": novelty(recs, popularity, max(1, data.n_users), k),
-            "diversity": intra_list_diversity(recs.rename({"item_id": "item_idx"}), item_vectors, k),
+            "diversity": intra_list_diversity(
+                recs.rename({"item_id": "item_idx"}), item_vectors, k
+            ),
         }
         if pool is not None:
-            extra["accuracy"] = pool_accuracy(recs, truth, pool.rename(
-                {"user_idx": "user_id", "item_idx": "item_id"}), k)
+            extra["accuracy"] = pool_accuracy(
+                recs, truth, pool.rename({"user_idx": "user_id", "item_idx": "item_id"}), k
+            )
         rows += _long(model, k, "all", extra)
     return pl.DataFrame(rows, schema=METRIC_SCHEMA)
 
 
-def metric_value(metrics: pl.DataFrame, model: str, metric: str = "ndcg",
-                 segment: str = "all") -> float | None:
-    hit = metrics.filter((pl.col("model") == model) & (pl.col("metric") == metric)
-                         & (pl.col("segment") == segment))
+def metric_value(
+    metrics: pl.DataFrame, model: str, metric: str = "ndcg", segment: str = "all"
+) -> float | None:
+    hit = metrics.filter(
+        (pl.col("model") == model) & (pl.col("metric") == metric) & (pl.col("segment") == segment)
+    )
     return float(hit["value"][0]) if hit.height else None

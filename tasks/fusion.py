@@ -54,27 +54,38 @@ class CandidateTable:
     normalisation: Normalisation
 
 
-def candidate_table(candidates: pl.DataFrame, normalisation: Normalisation = "minmax") -> CandidateTable:
+def candidate_table(
+    candidates: pl.DataFrame, normalisation: Normalisation = "minmax"
+) -> CandidateTable:
     modalities = tuple(sorted(candidates["modality"].unique().to_list()))
     long = normalise(candidates, normalisation).with_columns(
-        pl.len().over(["modality", "user_idx"]).cast(pl.Float64).alias("len"))
-    wide = long.pivot(on="modality", index=["user_idx", "item_idx"],
-                      values=["norm", "rank", "len"], aggregate_function="first")
+        pl.len().over(["modality", "user_idx"]).cast(pl.Float64).alias("len")
+    )
+    wide = long.pivot(
+        on="modality",
+        index=["user_idx", "item_idx"],
+        values=["norm", "rank", "len"],
+        aggregate_function="first",
+    )
     if len(modalities) == 1:  # pivot names columns by value only when there is one modality
         m = modalities[0]
         wide = wide.rename({c: f"{c}_{m}" for c in ("norm", "rank", "len") if c in wide.columns})
-    return CandidateTable(wide.with_columns(pl.col("user_idx").cast(pl.Int32),
-                                            pl.col("item_idx").cast(pl.Int32)),
-                          modalities, normalisation)
+    return CandidateTable(
+        wide.with_columns(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32)),
+        modalities,
+        normalisation,
+    )
 
 
-def _weight_columns(table: CandidateTable, weights: SegmentWeights,
-                    segments: pl.DataFrame | None) -> pl.DataFrame:
+def _weight_columns(
+    table: CandidateTable, weights: SegmentWeights, segments: pl.DataFrame | None
+) -> pl.DataFrame:
     """Attach w_<m>: the weight of modality m for the row's user segment (default: warm's)."""
     frame = table.frame
     if segments is not None:
-        frame = frame.join(segments.select(pl.col("user_idx").cast(pl.Int32), "segment"),
-                           on="user_idx", how="left")
+        frame = frame.join(
+            segments.select(pl.col("user_idx").cast(pl.Int32), "segment"), on="user_idx", how="left"
+        )
     else:
         frame = frame.with_columns(pl.lit(DEFAULT_SEGMENT).alias("segment"))
     frame = frame.with_columns(pl.col("segment").fill_null(DEFAULT_SEGMENT))
@@ -84,8 +95,11 @@ def _weight_columns(table: CandidateTable, weights: SegmentWeights,
         expr: pl.Expr = pl.lit(float(default.get(m, 0.0)))
         for segment, per in weights.items():
             if segment != DEFAULT_SEGMENT:
-                expr = pl.when(pl.col("segment") == segment).then(
-                    pl.lit(float(per.get(m, default.get(m, 0.0))))).otherwise(expr)
+                expr = (
+                    pl.when(pl.col("segment") == segment)
+                    .then(pl.lit(float(per.get(m, default.get(m, 0.0)))))
+                    .otherwise(expr)
+                )
         exprs.append(expr.alias(f"w_{m}"))
     return frame.with_columns(exprs)
 
@@ -104,25 +118,39 @@ def _terms(strategy: str, m: str) -> pl.Expr:
     return base.fill_null(0.0)
 
 
-def fuse_table(table: CandidateTable, strategy: str, k: int, weights: SegmentWeights | None = None,
-               segments: pl.DataFrame | None = None) -> pl.DataFrame:
+def fuse_table(
+    table: CandidateTable,
+    strategy: str,
+    k: int,
+    weights: SegmentWeights | None = None,
+    segments: pl.DataFrame | None = None,
+) -> pl.DataFrame:
     """Fuse a candidate table: returns user_idx, item_idx, score, rank, contrib_<m> per modality."""
     if weights is None:
         weights = {DEFAULT_SEGMENT: dict.fromkeys(table.modalities, 1.0)}
     frame = _weight_columns(table, weights, segments)
-    contrib = [(pl.col(f"w_{m}") * _terms(strategy, m)).alias(f"contrib_{m}") for m in table.modalities]
+    contrib = [
+        (pl.col(f"w_{m}") * _terms(strategy, m)).alias(f"contrib_{m}") for m in table.modalities
+    ]
     frame = frame.with_columns(contrib)
     if strategy == "combmnz":
         # CombMNZ multiplies the sum by how many lists (with weight > 0) contain the item.
-        hits = pl.sum_horizontal([(pl.col(f"rank_{m}").is_not_null() & (pl.col(f"w_{m}") > 0))
-                                  .cast(pl.Float64) for m in table.modalities])
-        frame = frame.with_columns([(pl.col(f"contrib_{m}") * hits).alias(f"contrib_{m}")
-                                    for m in table.modalities])
+        hits = pl.sum_horizontal(
+            [
+                (pl.col(f"rank_{m}").is_not_null() & (pl.col(f"w_{m}") > 0)).cast(pl.Float64)
+                for m in table.modalities
+            ]
+        )
+        frame = frame.with_columns(
+            [(pl.col(f"contrib_{m}") * hits).alias(f"contrib_{m}") for m in table.modalities]
+        )
     contrib_cols = [f"contrib_{m}" for m in table.modalities]
     scored = frame.select("user_idx", "item_idx", *contrib_cols).with_columns(
-        pl.sum_horizontal(contrib_cols).alias("score"))
-    return top_k(scored, k).select("user_idx", "item_idx", pl.col("score").cast(pl.Float64), "rank",
-                                   *contrib_cols)
+        pl.sum_horizontal(contrib_cols).alias("score")
+    )
+    return top_k(scored, k).select(
+        "user_idx", "item_idx", pl.col("score").cast(pl.Float64), "rank", *contrib_cols
+    )
 
 
 def top_k(scored: pl.DataFrame, k: int) -> pl.DataFrame:
@@ -134,15 +162,23 @@ def top_k(scored: pl.DataFrame, k: int) -> pl.DataFrame:
     )
 
 
-def fuse_weighted(candidates: pl.DataFrame, weights: SegmentWeights, k: int,
-                  normalisation: Normalisation = "minmax",
-                  segments: pl.DataFrame | None = None) -> pl.DataFrame:
+def fuse_weighted(
+    candidates: pl.DataFrame,
+    weights: SegmentWeights,
+    k: int,
+    normalisation: Normalisation = "minmax",
+    segments: pl.DataFrame | None = None,
+) -> pl.DataFrame:
     """Weighted sum of normalised scores."""
     return fuse_table(candidate_table(candidates, normalisation), "weighted", k, weights, segments)
 
 
-def fuse_rank(candidates: pl.DataFrame, strategy: RankStrategy, k: int,
-              weights: SegmentWeights | None = None,
-              segments: pl.DataFrame | None = None) -> pl.DataFrame:
+def fuse_rank(
+    candidates: pl.DataFrame,
+    strategy: RankStrategy,
+    k: int,
+    weights: SegmentWeights | None = None,
+    segments: pl.DataFrame | None = None,
+) -> pl.DataFrame:
     """Rank fusion: RRF, CombSUM, CombMNZ or Borda, optionally weighted per modality."""
     return fuse_table(candidate_table(candidates, "minmax"), strategy, k, weights, segments)

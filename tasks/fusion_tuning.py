@@ -39,26 +39,40 @@ class FusionPlan:
     alternatives: list[FusionPlan] = field(default_factory=list)  # every plan that was compared
 
     def to_dict(self) -> dict[str, object]:
-        return {"strategy": self.strategy, "normalisation": self.normalisation,
-                "weights": self.weights, "validation_ndcg": self.validation_ndcg}
+        return {
+            "strategy": self.strategy,
+            "normalisation": self.normalisation,
+            "weights": self.weights,
+            "validation_ndcg": self.validation_ndcg,
+        }
 
 
-def apply_plan(candidates: pl.DataFrame | CandidateTable, plan: FusionPlan, k: int,
-               segments: pl.DataFrame | None) -> pl.DataFrame:
+def apply_plan(
+    candidates: pl.DataFrame | CandidateTable,
+    plan: FusionPlan,
+    k: int,
+    segments: pl.DataFrame | None,
+) -> pl.DataFrame:
     """Fuse with a plan; pass a CandidateTable built with the plan's normalisation to reuse it."""
     normalisation = plan.normalisation if plan.strategy == "weighted" else "minmax"
     if isinstance(candidates, CandidateTable):
         if candidates.normalisation != normalisation:
-            raise ValueError(f"candidate table is {candidates.normalisation}, plan needs {normalisation}")
+            raise ValueError(
+                f"candidate table is {candidates.normalisation}, plan needs {normalisation}"
+            )
         table = candidates
     else:
         table = candidate_table(candidates, normalisation)
     return fuse_table(table, plan.strategy, k, plan.weights or None, segments)
 
 
-def apply_plans(candidates: pl.DataFrame, plans: Sequence[FusionPlan], k: int,
-                segments: pl.DataFrame | None,
-                tables: dict[str, CandidateTable] | None = None) -> dict[str, pl.DataFrame]:
+def apply_plans(
+    candidates: pl.DataFrame,
+    plans: Sequence[FusionPlan],
+    k: int,
+    segments: pl.DataFrame | None,
+    tables: dict[str, CandidateTable] | None = None,
+) -> dict[str, pl.DataFrame]:
     """Fuse with several plans, building each normalisation's candidate table only once."""
     tables = {} if tables is None else tables
     out = {}
@@ -72,8 +86,11 @@ def apply_plans(candidates: pl.DataFrame, plans: Sequence[FusionPlan], k: int,
 
 def _wide_norms(table: CandidateTable) -> pl.DataFrame:
     # A modality that did not propose an item gives it its floor (0 after min-max).
-    return table.frame.select("user_idx", "item_idx", *[
-        pl.col(f"norm_{m}").fill_null(0.0).alias(m) for m in table.modalities]).sort("user_idx")
+    return table.frame.select(
+        "user_idx",
+        "item_idx",
+        *[pl.col(f"norm_{m}").fill_null(0.0).alias(m) for m in table.modalities],
+    ).sort("user_idx")
 
 
 class _FastNdcg:
@@ -84,8 +101,9 @@ class _FastNdcg:
     """
 
     def __init__(self, wide: pl.DataFrame, truth: pl.DataFrame, modalities: Sequence[str], k: int):
-        labelled = wide.join(truth.with_columns(pl.lit(1.0).alias("hit")),
-                             on=["user_idx", "item_idx"], how="left").sort("user_idx", "item_idx")
+        labelled = wide.join(
+            truth.with_columns(pl.lit(1.0).alias("hit")), on=["user_idx", "item_idx"], how="left"
+        ).sort("user_idx", "item_idx")
         users = labelled["user_idx"].to_numpy()
         self.uniq, starts, counts = np.unique(users, return_index=True, return_counts=True)
         slots = int(counts.max()) if counts.size else 0
@@ -122,8 +140,9 @@ class _FastNdcg:
         return float(ndcg.sum() / self.n_users)
 
 
-def tune_weights(table: CandidateTable, truth: pl.DataFrame, k: int,
-                 passes: int = 2) -> tuple[dict[str, float], float]:
+def tune_weights(
+    table: CandidateTable, truth: pl.DataFrame, k: int, passes: int = 2
+) -> tuple[dict[str, float], float]:
     """Coordinate ascent over a weight grid, maximising validation NDCG@k."""
     modalities = list(table.modalities)
     if not modalities or truth.height == 0:
@@ -148,10 +167,15 @@ def tune_weights(table: CandidateTable, truth: pl.DataFrame, k: int,
     return dict(zip(modalities, weights.tolist(), strict=True)), best
 
 
-def choose_plan(candidates: pl.DataFrame, truth: pl.DataFrame, k: int,
-                segments: pl.DataFrame, strategy: str = "auto",
-                normalisation: Normalisation = "minmax",
-                fixed_weights: Mapping[str, float] | None = None) -> FusionPlan:
+def choose_plan(
+    candidates: pl.DataFrame,
+    truth: pl.DataFrame,
+    k: int,
+    segments: pl.DataFrame,
+    strategy: str = "auto",
+    normalisation: Normalisation = "minmax",
+    fixed_weights: Mapping[str, float] | None = None,
+) -> FusionPlan:
     """Tune weights per segment and, for `auto`, pick the strategy with the best validation NDCG."""
     seg_of = segments.select(pl.col("user_idx").cast(pl.Int32), "segment")
     weighted_table = candidate_table(candidates, normalisation)
@@ -167,23 +191,39 @@ def choose_plan(candidates: pl.DataFrame, truth: pl.DataFrame, k: int,
                 continue
             seg_table = CandidateTable(
                 weighted_table.frame.join(users, on="user_idx", how="semi"),
-                weighted_table.modalities, normalisation)
+                weighted_table.modalities,
+                normalisation,
+            )
             w, score = tune_weights(seg_table, seg_truth, k)
             tuned[segment] = w
-            log.info("tuned %s weights for %s users: %s (validation ndcg %.4f)",
-                     normalisation, segment, w, score)
+            log.info(
+                "tuned %s weights for %s users: %s (validation ndcg %.4f)",
+                normalisation,
+                segment,
+                w,
+                score,
+            )
         weights = tuned or {DEFAULT_SEGMENT: dict.fromkeys(candidates["modality"].unique(), 1.0)}
     plans = [FusionPlan("weighted", normalisation, {s: dict(w) for s, w in weights.items()})]
     if strategy == "auto":
         plans += [FusionPlan(s) for s in RANK_STRATEGIES]
     elif strategy != "weighted":
-        plans = [FusionPlan(strategy, weights={s: dict(w) for s, w in weights.items()}
-                            if fixed_weights else {})]
+        plans = [
+            FusionPlan(
+                strategy, weights={s: dict(w) for s, w in weights.items()} if fixed_weights else {}
+            )
+        ]
     return best_plan(plans, candidates, truth, k, segments, {normalisation: weighted_table})
 
 
-def best_plan(plans: Sequence[FusionPlan], candidates: pl.DataFrame, truth: pl.DataFrame, k: int,
-              segments: pl.DataFrame, tables: dict[str, CandidateTable] | None = None) -> FusionPlan:
+def best_plan(
+    plans: Sequence[FusionPlan],
+    candidates: pl.DataFrame,
+    truth: pl.DataFrame,
+    k: int,
+    segments: pl.DataFrame,
+    tables: dict[str, CandidateTable] | None = None,
+) -> FusionPlan:
     """Evaluate each plan on the validation truth; the winner carries every plan's score."""
     from tasks.metrics import ranking_metrics
 
@@ -191,10 +231,12 @@ def best_plan(plans: Sequence[FusionPlan], candidates: pl.DataFrame, truth: pl.D
     fused_by_strategy = apply_plans(candidates, plans, k, segments, tables)
     for plan in plans:
         fused = fused_by_strategy[plan.strategy]
-        recs = fused.select(pl.col("user_idx").alias("user_id"), pl.col("item_idx").alias("item_id"),
-                            "rank")
+        recs = fused.select(
+            pl.col("user_idx").alias("user_id"), pl.col("item_idx").alias("item_id"), "rank"
+        )
         scores[plan.strategy] = ranking_metrics(
-            recs, truth.rename({"user_idx": "user_id", "item_idx": "item_id"}), k)["ndcg"]
+            recs, truth.rename({"user_idx": "user_id", "item_idx": "item_id"}), k
+        )["ndcg"]
     winner = max(plans, key=lambda p: scores[p.strategy])
     winner.validation_ndcg = scores
     winner.alternatives = list(plans)

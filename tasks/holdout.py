@@ -29,8 +29,9 @@ class Holdout:
 
 def _truth(train: pl.DataFrame, held: pl.DataFrame) -> pl.DataFrame:
     pairs = held.select("user_id", "item_id").unique()
-    return pairs.join(train.select("user_id", "item_id").unique(), on=["user_id", "item_id"],
-                      how="anti").sort("user_id", "item_id")
+    return pairs.join(
+        train.select("user_id", "item_id").unique(), on=["user_id", "item_id"], how="anti"
+    ).sort("user_id", "item_id")
 
 
 def temporal_split(events: pl.DataFrame, holdout_days: float) -> Holdout:
@@ -55,15 +56,17 @@ def random_split(events: pl.DataFrame, fraction: float, seed: int, min_items: in
         pl.len().over("user_id").alias("n"),
     )
     n_out = pl.max_horizontal(pl.lit(1), (pl.col("n") * fraction).round(0).cast(pl.Int64))
-    held_pairs = ranked.filter((pl.col("n") >= min_items) & (pl.col("pos") <= n_out)) \
-        .select("user_id", "item_id")
+    held_pairs = ranked.filter((pl.col("n") >= min_items) & (pl.col("pos") <= n_out)).select(
+        "user_id", "item_id"
+    )
     train = events.join(held_pairs, on=["user_id", "item_id"], how="anti")
     held = events.join(held_pairs, on=["user_id", "item_id"], how="semi")
     return Holdout(train, _truth(train, held), "random", None)
 
 
-def holdout_split(events: pl.DataFrame, holdout_days: float = 7.0, fraction: float = 0.2,
-                  seed: int = 7) -> Holdout:
+def holdout_split(
+    events: pl.DataFrame, holdout_days: float = 7.0, fraction: float = 0.2, seed: int = 7
+) -> Holdout:
     """Temporal when the data spans more than two hold-out windows, per-user random otherwise."""
     if events.height == 0:
         return Holdout(events, events.select("user_id", "item_id"), "random", None)

@@ -34,7 +34,7 @@ class IngestReport:
 
 
 def read_source(source_dir: Path, now: datetime | None = None) -> dict[str, Validated]:
-    """Read and validate every table file of a source folder (raises SourceError on unusable files)."""
+    """Read and validate every table file of a source (SourceError: a file unusable as a whole)."""
     validated: dict[str, Validated] = {}
     for table, path in find_table_files(Path(source_dir)).items():
         frame = read_table_file(path)
@@ -49,7 +49,9 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(con.execute(f"SELECT count(*) FROM raw.{table}").fetchall()[0][0])
 
 
-def load_source(con: duckdb.DuckDBPyConnection, validated: dict[str, Validated], run_id: str) -> IngestReport:
+def load_source(
+    con: duckdb.DuckDBPyConnection, validated: dict[str, Validated], run_id: str
+) -> IngestReport:
     """Write validated tables and quarantined rows in one transaction."""
     report = IngestReport({}, {}, {}, [])
     now = datetime.now(UTC)
@@ -61,8 +63,11 @@ def load_source(con: duckdb.DuckDBPyConnection, validated: dict[str, Validated],
                 good = good.unique(subset=DEDUP_KEYS[table], keep="last", maintain_order=True)
             before = _count(con, table)
             con.register(f"staged_{table}", good.to_arrow())
-            execute_script(con, read_sql(f"ingest_{table}.sql"),
-                           {"source_file": v.source_file, "run_id": run_id})
+            execute_script(
+                con,
+                read_sql(f"ingest_{table}.sql"),
+                {"source_file": v.source_file, "run_id": run_id},
+            )
             con.unregister(f"staged_{table}")
             report.read[table] = v.good.height + v.quarantine.height
             report.added[table] = _count(con, table) - before
@@ -70,12 +75,15 @@ def load_source(con: duckdb.DuckDBPyConnection, validated: dict[str, Validated],
             report.warnings.extend(v.warnings)
             if v.quarantine.height:
                 q = v.quarantine.with_columns(
-                    pl.lit(run_id).alias("run_id"), pl.lit(table).alias("table_name"),
-                    pl.lit(v.source_file).alias("source_file"), pl.lit(now).alias("quarantined_at"),
+                    pl.lit(run_id).alias("run_id"),
+                    pl.lit(table).alias("table_name"),
+                    pl.lit(v.source_file).alias("source_file"),
+                    pl.lit(now).alias("quarantined_at"),
                 )
                 con.register("staged_quarantine", q.to_arrow())
                 con.execute(
-                    "INSERT INTO raw.quarantine SELECT run_id, table_name, source_file, row_number, "
+                    "INSERT INTO raw.quarantine SELECT run_id, table_name, source_file, "
+                    "row_number, "
                     "reason, CAST(row_data AS JSON), quarantined_at FROM staged_quarantine"
                 )
                 con.unregister("staged_quarantine")

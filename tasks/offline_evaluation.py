@@ -28,10 +28,14 @@ def read_truth(path: Path) -> pl.DataFrame:
     missing = [c for c in ("user_id", "item_id") if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-    return frame.select(pl.col("user_id").cast(pl.String), pl.col("item_id").cast(pl.String)).unique()
+    return frame.select(
+        pl.col("user_id").cast(pl.String), pl.col("item_id").cast(pl.String)
+    ).unique()
 
 
-def evaluate_published(db: str | Path, truth: pl.DataFrame, k: int = 10) -> dict[str, dict[str, float]]:
+def evaluate_published(
+    db: str | Path, truth: pl.DataFrame, k: int = 10
+) -> dict[str, dict[str, float]]:
     """Metrics@k for `fused` and each modality of the latest published run, keyed 'ndcg@10' etc."""
     with connect(db, read_only=True) as con:
         lists = con.sql(read_sql("published_lists.sql"), params={"k": k}).pl()
@@ -43,8 +47,9 @@ def evaluate_published(db: str | Path, truth: pl.DataFrame, k: int = 10) -> dict
         recs = lists.filter(pl.col("list") == name).select("user_id", "item_id", "rank")
         values = ranking_metrics(recs, truth, k, users=users)
         row = {f"{m}@{k}": values[m] for m in REPORTED}
-        row[f"coverage@{k}"] = catalog_coverage(recs.filter(pl.col("user_id").is_in(users.implode())),
-                                                max(1, int(n_train_items)), k)
+        row[f"coverage@{k}"] = catalog_coverage(
+            recs.filter(pl.col("user_id").is_in(users.implode())), max(1, int(n_train_items)), k
+        )
         row["users"] = values["n_users"]
         out[name] = row
     return out

@@ -18,73 +18,99 @@ ModalityName = Literal[
     "behavior", "content", "social", "popularity", "hybrid_features", "hybrid_samples"
 ]
 ALL_MODALITIES: list[ModalityName] = [
-    "behavior", "content", "social", "popularity", "hybrid_features", "hybrid_samples"
+    "behavior",
+    "content",
+    "social",
+    "popularity",
+    "hybrid_features",
+    "hybrid_samples",
 ]
 #: The four single-evidence modalities; hybrids are fusions below the model level.
 SINGLE_MODALITIES = ("behavior", "content", "social", "popularity")
-FusionStrategy = Literal[
-    "auto", "weighted", "rrf", "combsum", "combmnz", "borda", "stacking"
-]
+FusionStrategy = Literal["auto", "weighted", "rrf", "combsum", "combmnz", "borda", "stacking"]
 
 
 class FusionParams(BaseModel):
     """How modality lists become one list; `auto` picks the best strategy on validation."""
 
     strategy: FusionStrategy = Field(
-        "auto", description="Fusion strategy; 'auto' evaluates all on a validation window and picks the best.")
+        "auto",
+        description="Fusion strategy; 'auto' tries all on a validation window, keeps the best.",
+    )
     normalisation: Literal["minmax", "zscore", "rank"] = Field(
-        "minmax", description="Score normalisation before weighted fusion.")
+        "minmax", description="Score normalisation before weighted fusion."
+    )
     weights: dict[str, float] | None = Field(
-        None, description="Override per-modality weights (e.g. {'behavior': 1, 'social': 0.3}); "
-                          "when empty they are tuned on a validation window.")
+        None,
+        description="Override per-modality weights (e.g. {'behavior': 1, 'social': 0.3}); "
+        "when empty they are tuned on a validation window.",
+    )
     cold_history_max: int = Field(
-        2, ge=0, description="Users with at most this many items get the cold-start blend.")
+        2, ge=0, description="Users with at most this many items get the cold-start blend."
+    )
 
 
 class RunParameters(BaseModel):
     """Everything one nightly run needs. Defaults run the demo end to end."""
 
     source: str | None = Field(
-        None, description="Source folder in the data contract; empty = the built-in demo data.")
+        None, description="Source folder in the data contract; empty = the built-in demo data."
+    )
     db: str = Field("recfusion.duckdb", description="DuckDB database file to read and publish to.")
     top_k: int = Field(10, ge=1, le=1000, description="Length of each user's published list (K).")
     candidates_per_modality: int = Field(
-        100, ge=1, description="Top-N candidates each modality keeps per user (N >= K).")
+        100, ge=1, description="Top-N candidates each modality keeps per user (N >= K)."
+    )
     as_of: datetime | None = Field(
-        None, description="Build the data as of this time (events after it are ignored); "
-                          "empty = latest event.")
+        None,
+        description="Build the data as of this time (events after it are ignored); "
+        "empty = latest event.",
+    )
     modalities: list[ModalityName] = Field(
         default_factory=lambda: list(ALL_MODALITIES),
         description="Candidate sources to run: the four modalities, plus the feature-level "
-                    "(hybrid_features) and sample-level (hybrid_samples) fusion models.")
+        "(hybrid_features) and sample-level (hybrid_samples) fusion models.",
+    )
     behavior: BehaviorParams = Field(default_factory=BehaviorParams)
     content: ContentParams = Field(default_factory=ContentParams)
     social: SocialParams = Field(default_factory=SocialParams)
     popularity: PopularityParams = Field(default_factory=PopularityParams)
-    hybrid: HybridParams = Field(default_factory=HybridParams,
-                                 description="Feature-level and sample-level fusion models.")
+    hybrid: HybridParams = Field(
+        default_factory=HybridParams, description="Feature-level and sample-level fusion models."
+    )
     fusion: FusionParams = Field(default_factory=FusionParams)
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
-        description="Weight per event type (purchase > like > click > view).")
+        description="Weight per event type (purchase > like > click > view).",
+    )
     value_transform: Literal["log1p", "raw", "binary"] = Field(
-        "log1p", description="How an event's value (count, rating) becomes confidence.")
+        "log1p", description="How an event's value (count, rating) becomes confidence."
+    )
     half_life_days: float | None = Field(
-        None, gt=0, description="Optional recency decay of interactions (days); empty = none.")
-    evaluate: bool = Field(True, description="Hold out recent events, score every list, log metrics.")
+        None, gt=0, description="Optional recency decay of interactions (days); empty = none."
+    )
+    evaluate: bool = Field(
+        True, description="Hold out recent events, score every list, log metrics."
+    )
     holdout_days: float = Field(7.0, gt=0, description="Temporal hold-out window (days).")
     holdout_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Per-user hold-out share when timestamps do not vary.")
+        0.2, gt=0, lt=1, description="Per-user hold-out share when timestamps do not vary."
+    )
     seed: int = Field(7, description="Seed for random splits.")
     block_size: int = Field(2048, ge=1, description="Users scored per block (bounds memory).")
     regression_tolerance: float = Field(
-        0.05, ge=0, description="Reject the run when fused NDCG@K drops more than this share "
-                                "below the last published run on the same data.")
+        0.05,
+        ge=0,
+        description="Reject the run when fused NDCG@K drops more than this share "
+        "below the last published run on the same data.",
+    )
     allow_regression: bool = Field(False, description="Publish even if the regression gate fails.")
     retention_runs: int | None = Field(
-        None, ge=1, description="Keep recommendations of this many latest runs; metrics are kept.")
+        None, ge=1, description="Keep recommendations of this many latest runs; metrics are kept."
+    )
     lock_timeout_seconds: float = Field(
-        0.0, ge=0, description="Wait this long for another run on the same database to finish.")
+        0.0, ge=0, description="Wait this long for another run on the same database to finish."
+    )
     triggered_by: str = Field("cli", description="Who or what started the run.")
 
     def weighting(self) -> InteractionWeighting:

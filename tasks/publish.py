@@ -31,7 +31,9 @@ class RunOutputs:
     checks: pl.DataFrame  # suite, expectation, column_name, success, observed_value
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, select_sql: str) -> None:
+def _insert(
+    con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, select_sql: str
+) -> None:
     if frame.height == 0:
         return
     con.register("staged_output", frame.to_arrow())
@@ -39,38 +41,70 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, sel
     con.unregister("staged_output")
 
 
-def publish_run(con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs,
-                status: FinalStatus, fusion_strategy: str, timings: dict[str, float],
-                message: str = "", keep_recommendations: int | None = None,
-                keep_candidates: int | None = None) -> None:
+def publish_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    outputs: RunOutputs,
+    status: FinalStatus,
+    fusion_strategy: str,
+    timings: dict[str, float],
+    message: str = "",
+    keep_recommendations: int | None = None,
+    keep_candidates: int | None = None,
+) -> None:
     """Write a finished run atomically (rows + status), then apply retention in the same commit."""
     run = pl.lit(run_id).alias("run_id")
     con.execute("BEGIN TRANSACTION")
     try:
-        _insert(con, "candidates", outputs.candidates.with_columns(run),
-                "SELECT run_id, modality, user_id, item_id, score, rank FROM staged_output")
+        _insert(
+            con,
+            "candidates",
+            outputs.candidates.with_columns(run),
+            "SELECT run_id, modality, user_id, item_id, score, rank FROM staged_output",
+        )
         fault_point("publish:after_candidates")
-        _insert(con, "recommendations", outputs.recommendations.with_columns(run),
-                "SELECT run_id, user_id, rank, item_id, score, CAST(contributions AS JSON), reason, "
-                "segment FROM staged_output")
+        _insert(
+            con,
+            "recommendations",
+            outputs.recommendations.with_columns(run),
+            "SELECT run_id, user_id, rank, item_id, score, CAST(contributions AS JSON), reason, "
+            "segment FROM staged_output",
+        )
         fault_point("publish:after_recommendations")
-        _insert(con, "run_metrics", outputs.metrics.with_columns(run),
-                "SELECT run_id, model, metric, k, segment, value FROM staged_output")
-        _insert(con, "check_results",
-                outputs.checks.with_columns(run, pl.lit(datetime.now(UTC)).alias("checked_at")),
-                "SELECT run_id, suite, expectation, column_name, success, observed_value, checked_at "
-                "FROM staged_output")
-        con.execute(read_sql("publish_run.sql"), {
-            "run_id": run_id, "status": status, "finished_at": datetime.now(UTC),
-            "n_recommendations": outputs.recommendations.height,
-            "fusion_strategy": fusion_strategy, "timings": json.dumps(timings),
-            "message": message or None,
-        })
+        _insert(
+            con,
+            "run_metrics",
+            outputs.metrics.with_columns(run),
+            "SELECT run_id, model, metric, k, segment, value FROM staged_output",
+        )
+        _insert(
+            con,
+            "check_results",
+            outputs.checks.with_columns(run, pl.lit(datetime.now(UTC)).alias("checked_at")),
+            "SELECT run_id, suite, expectation, column_name, success, observed_value, checked_at "
+            "FROM staged_output",
+        )
+        con.execute(
+            read_sql("publish_run.sql"),
+            {
+                "run_id": run_id,
+                "status": status,
+                "finished_at": datetime.now(UTC),
+                "n_recommendations": outputs.recommendations.height,
+                "fusion_strategy": fusion_strategy,
+                "timings": json.dumps(timings),
+                "message": message or None,
+            },
+        )
         if keep_recommendations or keep_candidates:
-            execute_script(con, read_sql("prune_runs.sql"), {
-                "keep_recommendations": keep_recommendations or KEEP_ALL,
-                "keep_candidates": keep_candidates or KEEP_ALL,
-            })
+            execute_script(
+                con,
+                read_sql("prune_runs.sql"),
+                {
+                    "keep_recommendations": keep_recommendations or KEEP_ALL,
+                    "keep_candidates": keep_candidates or KEEP_ALL,
+                },
+            )
         fault_point("publish:before_commit")
         con.execute("COMMIT")
     except BaseException:
@@ -78,6 +112,10 @@ def publish_run(con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs
         raise
 
 
-def last_published_ndcg(con: duckdb.DuckDBPyConnection, fingerprint: str, k: int) -> tuple[float, str] | None:
-    rows = con.execute(read_sql("last_published_ndcg.sql"), {"fingerprint": fingerprint, "k": k}).fetchall()
+def last_published_ndcg(
+    con: duckdb.DuckDBPyConnection, fingerprint: str, k: int
+) -> tuple[float, str] | None:
+    rows = con.execute(
+        read_sql("last_published_ndcg.sql"), {"fingerprint": fingerprint, "k": k}
+    ).fetchall()
     return (float(rows[0][0]), str(rows[0][1])) if rows else None

@@ -32,6 +32,8 @@ def run_query(db: str | Path, name: str, params: Mapping[str, str] | None = None
     params = dict(params or {})
     missing = [p for p in needed if p not in params]
     if missing:
-        raise QueryError(f"query {name!r} needs --param {' --param '.join(m + '=…' for m in missing)}")
+        raise QueryError(
+            f"query {name!r} needs --param {' --param '.join(m + '=…' for m in missing)}"
+        )
     with connect(db, read_only=True) as con:
         return con.sql(sql, params={p: params[p] for p in needed}).pl()

@@ -27,8 +27,9 @@ def friends_who_have(data: Dataset, users: np.ndarray, items: np.ndarray) -> np.
     return np.asarray(friends.multiply(holders).sum(axis=1)).ravel().astype(np.int64)
 
 
-def _closest_history_item(data: Dataset, users: np.ndarray, items: np.ndarray,
-                          block: int = 4096) -> np.ndarray:
+def _closest_history_item(
+    data: Dataset, users: np.ndarray, items: np.ndarray, block: int = 4096
+) -> np.ndarray:
     """For each pair: the user's history item most co-consumed with the recommended item.
 
     Works in blocks of pairs so the pairs × items co-occurrence never exists all at once.
@@ -40,7 +41,7 @@ def _closest_history_item(data: Dataset, users: np.ndarray, items: np.ndarray,
     seen_scaled = sp.csr_matrix(seen @ sp.diags(inv_sqrt_pop))
     best = np.full(len(users), -1, dtype=np.int64)
     for start in range(0, len(users), block):
-        u, i = users[start:start + block], items[start:start + block]
+        u, i = users[start : start + block], items[start : start + block]
         co = sp.csr_matrix((item_users[i] @ seen_scaled).multiply(seen[u]))  # restricted to history
         if not co.nnz:
             continue
@@ -55,8 +56,9 @@ def explain(fused: pl.DataFrame, data: Dataset) -> pl.DataFrame:
     """Add `reason`, `top_modality` and a JSON `contributions` column to a fused list."""
     contrib_cols = [c for c in fused.columns if c.startswith("contrib_")]
     if not contrib_cols or fused.height == 0:
-        return fused.with_columns(pl.lit("popular right now").alias("reason"),
-                                  pl.lit("{}").alias("contributions"))
+        return fused.with_columns(
+            pl.lit("popular right now").alias("reason"), pl.lit("{}").alias("contributions")
+        )
     names = [c.removeprefix("contrib_") for c in contrib_cols]
     values = fused.select(contrib_cols).to_numpy()
     top = np.array(names)[np.argmax(values, axis=1)]
@@ -67,15 +69,20 @@ def explain(fused: pl.DataFrame, data: Dataset) -> pl.DataFrame:
     social_rows = np.flatnonzero(top == "social")
     if social_rows.size:
         n = friends_who_have(data, users[social_rows], items[social_rows])
-        reason[social_rows] = np.where(n == 1, "liked by 1 friend",
-                                       np.char.add(np.char.add("liked by ", n.astype(str)), " friends"))
+        reason[social_rows] = np.where(
+            n == 1,
+            "liked by 1 friend",
+            np.char.add(np.char.add("liked by ", n.astype(str)), " friends"),
+        )
         reason[social_rows[n == 0]] = "liked by friends of your friends"
 
     titles = _titles(data)
-    for modality, template in (("behavior", "because you liked {}"),
-                               ("hybrid_features", "because you liked {}"),
-                               ("hybrid_samples", "because you liked {}"),
-                               ("content", "similar to {}")):
+    for modality, template in (
+        ("behavior", "because you liked {}"),
+        ("hybrid_features", "because you liked {}"),
+        ("hybrid_samples", "because you liked {}"),
+        ("content", "similar to {}"),
+    ):
         rows = np.flatnonzero(top == modality)
         if rows.size and titles is not None:
             closest = _closest_history_item(data, users[rows], items[rows])
@@ -85,7 +92,8 @@ def explain(fused: pl.DataFrame, data: Dataset) -> pl.DataFrame:
     total = values.sum(axis=1, keepdims=True)
     shares = np.divide(values, total, out=np.zeros_like(values), where=total > 0)
     contributions = pl.DataFrame(np.round(shares, 4), schema=names).select(
-        pl.struct(names).struct.json_encode().alias("contributions"))
+        pl.struct(names).struct.json_encode().alias("contributions")
+    )
     return fused.with_columns(
         pl.Series("reason", reason.astype(str)),
         pl.Series("top_modality", top.astype(str)),

@@ -17,8 +17,7 @@ import polars as pl
 from tasks.candidate_generation import CandidateSet, generate_candidates
 from tasks.dataset import Dataset, build_dataset
 from tasks.evaluation import evaluate_lists, user_segments
-from tasks.fusion import DEFAULT_SEGMENT
-from tasks.fusion import CandidateTable
+from tasks.fusion import DEFAULT_SEGMENT, CandidateTable
 from tasks.fusion_tuning import FusionPlan, apply_plan, apply_plans, choose_plan
 from tasks.holdout import Holdout, holdout_split
 from tasks.parameters import RunParameters
@@ -47,52 +46,76 @@ class Recommendations:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def dataset_from(snapshot: Snapshot, params: RunParameters, events: pl.DataFrame | None = None,
-                 like: Dataset | None = None) -> Dataset:
+def dataset_from(
+    snapshot: Snapshot,
+    params: RunParameters,
+    events: pl.DataFrame | None = None,
+    like: Dataset | None = None,
+) -> Dataset:
     """Build a Dataset; `like` pins the id space so splits and the full data share indexes."""
     return build_dataset(
         snapshot.events if events is None else events,
-        items=snapshot.items, social=snapshot.social, users=snapshot.users,
-        weighting=params.weighting(), as_of=snapshot.as_of,
+        items=snapshot.items,
+        social=snapshot.social,
+        users=snapshot.users,
+        weighting=params.weighting(),
+        as_of=snapshot.as_of,
         user_ids=None if like is None else like.user_ids,
         item_ids=None if like is None else like.item_ids,
     )
 
 
 def _truth_idx(truth: pl.DataFrame, data: Dataset) -> pl.DataFrame:
-    users = pl.DataFrame({"user_id": data.user_ids.astype(str),
-                          "user_idx": np.arange(data.n_users, dtype=np.int32)})
-    items = pl.DataFrame({"item_id": data.item_ids.astype(str),
-                          "item_idx": np.arange(data.n_items, dtype=np.int32)})
+    users = pl.DataFrame(
+        {"user_id": data.user_ids.astype(str), "user_idx": np.arange(data.n_users, dtype=np.int32)}
+    )
+    items = pl.DataFrame(
+        {"item_id": data.item_ids.astype(str), "item_idx": np.arange(data.n_items, dtype=np.int32)}
+    )
     return truth.join(users, on="user_id").join(items, on="item_id").select("user_idx", "item_idx")
 
 
 def _fixed_plan(params: RunParameters, modalities: list[str]) -> FusionPlan:
     weights = params.fusion.weights or {m: DEFAULT_WEIGHTS.get(m, 0.1) for m in modalities}
-    strategy = "weighted" if params.fusion.strategy in ("auto", "stacking") else params.fusion.strategy
+    strategy = (
+        "weighted" if params.fusion.strategy in ("auto", "stacking") else params.fusion.strategy
+    )
     return FusionPlan(strategy, params.fusion.normalisation, {DEFAULT_SEGMENT: dict(weights)})
 
 
-def _plan(cands: CandidateSet, truth: pl.DataFrame, segments: pl.DataFrame,
-          params: RunParameters) -> FusionPlan:
-    return choose_plan(cands.candidates, truth, params.top_k, segments, params.fusion.strategy,
-                       params.fusion.normalisation, params.fusion.weights)
+def _plan(
+    cands: CandidateSet, truth: pl.DataFrame, segments: pl.DataFrame, params: RunParameters
+) -> FusionPlan:
+    return choose_plan(
+        cands.candidates,
+        truth,
+        params.top_k,
+        segments,
+        params.fusion.strategy,
+        params.fusion.normalisation,
+        params.fusion.weights,
+    )
 
 
 def modality_lists(cands: CandidateSet, k: int) -> dict[str, pl.DataFrame]:
     c = cands.candidates.filter(pl.col("rank") <= k)
-    return {m: c.filter(pl.col("modality") == m).select("user_idx", "item_idx", "rank")
-            for m in cands.modalities}
+    return {
+        m: c.filter(pl.col("modality") == m).select("user_idx", "item_idx", "rank")
+        for m in cands.modalities
+    }
 
 
 def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -> Evaluation | None:
-    """Fit on the past, score the hold-out window; None when there is too little data to hold out."""
-    outer: Holdout = holdout_split(snapshot.events, params.holdout_days, params.holdout_fraction,
-                                   params.seed)
+    """Fit on the past, score the hold-out window; None when there is too little data for it."""
+    outer: Holdout = holdout_split(
+        snapshot.events, params.holdout_days, params.holdout_fraction, params.seed
+    )
     if outer.truth.height == 0 or outer.train.height == 0:
         log.warning("evaluation skipped: not enough events to hold out a test window")
         return None
-    inner = holdout_split(outer.train, params.holdout_days, params.holdout_fraction, params.seed + 1)
+    inner = holdout_split(
+        outer.train, params.holdout_days, params.holdout_fraction, params.seed + 1
+    )
     k = params.top_k
 
     train = dataset_from(snapshot, params, outer.train, like=full)
@@ -103,17 +126,23 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
     if inner.truth.height and inner.train.height:
         valid = dataset_from(snapshot, params, inner.train, like=full)
         valid_cands = generate_candidates(valid, params)
-        eval_plan = _plan(valid_cands, _truth_idx(inner.truth, valid),
-                          user_segments(valid, params.fusion.cold_history_max), params)
+        eval_plan = _plan(
+            valid_cands,
+            _truth_idx(inner.truth, valid),
+            user_segments(valid, params.fusion.cold_history_max),
+            params,
+        )
     else:
         eval_plan = _fixed_plan(params, train_cands.modalities)
 
     lists = modality_lists(train_cands, k)
     tables: dict[str, CandidateTable] = {}
-    lists |= apply_plans(train_cands.candidates, eval_plan.alternatives or [eval_plan], k,
-                         train_segments, tables)
-    lists["fused"] = apply_plans(train_cands.candidates, [eval_plan], k, train_segments,
-                                 tables)[eval_plan.strategy]
+    lists |= apply_plans(
+        train_cands.candidates, eval_plan.alternatives or [eval_plan], k, train_segments, tables
+    )
+    lists["fused"] = apply_plans(train_cands.candidates, [eval_plan], k, train_segments, tables)[
+        eval_plan.strategy
+    ]
     pool = train_cands.candidates.select("user_idx", "item_idx").unique()
     metrics = evaluate_lists(lists, test_truth, train, k, train_segments, pool=pool)
 
@@ -122,8 +151,9 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
     return Evaluation(metrics, plan, eval_plan, outer.kind, test_truth["user_idx"].n_unique())
 
 
-def recommend(snapshot: Snapshot, full: Dataset, params: RunParameters,
-              plan: FusionPlan | None) -> Recommendations:
+def recommend(
+    snapshot: Snapshot, full: Dataset, params: RunParameters, plan: FusionPlan | None
+) -> Recommendations:
     """Fit every modality on all data and fuse with the given (or a default) plan."""
     start = time.perf_counter()
     cands = generate_candidates(full, params)

@@ -71,12 +71,16 @@ def _bars(labels: list[str], values: list[float], width: int = 520, fmt: str = "
         y = i * row_h + 3
         x, w = (zero, v * scale) if v >= 0 else (zero + v * scale, -v * scale)
         colour = "#2e7d32" if v >= 0 else "#c62828"
-        parts.append(f'<text x="0" y="{y + 14}" font-size="12">{html.escape(label)}</text>'
-                     f'<rect x="{x:.1f}" y="{y}" width="{max(w, 1):.1f}" height="{row_h - 6}" '
-                     f'fill="{colour}"/><text x="{x + max(w, 1) + 4:.1f}" y="{y + 13}" '
-                     f'font-size="11">{fmt.format(v)}</text>')
-    parts.append(f'<line x1="{zero:.1f}" x2="{zero:.1f}" y1="0" y2="{row_h * len(values) + 6}" '
-                 'stroke="#999"/></svg>')
+        parts.append(
+            f'<text x="0" y="{y + 14}" font-size="12">{html.escape(label)}</text>'
+            f'<rect x="{x:.1f}" y="{y}" width="{max(w, 1):.1f}" height="{row_h - 6}" '
+            f'fill="{colour}"/><text x="{x + max(w, 1) + 4:.1f}" y="{y + 13}" '
+            f'font-size="11">{fmt.format(v)}</text>'
+        )
+    parts.append(
+        f'<line x1="{zero:.1f}" x2="{zero:.1f}" y1="0" y2="{row_h * len(values) + 6}" '
+        'stroke="#999"/></svg>'
+    )
     return "".join(parts)
 
 
@@ -90,58 +94,91 @@ def _histogram(scores: np.ndarray, bins: int = 30, width: int = 520, height: int
     rects = "".join(
         f'<rect x="{i * bar_w:.1f}" y="{height - c / top * (height - 20):.1f}" '
         f'width="{bar_w - 1:.1f}" height="{c / top * (height - 20):.1f}" fill="#1565c0"/>'
-        for i, c in enumerate(counts))
-    return (f'<svg width="{width}" height="{height + 16}" role="img">{rects}'
-            f'<text x="0" y="{height + 14}" font-size="11">{edges[0]:.3g}</text>'
-            f'<text x="{width - 40}" y="{height + 14}" font-size="11">{edges[-1]:.3g}</text></svg>')
+        for i, c in enumerate(counts)
+    )
+    return (
+        f'<svg width="{width}" height="{height + 16}" role="img">{rects}'
+        f'<text x="0" y="{height + 14}" font-size="11">{edges[0]:.3g}</text>'
+        f'<text x="{width - 40}" y="{height + 14}" font-size="11">{edges[-1]:.3g}</text></svg>'
+    )
 
 
 def lift_table(metrics: pl.DataFrame, previous: pl.DataFrame | None) -> pl.DataFrame:
     """Fused list now vs the previous published run, per headline metric (segment 'all')."""
-    now = metrics.filter((pl.col("model") == "fused") & (pl.col("segment") == "all")
-                         & pl.col("metric").is_in(HEADLINE)).select("metric", pl.col("value").alias("now"))
+    now = metrics.filter(
+        (pl.col("model") == "fused")
+        & (pl.col("segment") == "all")
+        & pl.col("metric").is_in(HEADLINE)
+    ).select("metric", pl.col("value").alias("now"))
     if previous is None or previous.height == 0:
-        return now.with_columns(pl.lit(None, pl.Float64).alias("previous"),
-                                pl.lit(None, pl.Float64).alias("relative_lift"))
-    before = previous.filter((pl.col("model") == "fused") & (pl.col("segment") == "all")) \
-        .select("metric", pl.col("value").alias("previous"))
+        return now.with_columns(
+            pl.lit(None, pl.Float64).alias("previous"),
+            pl.lit(None, pl.Float64).alias("relative_lift"),
+        )
+    before = previous.filter((pl.col("model") == "fused") & (pl.col("segment") == "all")).select(
+        "metric", pl.col("value").alias("previous")
+    )
     return now.join(before, on="metric", how="left").with_columns(
-        pl.when(pl.col("previous") > 0).then(pl.col("now") / pl.col("previous") - 1)
-        .otherwise(None).alias("relative_lift"))
+        pl.when(pl.col("previous") > 0)
+        .then(pl.col("now") / pl.col("previous") - 1)
+        .otherwise(None)
+        .alias("relative_lift")
+    )
 
 
 def render_report(data: ReportInput) -> str:
     m = data.metrics
-    headline = (m.filter((pl.col("segment") == "all") & pl.col("metric").is_in(HEADLINE))
-                .pivot(on="metric", index="model", values="value").sort("model")) if m.height else m
-    fused_ndcg = m.filter((pl.col("model") == "fused") & (pl.col("metric") == "ndcg")
-                          & (pl.col("segment") == "all"))
+    headline = (
+        (
+            m.filter((pl.col("segment") == "all") & pl.col("metric").is_in(HEADLINE))
+            .pivot(on="metric", index="model", values="value")
+            .sort("model")
+        )
+        if m.height
+        else m
+    )
+    fused_ndcg = m.filter(
+        (pl.col("model") == "fused") & (pl.col("metric") == "ndcg") & (pl.col("segment") == "all")
+    )
     lift_vs_modalities: tuple[list[str], list[float]] = ([], [])
     if fused_ndcg.height:
         f = float(fused_ndcg["value"][0])
-        singles = m.filter((pl.col("metric") == "ndcg") & (pl.col("segment") == "all")
-                           & pl.col("model").is_in(["behavior", "content", "social", "popularity"]))
+        singles = m.filter(
+            (pl.col("metric") == "ndcg")
+            & (pl.col("segment") == "all")
+            & pl.col("model").is_in(["behavior", "content", "social", "popularity"])
+        )
         for row in singles.sort("model").iter_rows(named=True):
             if row["value"] and row["value"] > 0:
                 lift_vs_modalities[0].append(row["model"])
                 lift_vs_modalities[1].append(f / row["value"] - 1)
-    segments = (m.filter(pl.col("metric").is_in(["ndcg", "recall", "n_users"]) & (pl.col("model") == "fused"))
-                .pivot(on="metric", index="segment", values="value")) if m.height else m
+    segments = (
+        (
+            m.filter(
+                pl.col("metric").is_in(["ndcg", "recall", "n_users"]) & (pl.col("model") == "fused")
+            ).pivot(on="metric", index="segment", values="value")
+        )
+        if m.height
+        else m
+    )
     status_class = "ok" if data.status == "published" else "bad"
     counts = pl.DataFrame({"table": list(data.row_counts), "rows": list(data.row_counts.values())})
     timings = pl.DataFrame({"step": list(data.timings), "seconds": list(data.timings.values())})
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>recfusion run {data.run_id}</title>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>recfusion run {data.run_id}</title>"
         f"<style>{STYLE}</style></head><body>",
         f"<h1>recfusion run {html.escape(data.run_id)}</h1>",
         f"<p>Status: <b class='{status_class}'>{html.escape(data.status)}</b> · fusion: "
         f"{html.escape(data.fusion_strategy)}"
-        + (f" · {html.escape(data.message)}" if data.message else "") + "</p>",
+        + (f" · {html.escape(data.message)}" if data.message else "")
+        + "</p>",
         "<h2>Metrics (hold-out, all users)</h2>",
         _table(headline) if headline.height else '<p class="muted">evaluation was skipped</p>',
         "<h2>Lift of the fused list over each modality (NDCG)</h2>",
         _bars(*lift_vs_modalities, fmt="{:+.1%}"),
-        f"<h2>Change against the previous published run ({html.escape(data.previous_run_id or 'none')})</h2>",
+        "<h2>Change against the previous published run "
+        f"({html.escape(data.previous_run_id or 'none')})</h2>",
         _table(lift_table(m, data.previous_metrics)) if m.height else "",
         "<h2>Per segment (fused)</h2>",
         _table(segments) if segments.height else "",
@@ -149,8 +186,10 @@ def render_report(data: ReportInput) -> str:
         _histogram(data.scores),
         "<h2>Data checks</h2>",
         _table(data.checks),
-        "<h2>Row counts</h2>", _table(counts),
-        "<h2>Timings</h2>", _table(timings, 2),
+        "<h2>Row counts</h2>",
+        _table(counts),
+        "<h2>Timings</h2>",
+        _table(timings, 2),
         "</body></html>",
     ]
     return "\n".join(parts)

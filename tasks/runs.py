@@ -24,19 +24,42 @@ def abandon_stale_runs(con: duckdb.DuckDBPyConnection) -> int:
     return len(rows)
 
 
-def start_run(con: duckdb.DuckDBPyConnection, run_id: str, parameters: dict[str, Any],
-              source: str, flow_name: str, flow_run_id: str | None, triggered_by: str) -> None:
+def start_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    parameters: dict[str, Any],
+    source: str,
+    flow_name: str,
+    flow_run_id: str | None,
+    triggered_by: str,
+) -> None:
     con.execute(
-        "INSERT INTO runs (run_id, flow_name, flow_run_id, triggered_by, status, parameters, source, "
+        "INSERT INTO runs (run_id, flow_name, flow_run_id, triggered_by, status, parameters, "
+        "source, "
         "started_at) VALUES (?, ?, ?, ?, 'running', CAST(? AS JSON), ?, ?)",
-        [run_id, flow_name, flow_run_id, triggered_by, json.dumps(parameters, default=str), source,
-         datetime.now(UTC)],
+        [
+            run_id,
+            flow_name,
+            flow_run_id,
+            triggered_by,
+            json.dumps(parameters, default=str),
+            source,
+            datetime.now(UTC),
+        ],
     )
 
 
-def record_data_window(con: duckdb.DuckDBPyConnection, run_id: str, as_of: datetime | None,
-                       start: datetime | None, end: datetime | None, n_users: int, n_items: int,
-                       n_events: int, fingerprint: str) -> None:
+def record_data_window(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    as_of: datetime | None,
+    start: datetime | None,
+    end: datetime | None,
+    n_users: int,
+    n_items: int,
+    n_events: int,
+    fingerprint: str,
+) -> None:
     con.execute(
         "UPDATE runs SET as_of = ?, data_start = ?, data_end = ?, n_users = ?, n_items = ?, "
         "n_events = ?, data_fingerprint = ? WHERE run_id = ?",

@@ -24,10 +24,14 @@ class Snapshot:
 
     def fingerprint(self) -> str:
         """Identifies 'the same data' for the regression gate: same events and side tables."""
-        parts = [self.events.height, self.events["ts"].max(), self.events["user_id"].n_unique(),
-                 self.events["item_id"].n_unique(),
-                 self.items.height if self.items is not None else 0,
-                 self.social.height if self.social is not None else 0]
+        parts = [
+            self.events.height,
+            self.events["ts"].max(),
+            self.events["user_id"].n_unique(),
+            self.events["item_id"].n_unique(),
+            self.items.height if self.items is not None else 0,
+            self.social.height if self.social is not None else 0,
+        ]
         return hashlib.md5("|".join(map(str, parts)).encode()).hexdigest()
 
 

@@ -26,8 +26,11 @@ def find_table_files(source_dir: Path) -> dict[str, Path]:
         raise SourceError(f"source folder {source_dir} does not exist")
     found: dict[str, Path] = {}
     for table in TABLES:
-        matches = [source_dir / f"{table}{ext}" for ext in EXTENSIONS
-                   if (source_dir / f"{table}{ext}").is_file()]
+        matches = [
+            source_dir / f"{table}{ext}"
+            for ext in EXTENSIONS
+            if (source_dir / f"{table}{ext}").is_file()
+        ]
         if len(matches) > 1:
             names = ", ".join(m.name for m in matches)
             raise SourceError(f"{source_dir}: table '{table}' is given twice ({names}); keep one")
@@ -50,15 +53,19 @@ def _read_jsonl_as_text(path: Path) -> pl.DataFrame:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SourceError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from exc
+                raise SourceError(
+                    f"{path}: line {line_number} is not valid JSON ({exc.msg})"
+                ) from exc
             if not isinstance(obj, dict):
                 raise SourceError(f"{path}: line {line_number} is not a JSON object")
-            rows.append({k: v if isinstance(v, list) or v is None else str(v) for k, v in obj.items()})
+            rows.append(
+                {k: v if isinstance(v, list) or v is None else str(v) for k, v in obj.items()}
+            )
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
 def read_table_file(path: Path) -> pl.DataFrame:
-    """Read one table file. CSV is read as text so that bad values can be quarantined, not guessed."""
+    """Read one table file; CSV is read as text so bad values are quarantined, not guessed."""
     kind = EXTENSIONS.get(path.suffix.lower())
     try:
         if kind == "parquet":
@@ -68,11 +75,16 @@ def read_table_file(path: Path) -> pl.DataFrame:
         if kind == "jsonl":
             try:
                 return pl.read_ndjson(path, infer_schema_length=None)
-            except (pl.exceptions.ComputeError, pl.exceptions.SchemaError,
-                    pl.exceptions.InvalidOperationError):
+            except (
+                pl.exceptions.ComputeError,
+                pl.exceptions.SchemaError,
+                pl.exceptions.InvalidOperationError,
+            ):
                 return _read_jsonl_as_text(path)
     except SourceError:
         raise
     except Exception as exc:  # any reader failure makes the file unusable as a whole
-        raise SourceError(f"{path}: cannot be read as {kind} ({type(exc).__name__}: {exc})") from exc
+        raise SourceError(
+            f"{path}: cannot be read as {kind} ({type(exc).__name__}: {exc})"
+        ) from exc
     raise SourceError(f"{path}: unsupported file type (use .parquet, .csv or .jsonl)")

@@ -8,8 +8,8 @@ file serialises whole runs so two runs never interleave their writes.
 from __future__ import annotations
 
 import fcntl
-import re
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,14 +28,14 @@ def read_sql(name: str) -> str:
     return resources.files("sql").joinpath(name).read_text(encoding="utf-8")
 
 
-def execute_script(con: duckdb.DuckDBPyConnection, sql: str,
-                   params: dict[str, object] | None = None) -> None:
+def execute_script(
+    con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, object] | None = None
+) -> None:
     """Run a multi-statement SQL file; each statement gets just the $parameters it uses.
 
     DuckDB binds prepared parameters to the last statement only, so files are run one by one.
     Statements are split on ';' at line ends: the project's SQL files keep to that style.
     """
-
 
     params = params or {}
     for statement in re.split(r";\s*(?:\n|$)", sql):
@@ -52,9 +52,10 @@ def sql_query_names() -> list[str]:
 
 
 @contextmanager
-def connect(db_path: str | Path, read_only: bool = False,
-            retries: int = 20, wait_seconds: float = 0.5) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short-lived connection; retries while another process (an analyst's client) holds the file."""
+def connect(
+    db_path: str | Path, read_only: bool = False, retries: int = 20, wait_seconds: float = 0.5
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection; retries while another process (an analyst) holds the file."""
     db_path = Path(db_path)
     if not read_only:
         db_path.parent.mkdir(parents=True, exist_ok=True)

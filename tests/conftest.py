@@ -37,15 +37,16 @@ def small_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def api_url(prefect_harness: None) -> str:
-    """The test server's URL, for subprocesses that should talk to it instead of starting their own."""
+    """The test server's URL, for subprocesses that should use it rather than start their own."""
     from prefect.settings import PREFECT_API_URL
 
     return str(PREFECT_API_URL.value())
 
 
 @pytest.fixture(scope="session")
-def published_db(prefect_harness: None, small_source: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+def published_db(
+    prefect_harness: None, small_source: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A database produced by one real nightly run (with evaluation) on the small source."""
     from flows.nightly import nightly
     from tasks.parameters import RunParameters

@@ -11,16 +11,29 @@ from tasks.fusion import fuse_rank, fuse_weighted, normalise, top_k
 
 
 def cands(rows: list[tuple[str, int, int, float, int]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema={"modality": pl.String, "user_idx": pl.Int32,
-                                      "item_idx": pl.Int32, "score": pl.Float32, "rank": pl.Int32},
-                        orient="row")
+    return pl.DataFrame(
+        rows,
+        schema={
+            "modality": pl.String,
+            "user_idx": pl.Int32,
+            "item_idx": pl.Int32,
+            "score": pl.Float32,
+            "rank": pl.Int32,
+        },
+        orient="row",
+    )
 
 
 # user 0: behavior ranks items 1 > 2 > 3 (scores 9, 5, 1); social ranks 3 > 4 (scores 2, 1)
-EXAMPLE = cands([
-    ("behavior", 0, 1, 9.0, 1), ("behavior", 0, 2, 5.0, 2), ("behavior", 0, 3, 1.0, 3),
-    ("social", 0, 3, 2.0, 1), ("social", 0, 4, 1.0, 2),
-])
+EXAMPLE = cands(
+    [
+        ("behavior", 0, 1, 9.0, 1),
+        ("behavior", 0, 2, 5.0, 2),
+        ("behavior", 0, 3, 1.0, 3),
+        ("social", 0, 3, 2.0, 1),
+        ("social", 0, 4, 1.0, 2),
+    ]
+)
 
 
 def test_minmax_normalisation_per_modality_and_user():
@@ -61,15 +74,18 @@ def test_combmnz_rewards_agreement_and_borda_uses_positions():
 
 def test_segment_weights_switch_the_blend_for_cold_users():
     two_users = pl.concat([EXAMPLE, EXAMPLE.with_columns(pl.lit(1, pl.Int32).alias("user_idx"))])
-    segments = pl.DataFrame({"user_idx": [0, 1], "segment": ["warm", "cold"]},
-                            schema={"user_idx": pl.Int32, "segment": pl.String})
+    segments = pl.DataFrame(
+        {"user_idx": [0, 1], "segment": ["warm", "cold"]},
+        schema={"user_idx": pl.Int32, "segment": pl.String},
+    )
     weights = {"warm": {"behavior": 1.0, "social": 0.0}, "cold": {"behavior": 0.0, "social": 1.0}}
     fused = fuse_weighted(two_users, weights, k=1, segments=segments)
     assert fused.sort("user_idx")["item_idx"].to_list() == [1, 3]
 
 
 def test_top_k_keeps_k_and_ranks_contiguously():
-    scored = pl.DataFrame({"user_idx": [0] * 5, "item_idx": [5, 4, 3, 2, 1],
-                           "score": [0.1, 0.5, 0.5, math.inf, -1.0]})
+    scored = pl.DataFrame(
+        {"user_idx": [0] * 5, "item_idx": [5, 4, 3, 2, 1], "score": [0.1, 0.5, 0.5, math.inf, -1.0]}
+    )
     out = top_k(scored, 3)
     assert out["item_idx"].to_list() == [2, 3, 4] and out["rank"].to_list() == [1, 2, 3]

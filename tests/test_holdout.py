@@ -13,9 +13,14 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 def events(rows: list[tuple[str, str, int]]) -> pl.DataFrame:
     return pl.DataFrame(
-        {"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
-         "event_type": ["view"] * len(rows), "value": [1.0] * len(rows),
-         "ts": [T0 + timedelta(days=r[2]) for r in rows]})
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "event_type": ["view"] * len(rows),
+            "value": [1.0] * len(rows),
+            "ts": [T0 + timedelta(days=r[2]) for r in rows],
+        }
+    )
 
 
 def test_temporal_split_holds_out_last_window_and_drops_repeats_from_truth():

@@ -25,8 +25,10 @@ u3,,click,2024-01-04,inf,red
 
 
 def _counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    return {t: con.execute(f"SELECT count(*) FROM raw.{t}").fetchall()[0][0]
-            for t in ("events", "items", "users", "social", "quarantine")}
+    return {
+        t: con.execute(f"SELECT count(*) FROM raw.{t}").fetchall()[0][0]
+        for t in ("events", "items", "users", "social", "quarantine")
+    }
 
 
 @pytest.fixture
@@ -42,10 +44,13 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_land(csv_source: Pa
     with connect(db) as con:
         apply_schema(con)
         report = load_source(con, read_source(csv_source), "run-1")
-        events = con.execute("SELECT user_id, item_id, event_type, value, "
-                             "epoch(ts)::BIGINT FROM raw.events ORDER BY ts").fetchall()
-        quarantine = con.execute("SELECT row_number, reason, row_data FROM raw.quarantine "
-                                 "ORDER BY row_number").fetchall()
+        events = con.execute(
+            "SELECT user_id, item_id, event_type, value, "
+            "epoch(ts)::BIGINT FROM raw.events ORDER BY ts"
+        ).fetchall()
+        quarantine = con.execute(
+            "SELECT row_number, reason, row_data FROM raw.quarantine ORDER BY row_number"
+        ).fetchall()
     assert report.added["events"] == 3 and report.quarantined["events"] == 4
     assert events == [
         ("u1", "i1", "view", 1.0, 1704067200),
@@ -71,16 +76,23 @@ def test_reingest_is_idempotent(csv_source: Path, tmp_path: Path):
         report = load_source(con, read_source(csv_source), "run-2")
         after = _counts(con)
     assert report.added == {"events": 0}
-    assert {k: v for k, v in after.items() if k != "quarantine"} == \
-        {k: v for k, v in before.items() if k != "quarantine"}
+    assert {k: v for k, v in after.items() if k != "quarantine"} == {
+        k: v for k, v in before.items() if k != "quarantine"
+    }
 
 
 def test_event_id_is_the_dedup_key(tmp_path: Path):
     src = tmp_path / "src"
     src.mkdir()
-    frame = pl.DataFrame({"event_id": ["e1", "e1", "e2"], "user_id": ["a", "a", "a"],
-                          "item_id": ["x", "x", "x"], "event_type": ["view"] * 3,
-                          "ts": ["2024-01-01", "2024-01-01", "2024-01-01"]})
+    frame = pl.DataFrame(
+        {
+            "event_id": ["e1", "e1", "e2"],
+            "user_id": ["a", "a", "a"],
+            "item_id": ["x", "x", "x"],
+            "event_type": ["view"] * 3,
+            "ts": ["2024-01-01", "2024-01-01", "2024-01-01"],
+        }
+    )
     frame.write_ndjson(src / "events.jsonl")
     with connect(tmp_path / "w.duckdb") as con:
         apply_schema(con)
@@ -92,7 +104,8 @@ def test_missing_required_column_names_file_and_column(tmp_path: Path):
     src = tmp_path / "src"
     src.mkdir()
     pl.DataFrame({"item_id": ["i"], "event_type": ["view"], "ts": ["2024-01-01"]}).write_parquet(
-        src / "events.parquet")
+        src / "events.parquet"
+    )
     with pytest.raises(SourceError) as err:
         read_source(src)
     assert "events.parquet" in str(err.value) and "'user_id'" in str(err.value)
@@ -111,7 +124,7 @@ def test_side_tables_are_normalised_and_upserted(tmp_path: Path):
     src.mkdir()
     (src / "events.csv").write_text("user_id,item_id,event_type,ts\nu1,i1,view,2024-01-01\n")
     (src / "items.csv").write_text(
-        'item_id,title,tags,embedding\n'
+        "item_id,title,tags,embedding\n"
         'i1,One,rock| indie ,"[0.1, 0.2]"\n'
         'i2,Two,pop,"[0.3]"\n'
         'i3,Three,,"not json"\n'
@@ -121,19 +134,27 @@ def test_side_tables_are_normalised_and_upserted(tmp_path: Path):
     with connect(tmp_path / "w.duckdb") as con:
         apply_schema(con)
         report = load_source(con, read_source(src), "r")
-        items = con.execute("SELECT item_id, tags, embedding FROM raw.items ORDER BY item_id").fetchall()
-        reasons = con.execute("SELECT table_name, reason FROM raw.quarantine ORDER BY table_name, "
-                              "row_number").fetchall()
+        items = con.execute(
+            "SELECT item_id, tags, embedding FROM raw.items ORDER BY item_id"
+        ).fetchall()
+        reasons = con.execute(
+            "SELECT table_name, reason FROM raw.quarantine ORDER BY table_name, row_number"
+        ).fetchall()
         social = con.execute("SELECT user_id, friend_id, weight FROM raw.social").fetchall()
-        (src / "items.csv").write_text('item_id,title\ni1,One again\n')
+        (src / "items.csv").write_text("item_id,title\ni1,One again\n")
         load_source(con, read_source(src), "r2")
         titles = con.execute("SELECT item_id, title FROM raw.items ORDER BY item_id").fetchall()
     assert report.quarantined == {"events": 0, "items": 2, "social": 2}
     assert items[0][0] == "i1" and items[0][1] == ["rock", "indie"]
     assert items[0][2] == pytest.approx([0.1, 0.2])
-    assert reasons == [("items", "embedding has 1 dims, expected 2"),
-                       ("items", "embedding is not a list of numbers"),
-                       ("social", "user is their own friend"),
-                       ("social", "non-numeric weight")]
+    assert reasons == [
+        ("items", "embedding has 1 dims, expected 2"),
+        ("items", "embedding is not a list of numbers"),
+        ("social", "user is their own friend"),
+        ("social", "non-numeric weight"),
+    ]
     assert social == [("u1", "u2", 0.5)]
-    assert titles == [("i1", "One again"), ("i4", "Four")]  # upsert: the newer file wins, nothing duplicated
+    assert titles == [
+        ("i1", "One again"),
+        ("i4", "Four"),
+    ]  # upsert: the newer file wins, nothing duplicated

@@ -24,43 +24,69 @@ def query(db: Path, sql: str) -> list[tuple]:
 
 
 def run(source: Path, db: Path, **extra: object) -> RunSummary:
-    state = nightly(params=RunParameters(source=str(source), db=str(db), **extra),
-                    return_state=True)
+    state = nightly(
+        params=RunParameters(source=str(source), db=str(db), **extra), return_state=True
+    )
     summary = state.result(raise_on_failure=False)
     assert isinstance(summary, RunSummary), summary
     return summary
 
 
-def test_nightly_publishes_lists_for_every_user_and_reruns_idempotently(small_source: Path,
-                                                                        tmp_path: Path):
+def test_nightly_publishes_lists_for_every_user_and_reruns_idempotently(
+    small_source: Path, tmp_path: Path
+):
     db = tmp_path / "rf.duckdb"
     first = run(small_source, db, top_k=5)
     assert first.status == "published", first.message
 
-    users_known = query(db, "SELECT count(*) FROM (SELECT user_id FROM raw.events UNION "
-                            "SELECT user_id FROM raw.users UNION SELECT user_id FROM raw.social "
-                            "UNION SELECT friend_id FROM raw.social)")[0][0]
-    per_user = query(db, "SELECT user_id, count(*), min(rank), max(rank) FROM recommendations_latest "
-                         "GROUP BY user_id")
+    users_known = query(
+        db,
+        "SELECT count(*) FROM (SELECT user_id FROM raw.events UNION "
+        "SELECT user_id FROM raw.users UNION SELECT user_id FROM raw.social "
+        "UNION SELECT friend_id FROM raw.social)",
+    )[0][0]
+    per_user = query(
+        db,
+        "SELECT user_id, count(*), min(rank), max(rank) FROM recommendations_latest "
+        "GROUP BY user_id",
+    )
     assert len(per_user) == users_known
     assert all(n == 5 and lo == 1 and hi == 5 for _, n, lo, hi in per_user)
-    assert query(db, "SELECT count(*) FROM recommendations_latest r JOIN raw.events e "
-                     "USING (user_id, item_id)")[0][0] == 0  # nothing already seen
+    assert (
+        query(
+            db,
+            "SELECT count(*) FROM recommendations_latest r JOIN raw.events e "
+            "USING (user_id, item_id)",
+        )[0][0]
+        == 0
+    )  # nothing already seen
 
     models = {m for (m,) in query(db, "SELECT DISTINCT model FROM run_metrics WHERE metric='ndcg'")}
     assert {"behavior", "content", "social", "popularity", "fused"} <= models
     metric_names = {m for (m,) in query(db, "SELECT DISTINCT metric FROM run_metrics")}
     assert {"precision", "recall", "f1", "ndcg"} <= metric_names
-    assert query(db, "SELECT count(*), bool_and(success) FROM check_results "
-                     "WHERE suite = 'recommendations_output'")[0] == (6, True)
+    assert query(
+        db,
+        "SELECT count(*), bool_and(success) FROM check_results "
+        "WHERE suite = 'recommendations_output'",
+    )[0] == (6, True)
     assert query(db, "SELECT count(DISTINCT modality) FROM candidates")[0][0] == 6
 
-    raw_before = query(db, "SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.items),"
-                           " (SELECT count(*) FROM raw.social), (SELECT count(*) FROM raw.users)")
+    raw_before = query(
+        db,
+        "SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.items),"
+        " (SELECT count(*) FROM raw.social), (SELECT count(*) FROM raw.users)",
+    )
     second = run(small_source, db, top_k=5, evaluate=False)
     assert second.status == "published", second.message
-    assert query(db, "SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.items),"
-                     " (SELECT count(*) FROM raw.social), (SELECT count(*) FROM raw.users)") == raw_before
+    assert (
+        query(
+            db,
+            "SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.items),"
+            " (SELECT count(*) FROM raw.social), (SELECT count(*) FROM raw.users)",
+        )
+        == raw_before
+    )
     assert query(db, "SELECT count(*) FROM runs WHERE status = 'published'")[0][0] == 2
     assert query(db, "SELECT DISTINCT run_id FROM recommendations_latest") == [(second.run_id,)]
 
@@ -69,24 +95,38 @@ def test_bad_rows_are_quarantined_and_the_run_still_publishes(small_source: Path
     source = tmp_path / "with_bad_rows"
     source.mkdir()
     events = pl.read_parquet(small_source / "events.parquet").head(3000)
-    good = events.select("user_id", "item_id", "event_type",
-                         pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                         pl.col("value").cast(pl.String))
-    bad = pl.DataFrame({"user_id": [None, "u0001", "u0002"], "item_id": ["i0001", "i0002", "i0003"],
-                        "event_type": ["view"] * 3, "ts": ["2024-01-01", "yesterday", "2024-01-01"],
-                        "value": ["1", "1", "lots"]})
+    good = events.select(
+        "user_id",
+        "item_id",
+        "event_type",
+        pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        pl.col("value").cast(pl.String),
+    )
+    bad = pl.DataFrame(
+        {
+            "user_id": [None, "u0001", "u0002"],
+            "item_id": ["i0001", "i0002", "i0003"],
+            "event_type": ["view"] * 3,
+            "ts": ["2024-01-01", "yesterday", "2024-01-01"],
+            "value": ["1", "1", "lots"],
+        }
+    )
     pl.concat([good, bad]).write_csv(source / "events.csv")
     db = tmp_path / "rf.duckdb"
     summary = run(source, db, evaluate=False)
     assert summary.status == "published", summary.message
     rows = query(db, "SELECT row_number, reason FROM raw.quarantine ORDER BY row_number")
-    assert rows == [(3001, "missing user_id"), (3002, "unparseable ts 'yesterday'"),
-                    (3003, "non-numeric value 'lots'")]
+    assert rows == [
+        (3001, "missing user_id"),
+        (3002, "unparseable ts 'yesterday'"),
+        (3003, "non-numeric value 'lots'"),
+    ]
     assert query(db, "SELECT count(*) FROM raw.events")[0][0] == good.unique().height
 
 
-def test_source_missing_user_id_fails_cleanly_and_changes_nothing(small_source: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]):
+def test_source_missing_user_id_fails_cleanly_and_changes_nothing(
+    small_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     db = tmp_path / "rf.duckdb"
     assert cli(["run", "--source", str(small_source), "--db", str(db), "--no-evaluate"]) == 0
     before = query(db, "SELECT * FROM recommendations_latest ORDER BY user_id, rank")
@@ -95,7 +135,8 @@ def test_source_missing_user_id_fails_cleanly_and_changes_nothing(small_source: 
     broken = tmp_path / "broken"
     broken.mkdir()
     pl.read_parquet(small_source / "events.parquet").drop("user_id").write_parquet(
-        broken / "events.parquet")
+        broken / "events.parquet"
+    )
     capsys.readouterr()
     code = cli(["run", "--source", str(broken), "--db", str(db)])
     err = capsys.readouterr().err

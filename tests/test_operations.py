@@ -1,4 +1,4 @@
-"""Operations: deployments, serve, kill-safety, locking, regression gate, retention, queries, reports."""
+"""Operations: deploy, serve, kill-safety, locking, regression gate, retention, queries, reports."""
 
 from __future__ import annotations
 
@@ -33,21 +33,31 @@ def query(db: Path, sql: str) -> list[tuple]:
 
 
 def latest(db: Path) -> list[tuple]:
-    return query(db, "SELECT user_id, item_id, rank, score, run_id FROM recommendations_latest "
-                     "ORDER BY user_id, rank")
+    return query(
+        db,
+        "SELECT user_id, item_id, rank, score, run_id FROM recommendations_latest "
+        "ORDER BY user_id, rank",
+    )
 
 
 def run(source: Path, db: Path, **extra: object) -> RunSummary:
-    state = nightly(params=RunParameters(source=str(source), db=str(db), **extra), return_state=True)
+    state = nightly(
+        params=RunParameters(source=str(source), db=str(db), **extra), return_state=True
+    )
     summary = state.result(raise_on_failure=False)
     assert isinstance(summary, RunSummary), summary
     return summary
 
 
 def cli_subprocess(args: list[str], api_url: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, text=True,
-                          capture_output=True, timeout=600,
-                          env={**os.environ, "PREFECT_API_URL": api_url, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=600,
+        env={**os.environ, "PREFECT_API_URL": api_url, **env},
+    )
 
 
 async def _deployments() -> dict[str, object]:
@@ -66,12 +76,31 @@ def test_prefect_yaml_is_accepted_by_prefect_deploy(api_url: str):
     RunParameters(**names["nightly"]["parameters"]["params"])  # defaults are valid parameters
 
     env = {**os.environ, "PREFECT_API_URL": api_url, "RECFUSION_HOME": str(REPO)}
-    pool = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "recfusion",
-                           "--type", "process"], env=env, capture_output=True, text=True, timeout=300)
+    pool = subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", "recfusion", "--type", "process"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pool.returncode == 0 or "already exists" in pool.stdout + pool.stderr
-    deploy = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
-                             "--prefect-file", "deployments/prefect.yaml"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    deploy = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "--no-prompt",
+            "deploy",
+            "--all",
+            "--prefect-file",
+            "deployments/prefect.yaml",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
     deployed = asyncio.run(_deployments())
     nightly_dep = deployed["nightly"]
@@ -83,10 +112,23 @@ def test_prefect_yaml_is_accepted_by_prefect_deploy(api_url: str):
 
 
 def test_serve_registers_the_nightly_schedule(api_url: str, tmp_path: Path):
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--db",
-                             str(tmp_path / "served.duckdb"), "--cron", "30 3 * * *"],
-                            cwd=REPO, env={**os.environ, "PREFECT_API_URL": api_url},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "serve",
+            "--db",
+            str(tmp_path / "served.duckdb"),
+            "--cron",
+            "30 3 * * *",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PREFECT_API_URL": api_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         found = None
@@ -104,25 +146,53 @@ def test_serve_registers_the_nightly_schedule(api_url: str, tmp_path: Path):
         proc.wait(timeout=60)
 
 
-@pytest.mark.parametrize("point", ["after_ingest", "publish:after_candidates",
-                                   "publish:after_recommendations", "publish:before_commit"])
-def test_killed_run_leaves_latest_exactly_as_before(point: str, api_url: str, small_source: Path,
-                                                    tmp_path: Path):
+@pytest.mark.parametrize(
+    "point",
+    [
+        "after_ingest",
+        "publish:after_candidates",
+        "publish:after_recommendations",
+        "publish:before_commit",
+    ],
+)
+def test_killed_run_leaves_latest_exactly_as_before(
+    point: str, api_url: str, small_source: Path, tmp_path: Path
+):
     db = tmp_path / "rf.duckdb"
-    first = cli_subprocess(["run", "--source", str(small_source), "--db", str(db), "--no-evaluate"],
-                           api_url)
+    first = cli_subprocess(
+        ["run", "--source", str(small_source), "--db", str(db), "--no-evaluate"], api_url
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     before = latest(db)
-    counts_before = query(db, "SELECT (SELECT count(*) FROM recommendations), "
-                              "(SELECT count(*) FROM candidates), (SELECT count(*) FROM run_metrics)")
+    counts_before = query(
+        db,
+        "SELECT (SELECT count(*) FROM recommendations), "
+        "(SELECT count(*) FROM candidates), (SELECT count(*) FROM run_metrics)",
+    )
 
-    killed = cli_subprocess(["run", "--source", str(small_source), "--db", str(db), "--no-evaluate",
-                             "--allow-regression"], api_url, **{FAULT_ENV: point})
+    killed = cli_subprocess(
+        [
+            "run",
+            "--source",
+            str(small_source),
+            "--db",
+            str(db),
+            "--no-evaluate",
+            "--allow-regression",
+        ],
+        api_url,
+        **{FAULT_ENV: point},
+    )
     assert killed.returncode == -9  # SIGKILL: no cleanup ran
     assert latest(db) == before
-    assert query(db, "SELECT (SELECT count(*) FROM recommendations), "
-                     "(SELECT count(*) FROM candidates), (SELECT count(*) FROM run_metrics)") \
+    assert (
+        query(
+            db,
+            "SELECT (SELECT count(*) FROM recommendations), "
+            "(SELECT count(*) FROM candidates), (SELECT count(*) FROM run_metrics)",
+        )
         == counts_before
+    )
     assert query(db, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0] == 1
 
     after = run(small_source, db, evaluate=False)  # the lock died with the process
@@ -131,8 +201,9 @@ def test_killed_run_leaves_latest_exactly_as_before(point: str, api_url: str, sm
     assert statuses == ["failed", "published", "published"]  # the killed run is marked abandoned
 
 
-def test_second_run_exits_clearly_while_another_holds_the_database(small_source: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]):
+def test_second_run_exits_clearly_while_another_holds_the_database(
+    small_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     db = tmp_path / "rf.duckdb"
     with run_lock(db):
         code = cli(["run", "--source", str(small_source), "--db", str(db), "--lock-timeout", "1"])
@@ -142,16 +213,35 @@ def test_second_run_exits_clearly_while_another_holds_the_database(small_source:
 
 def test_concurrent_runs_never_interleave(api_url: str, small_source: Path, tmp_path: Path):
     db = tmp_path / "rf.duckdb"
-    args = ["run", "--source", str(small_source), "--db", str(db), "--no-evaluate",
-            "--lock-timeout", "300", "--allow-regression"]
+    args = [
+        "run",
+        "--source",
+        str(small_source),
+        "--db",
+        str(db),
+        "--no-evaluate",
+        "--lock-timeout",
+        "300",
+        "--allow-regression",
+    ]
     env = {**os.environ, "PREFECT_API_URL": api_url}
-    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     codes = [p.wait(timeout=600) for p in procs]
     assert codes == [0, 0]
     spans = query(db, "SELECT started_at, finished_at FROM runs ORDER BY started_at")
-    assert len(spans) == 2 and spans[0][1] <= spans[1][0]  # the second started after the first ended
+    assert (
+        len(spans) == 2 and spans[0][1] <= spans[1][0]
+    )  # the second started after the first ended
 
 
 def test_regressed_run_is_rejected_and_not_published(small_source: Path, tmp_path: Path):
@@ -162,7 +252,10 @@ def test_regressed_run_is_rejected_and_not_published(small_source: Path, tmp_pat
     weak = run(small_source, db, modalities=["popularity"], regression_tolerance=0.01)
     assert weak.status == "rejected" and "regression gate" in weak.message
     assert latest(db) == before
-    assert query(db, "SELECT status FROM runs ORDER BY started_at") == [("published",), ("rejected",)]
+    assert query(db, "SELECT status FROM runs ORDER BY started_at") == [
+        ("published",),
+        ("rejected",),
+    ]
     forced = run(small_source, db, modalities=["popularity"], allow_regression=True)
     assert forced.status == "published"
     assert latest(db) != before
@@ -181,13 +274,19 @@ def test_retention_prunes_old_recommendations_but_keeps_metrics(small_source: Pa
 
 @pytest.mark.parametrize("name", sql_query_names())
 def test_every_analyst_query_runs_on_a_published_database(name: str, published_db: Path):
-    values = {"user_id": query(published_db, "SELECT min(user_id) FROM recommendations_latest")[0][0],
-              "item_id": query(published_db, "SELECT min(item_id) FROM recommendations_latest")[0][0],
-              "k": "10"}
+    values = {
+        "user_id": query(published_db, "SELECT min(user_id) FROM recommendations_latest")[0][0],
+        "item_id": query(published_db, "SELECT min(item_id) FROM recommendations_latest")[0][0],
+        "k": "10",
+    }
     params = {p: str(values[p]) for p in query_parameters(read_sql(f"queries/{name}.sql"))}
     frame = run_query(published_db, name, params)
-    if name in ("recommendations_for_user", "why_item", "modality_lift_latest",
-                "coverage_and_popularity_skew"):
+    if name in (
+        "recommendations_for_user",
+        "why_item",
+        "modality_lift_latest",
+        "coverage_and_popularity_skew",
+    ):
         assert frame.height > 0
 
 
@@ -195,7 +294,9 @@ def test_views_for_analysts(published_db: Path):
     assert query(published_db, "SELECT count(*) FROM run_history")[0][0] == 1
     models = {m for (m,) in query(published_db, "SELECT DISTINCT model FROM metrics_latest")}
     assert {"fused", "behavior", "weighted", "rrf"} <= models
-    lift = query(published_db, "SELECT count(DISTINCT modality) FROM modality_lift WHERE metric='ndcg'")
+    lift = query(
+        published_db, "SELECT count(DISTINCT modality) FROM modality_lift WHERE metric='ndcg'"
+    )
     assert lift[0][0] == 6
 
 
@@ -213,12 +314,18 @@ def test_run_artifacts_have_stable_keys(published_db: Path):
 
     async def keys() -> set[str]:
         async with get_client() as client:
-            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(like_="recfusion-")))
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="recfusion-"))
+            )
             return {a.key for a in arts if a.key}
 
-    assert {"recfusion-metrics", "recfusion-lift", "recfusion-checks", "recfusion-row-counts",
-            "recfusion-report"} <= asyncio.run(keys())
+    assert {
+        "recfusion-metrics",
+        "recfusion-lift",
+        "recfusion-checks",
+        "recfusion-row-counts",
+        "recfusion-report",
+    } <= asyncio.run(keys())
 
 
 def test_backfill_runs_each_day_and_skips_published_days(small_source: Path, tmp_path: Path):
@@ -228,9 +335,11 @@ def test_backfill_runs_each_day_and_skips_published_days(small_source: Path, tmp
 
     last_day = pl.read_parquet(small_source / "events.parquet")["ts"].max().date()  # type: ignore[union-attr]
     start = last_day.fromordinal(last_day.toordinal() - 1)
-    params = BackfillParameters(start=start, end=last_day,
-                                run=RunParameters(source=str(small_source), db=str(tmp_path / "b.duckdb"),
-                                                  evaluate=False))
+    params = BackfillParameters(
+        start=start,
+        end=last_day,
+        run=RunParameters(source=str(small_source), db=str(tmp_path / "b.duckdb"), evaluate=False),
+    )
     first = backfill(params=params)
     assert [s.status for s in first] == ["published", "published"]
     as_of = query(tmp_path / "b.duckdb", "SELECT count(DISTINCT as_of) FROM runs")[0][0]

@@ -32,13 +32,18 @@ class HybridParams(BaseModel):
     Defaults measured on an inner split of Last.fm train (benchmarks/tune_hybrid.py).
     """
 
-    max_items: int = Field(default=6000, gt=0,
-                           description="Most-interacted items modelled (the Gram is items²).")
-    feature_weight: float = Field(default=20.0, ge=0,
-                                  description="β: weight of content similarity in the Gram matrix.")
-    features_l2: float = Field(default=200.0, gt=0, description="EASE λ of the feature-level model.")
-    social_weight: float = Field(default=0.1, ge=0,
-                                 description="γ: weight of friends' mean history as pseudo-samples.")
+    max_items: int = Field(
+        default=6000, gt=0, description="Most-interacted items modelled (the Gram is items²)."
+    )
+    feature_weight: float = Field(
+        default=20.0, ge=0, description="β: weight of content similarity in the Gram matrix."
+    )
+    features_l2: float = Field(
+        default=200.0, gt=0, description="EASE λ of the feature-level model."
+    )
+    social_weight: float = Field(
+        default=0.1, ge=0, description="γ: weight of friends' mean history as pseudo-samples."
+    )
     samples_l2: float = Field(default=100.0, gt=0, description="EASE λ of the sample-level model.")
 
 
