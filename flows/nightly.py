@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import polars as pl
 from prefect import flow, get_run_logger, task
@@ -28,7 +30,7 @@ from tasks.demo_data import generate_demo_source
 from tasks.fault_injection import fault_point
 from tasks.ingest import IngestReport, load_source, read_source
 from tasks.parameters import RunParameters
-from tasks.publish import RunOutputs, last_published_ndcg, publish_run
+from tasks.publish import FinalStatus, RunOutputs, last_published_ndcg, publish_run
 from tasks.reasons import explain
 from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_holdout, recommend
 from tasks.report import ReportInput, write_report
@@ -36,11 +38,8 @@ from tasks.snapshot import Snapshot, load_snapshot
 from tasks.source_files import SourceError
 from tasks.warehouse import RunLockTimeout, apply_schema, connect, run_lock
 
-IO_RETRIES = {
-    "retries": 2,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-    "retry_jitter_factor": 0.2,
-}
+IO_RETRIES = 2
+IO_BACKOFF = exponential_backoff(backoff_factor=2)
 NO_RETRY_ON = (SourceError,)
 
 
@@ -53,6 +52,18 @@ def _retry_condition(task: Any, task_run: Any, state: State) -> bool:
     except Exception:
         return True
     return False
+
+
+def io_task(name: str) -> Any:
+    """A task that touches files or the database: retried with backoff on transient errors."""
+    return task(
+        name=name,
+        cache_policy=NO_CACHE,
+        retries=IO_RETRIES,
+        retry_delay_seconds=IO_BACKOFF,
+        retry_jitter_factor=0.2,
+        retry_condition_fn=_retry_condition,
+    )
 
 
 class RunFailed(RuntimeError):
@@ -85,7 +96,7 @@ def prepare_source(params: RunParameters) -> Path:
     return folder
 
 
-@task(name="open-run", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition, **IO_RETRIES)
+@io_task("open-run")
 def open_run(params: RunParameters, run_id: str, source: Path) -> None:
     ctx = get_run_context()
     flow_run = getattr(ctx, "flow_run", None) or getattr(
@@ -108,7 +119,7 @@ def open_run(params: RunParameters, run_id: str, source: Path) -> None:
         )
 
 
-@task(name="ingest", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition, **IO_RETRIES)
+@io_task("ingest")
 def ingest(db: str, source: Path, run_id: str) -> IngestReport:
     validated = read_source(source)  # raises SourceError before anything is written
     with connect(db) as con:
@@ -125,9 +136,7 @@ def ingest(db: str, source: Path, run_id: str) -> IngestReport:
     return report
 
 
-@task(
-    name="load-snapshot", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition, **IO_RETRIES
-)
+@io_task("load-snapshot")
 def snapshot_task(params: RunParameters) -> Snapshot:
     with connect(params.db) as con:
         snap = load_snapshot(con, params.as_of)
@@ -145,14 +154,15 @@ def check_events_task(snap: Snapshot, params: RunParameters) -> checks.CheckOutc
 def dataset_task(snap: Snapshot, params: RunParameters, run_id: str) -> Dataset:
     data = dataset_from(snap, params)
     with connect(params.db) as con:
+        start, end = snap.events["ts"].min(), snap.events["ts"].max()
         runs.record_data_window(
             con,
             run_id,
             params.as_of,
-            snap.events["ts"].min(),  # type: ignore[arg-type]
-            snap.events["ts"].max(),
+            start if isinstance(start, datetime) else None,
+            end if isinstance(end, datetime) else None,
             data.n_users,
-            data.n_items,  # type: ignore[arg-type]
+            data.n_items,
             snap.events.height,
             snap.fingerprint(),
         )
@@ -206,12 +216,12 @@ def check_output_task(outputs: RunOutputs, data: Dataset, k: int) -> checks.Chec
     return checks.check_recommendations(outputs.recommendations, seen, k)
 
 
-@task(name="publish", cache_policy=NO_CACHE, retry_condition_fn=_retry_condition, **IO_RETRIES)
+@io_task("publish")
 def publish_task(
     params: RunParameters,
     run_id: str,
     outputs: RunOutputs,
-    status: str,
+    status: FinalStatus,
     strategy: str,
     timings: dict[str, float],
     message: str,
@@ -224,18 +234,13 @@ def publish_task(
             status,
             strategy,
             timings,
-            message,  # type: ignore[arg-type]
+            message,
             keep_recommendations=params.retention_runs,
             keep_candidates=params.retention_runs,
         )
 
 
-@task(
-    name="read-previous-run",
-    cache_policy=NO_CACHE,
-    retry_condition_fn=_retry_condition,
-    **IO_RETRIES,
-)
+@io_task("read-previous-run")
 def previous_run_task(db: str) -> tuple[str | None, pl.DataFrame | None]:
     """The last published run's id and metrics, for the lift in reports (before we publish)."""
     with connect(db, read_only=True) as con:
@@ -383,7 +388,9 @@ def _run(
         timings[name] = round(now - clock, 3)
         clock = now
         if progress is not None:
-            update_progress_artifact(progress, 100.0 * (steps.index(name) + 1) / len(steps))
+            update_progress_artifact(
+                cast(UUID, progress), 100.0 * (steps.index(name) + 1) / len(steps)
+            )
 
     ingest_report = ingest(params.db, source, run_id)
     lap("ingest")
@@ -406,7 +413,7 @@ def _run(
     lap("explain_and_check")
 
     strategy = evaluation.plan.strategy if evaluation else "weighted"
-    status, message = "published", ""
+    status: FinalStatus
     if not output_check.passed:
         status, message = "rejected", "output checks failed: " + "; ".join(output_check.failures())
     else:

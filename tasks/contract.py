@@ -7,6 +7,7 @@ be used at all (a required column is missing) raises `SourceError` naming the fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -346,8 +347,8 @@ def validate_social(frame: pl.DataFrame, path: Path) -> Validated:
     return _split(df, reasons, original, "social", path, keep, warnings)
 
 
-VALIDATORS = {
-    "events": validate_events,
+#: Validators of the optional tables; events have their own (they need the clock).
+SIDE_TABLE_VALIDATORS: dict[str, Callable[[pl.DataFrame, Path], Validated]] = {
     "items": validate_items,
     "users": validate_users,
     "social": validate_social,

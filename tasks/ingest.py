@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from tasks.contract import VALIDATORS, Validated
+from tasks.contract import SIDE_TABLE_VALIDATORS, Validated, validate_events
 from tasks.source_files import find_table_files, read_table_file
 from tasks.warehouse import execute_script, read_sql
 
@@ -39,9 +39,9 @@ def read_source(source_dir: Path, now: datetime | None = None) -> dict[str, Vali
     for table, path in find_table_files(Path(source_dir)).items():
         frame = read_table_file(path)
         if table == "events":
-            validated[table] = VALIDATORS["events"](frame, path, now)  # type: ignore[call-arg]
+            validated[table] = validate_events(frame, path, now)
         else:
-            validated[table] = VALIDATORS[table](frame, path)  # type: ignore[call-arg]
+            validated[table] = SIDE_TABLE_VALIDATORS[table](frame, path)
     return validated
 
 
