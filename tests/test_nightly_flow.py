@@ -4,39 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
+from support import query, run_nightly
 
 from flows.cli import main as cli
-from flows.nightly import RunSummary, nightly
-from tasks.parameters import RunParameters
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def run(source: Path, db: Path, **extra: object) -> RunSummary:
-    state = nightly(
-        params=RunParameters(source=str(source), db=str(db), **extra), return_state=True
-    )
-    summary = state.result(raise_on_failure=False)
-    assert isinstance(summary, RunSummary), summary
-    return summary
 
 
 def test_nightly_publishes_lists_for_every_user_and_reruns_idempotently(
     small_source: Path, tmp_path: Path
 ):
     db = tmp_path / "rf.duckdb"
-    first = run(small_source, db, top_k=5)
+    first = run_nightly(small_source, db, top_k=5)
     assert first.status == "published", first.message
 
     users_known = query(
@@ -77,7 +58,7 @@ def test_nightly_publishes_lists_for_every_user_and_reruns_idempotently(
         "SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.items),"
         " (SELECT count(*) FROM raw.social), (SELECT count(*) FROM raw.users)",
     )
-    second = run(small_source, db, top_k=5, evaluate=False)
+    second = run_nightly(small_source, db, top_k=5, evaluate=False)
     assert second.status == "published", second.message
     assert (
         query(
@@ -113,7 +94,7 @@ def test_bad_rows_are_quarantined_and_the_run_still_publishes(small_source: Path
     )
     pl.concat([good, bad]).write_csv(source / "events.csv")
     db = tmp_path / "rf.duckdb"
-    summary = run(source, db, evaluate=False)
+    summary = run_nightly(source, db, evaluate=False)
     assert summary.status == "published", summary.message
     rows = query(db, "SELECT row_number, reason FROM raw.quarantine ORDER BY row_number")
     assert rows == [

@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
+from support import query, run_nightly
 
 from flows.cli import main as cli
-from flows.nightly import RunSummary, nightly
 from tasks.fault_injection import FAULT_ENV
 from tasks.parameters import RunParameters
 from tasks.queries import query_parameters, run_query
@@ -24,29 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def query(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 def latest(db: Path) -> list[tuple]:
     return query(
         db,
         "SELECT user_id, item_id, rank, score, run_id FROM recommendations_latest "
         "ORDER BY user_id, rank",
     )
-
-
-def run(source: Path, db: Path, **extra: object) -> RunSummary:
-    state = nightly(
-        params=RunParameters(source=str(source), db=str(db), **extra), return_state=True
-    )
-    summary = state.result(raise_on_failure=False)
-    assert isinstance(summary, RunSummary), summary
-    return summary
 
 
 def cli_subprocess(args: list[str], api_url: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -195,7 +177,7 @@ def test_killed_run_leaves_latest_exactly_as_before(
     )
     assert query(db, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0] == 1
 
-    after = run(small_source, db, evaluate=False)  # the lock died with the process
+    after = run_nightly(small_source, db, evaluate=False)  # the lock died with the process
     assert after.status == "published"
     statuses = sorted(s for (s,) in query(db, "SELECT status FROM runs"))
     assert statuses == ["failed", "published", "published"]  # the killed run is marked abandoned
@@ -246,28 +228,28 @@ def test_concurrent_runs_never_interleave(api_url: str, small_source: Path, tmp_
 
 def test_regressed_run_is_rejected_and_not_published(small_source: Path, tmp_path: Path):
     db = tmp_path / "rf.duckdb"
-    good = run(small_source, db)
+    good = run_nightly(small_source, db)
     assert good.status == "published"
     before = latest(db)
-    weak = run(small_source, db, modalities=["popularity"], regression_tolerance=0.01)
+    weak = run_nightly(small_source, db, modalities=["popularity"], regression_tolerance=0.01)
     assert weak.status == "rejected" and "regression gate" in weak.message
     assert latest(db) == before
     assert query(db, "SELECT status FROM runs ORDER BY started_at") == [
         ("published",),
         ("rejected",),
     ]
-    forced = run(small_source, db, modalities=["popularity"], allow_regression=True)
+    forced = run_nightly(small_source, db, modalities=["popularity"], allow_regression=True)
     assert forced.status == "published"
     assert latest(db) != before
 
 
 def test_retention_prunes_old_recommendations_but_keeps_metrics(small_source: Path, tmp_path: Path):
     db = tmp_path / "rf.duckdb"
-    runs = [run(small_source, db, evaluate=False, retention_runs=1) for _ in range(2)]
+    runs = [run_nightly(small_source, db, evaluate=False, retention_runs=1) for _ in range(2)]
     kept = query(db, "SELECT DISTINCT run_id FROM recommendations")
     assert kept == [(runs[1].run_id,)]
     assert query(db, "SELECT count(*) FROM runs")[0][0] == 2
-    run(small_source, db, retention_runs=1)
+    run_nightly(small_source, db, retention_runs=1)
     assert query(db, "SELECT count(DISTINCT run_id) FROM run_metrics")[0][0] == 1  # evaluated run
     assert query(db, "SELECT count(DISTINCT run_id) FROM check_results")[0][0] == 3
 
