@@ -127,3 +127,15 @@ def test_source_missing_user_id_fails_cleanly_and_changes_nothing(
     assert query(db, "SELECT * FROM recommendations_latest ORDER BY user_id, rank") == before
     assert query(db, "SELECT count(*) FROM raw.events") == raw_before
     assert query(db, "SELECT status FROM runs ORDER BY started_at DESC LIMIT 1") == [("failed",)]
+
+
+def test_modalities_without_their_inputs_are_skipped_not_fatal(small_source: Path, tmp_path: Path):
+    source = tmp_path / "events_only"
+    source.mkdir()
+    pl.read_parquet(small_source / "events.parquet").write_parquet(source / "events.parquet")
+    db = tmp_path / "rf.duckdb"
+    summary = run_nightly(source, db, evaluate=False)
+    assert summary.status == "published", summary.message
+    modalities = {m for (m,) in query(db, "SELECT DISTINCT modality FROM candidates")}
+    assert "content" not in modalities and "social" not in modalities
+    assert {"behavior", "popularity"} <= modalities
