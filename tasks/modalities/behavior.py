@@ -9,11 +9,13 @@ Three model families, all behind the `Modality` protocol (`name = "behavior"`):
   conjugate-gradient steps per sweep, vectorised over all users/items; memory is O((users+items) ×
   factors), so it is the choice when EASE does not fit.
 - `ItemKnnModel` — item-kNN with cosine / asymmetric cosine (with shrinkage), Euclidean or
-  Manhattan similarity; only the top-k neighbours per item are kept (sparse), the dense similarity
-  exists one block of items at a time.
+  Manhattan similarity (1/(1+d), optionally on unit-normalised item vectors); similarities are
+  computed sparsely over co-interacted pairs, a block of items at a time, and only the top-k
+  neighbours per item are kept.
 
-`make_behavior(BehaviorParams())` picks one; defaults are the choices tuned on the Last.fm inner
-split by `benchmarks/tune_behavior.py`. `score_block` is one dense (or sparse) matmul per block.
+`make_behavior(BehaviorParams())` builds one; defaults are the choices tuned on the Last.fm inner
+split by `benchmarks/tune_behavior.py`. `score_block` is one matmul per block of users; users
+with no history get all -inf (other modalities serve them).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
 
 from tasks.dataset import Dataset
 from tasks.modalities.base import Modality
@@ -36,61 +39,92 @@ NEG_INF = np.float32(-np.inf)
 
 
 class BehaviorParams(BaseModel):
-    """Hyperparameters of the behavior modality (defaults tuned on the Last.fm inner split)."""
+    """Hyperparameters of the behavior modality.
+
+    Defaults are the per-family choices on the Last.fm inner validation split
+    (`benchmarks/tune_behavior.py`). ALS beat EASE and item-kNN there (NDCG@10 0.182 vs 0.169 and
+    0.170), scales to any catalog and fits in seconds, so it is the default algorithm; 128 factors
+    rather than the marginally better 256 (0.183) for half the memory and a third of the time.
+    Confidence inputs are rescaled to mean 1, so λ / alpha / shrink carry over to other event
+    weights.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     algorithm: Algorithm = Field(
-        "auto",
-        description="'auto' = EASE when the active catalog fits `max_items_for_ease` or the capped "
-        "catalog still covers `ease_min_coverage` of interactions, ALS otherwise.",
+        default="als",
+        description="Model family. 'auto' = EASE when the active catalog fits max_items_for_ease "
+        "(or the capped catalog still holds ease_min_coverage of the interactions), else ALS.",
     )
     # EASE
-    l2: float = Field(100.0, gt=0, description="EASE ridge penalty λ on the item×item weights.")
+    l2: float = Field(default=100.0, gt=0, description="EASE ridge penalty λ on item weights.")
     max_items_for_ease: int = Field(
-        6000, gt=0, description="EASE models at most this many most-interacted items (dense m×m)."
+        default=6000, gt=0,
+        description="EASE models at most this many most-interacted items (dense m×m inverse); "
+        "the rest score -inf. 3000 was 4× faster at −0.001 NDCG on Last.fm.",
     )
     ease_min_coverage: float = Field(
-        0.8, ge=0, le=1,
-        description="'auto' still uses capped EASE if its items carry this share of interactions.",
+        default=0.8, ge=0, le=1,
+        description="'auto' keeps (capped) EASE while its items hold this share of interactions.",
     )
     ease_input: InputWeighting = Field(
-        "binary", description="EASE input: 0/1 interactions or the dataset's confidence values."
+        default="confidence", description="EASE input: 0/1 or mean-1 confidence (measured best)."
     )
     # ALS
-    factors: int = Field(64, gt=0, description="ALS latent dimension.")
-    iterations: int = Field(15, gt=0, description="ALS alternating sweeps.")
-    als_regularization: float = Field(1.0, ge=0, description="ALS L2 penalty on factors.")
+    factors: int = Field(default=128, gt=0, description="ALS latent dimension.")
+    iterations: int = Field(default=15, gt=0, description="ALS alternating sweeps.")
+    als_regularization: float = Field(
+        default=75.0, ge=0,
+        description="ALS L2 penalty on factors; quality depends on its ratio to alpha (best ≈ 5).",
+    )
     als_alpha: float = Field(
-        10.0, ge=0, description="ALS confidence c = 1 + alpha·r for observed interactions."
+        default=15.0, ge=0, description="ALS confidence c = 1 + alpha·r on observed interactions."
     )
     als_input: InputWeighting = Field(
-        "confidence", description="ALS r: 0/1 interactions or the dataset's confidence values."
+        default="confidence", description="ALS r: 0/1 or mean-1 confidence (measured best)."
     )
-    cg_steps: int = Field(3, gt=0, description="Conjugate-gradient steps per ALS half-sweep.")
-    seed: int = Field(7, description="Random seed for ALS initialisation.")
+    cg_steps: int = Field(
+        default=3, gt=0, description="Conjugate-gradient steps per ALS half-sweep (warm start)."
+    )
+    seed: int = Field(default=7, description="Random seed of the ALS initialisation.")
     # item-kNN
     similarity: Similarity = Field(
-        "cosine", description="item-kNN similarity; distances become 1/(1+d)."
+        default="cosine", description="item-kNN similarity; distances d become 1/(1+d)."
     )
-    neighbors: int = Field(200, gt=0, description="item-kNN: neighbours kept per item.")
+    neighbors: int = Field(default=800, gt=0, description="item-kNN: neighbours kept per item.")
     shrink: float = Field(
-        10.0, ge=0, description="Shrinkage added to (asymmetric) cosine denominators."
+        default=2.0, ge=0, description="item-kNN: shrinkage added to (asym.) cosine denominators."
     )
     asymmetric_alpha: float = Field(
-        0.5, ge=0, le=1,
-        description="Asymmetric cosine exponent: dot / (|i|^(2a) |j|^(2(1-a))); 0.5 = cosine.",
+        default=0.5, ge=0, le=1,
+        description="Asymmetric cosine: dot / (|i|^(2a) |j|^(2(1-a))); 0.5 = cosine.",
+    )
+    knn_normalize: bool = Field(
+        default=False,
+        description="item-kNN: unit-normalise item vectors first (L1 for Manhattan, else L2); "
+        "needed for useful Euclidean/Manhattan neighbours, which otherwise track popularity.",
     )
     knn_input: InputWeighting = Field(
-        "binary", description="item-kNN input: 0/1 interactions or confidence values."
+        default="confidence", description="item-kNN input: 0/1 or mean-1 confidence."
     )
 
 
 def _prepare(matrix: sp.csr_matrix, weighting: InputWeighting) -> sp.csr_matrix:
-    """Interactions as float32 CSR, binarised if asked (stored entries are all interactions)."""
+    """Interactions as float32 CSR: 0/1, or confidence rescaled to a mean of 1.
+
+    The rescaling makes λ, alpha and shrink mean the same for both inputs and for any event
+    weights / value transform (on Last.fm log1p play counts average 5.5, which would otherwise
+    shift EASE's best λ by 30×).
+    """
     x = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
     x.sum_duplicates()
     x.sort_indices()
     if weighting == "binary":
         x.data = np.ones_like(x.data)
+    elif x.nnz:
+        mean = float(np.mean(x.data, dtype=np.float64))
+        if mean > 0:
+            x.data /= np.float32(mean)
     return x
 
 
@@ -126,15 +160,25 @@ def _gather_nnz_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarra
 def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
     """EASE closed form: B = I − P/diag(P) with P = (G + λI)⁻¹ (zero diagonal by construction).
 
-    Cholesky-based inverse (G + λI is SPD), about twice as fast as a general inverse.
+    G + λI is SPD, so P comes from a Cholesky factor and LAPACK potri: about half the time of a
+    general inverse and no m×m identity right-hand side.
     """
-    g = np.array(gram, dtype=np.float64, copy=True)
+    g = np.array(gram, dtype=np.float64, order="F", copy=True)
     g[np.diag_indices_from(g)] += l2
-    factor, lower = sla.cho_factor(g, lower=False, overwrite_a=True, check_finite=False)
-    p = sla.cho_solve((factor, lower), np.eye(len(g)), overwrite_b=True, check_finite=False)
-    b = -p / np.diag(p)[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    return b
+    factor, info = lapack.dpotrf(g, lower=0, overwrite_a=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"EASE Gram matrix not positive definite (potrf info={info})")
+    upper, info = lapack.dpotri(factor, lower=0, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"EASE inverse failed (potri info={info})")
+    # potri fills only the upper triangle; mirror it, then B = −P/diag(P) in place (m² memory).
+    p = np.triu(upper)
+    del upper, g, factor
+    diag = np.diag(p).copy()
+    p += p.T
+    p /= -diag[None, :]  # off-diagonal: −P_ij/P_jj; the (doubled) diagonal is zeroed next
+    p[np.diag_indices_from(p)] = 0.0
+    return p
 
 
 def ease_item_subset(counts: np.ndarray, max_items: int) -> np.ndarray:
@@ -153,7 +197,7 @@ class EaseModel:
     name = "behavior"
 
     def __init__(self, l2: float = 100.0, max_items: int = 6000,
-                 weighting: InputWeighting = "binary") -> None:
+                 weighting: InputWeighting = "confidence") -> None:
         self.l2 = l2
         self.max_items = max_items
         self.weighting = weighting
@@ -242,8 +286,8 @@ class AlsModel:
 
     name = "behavior"
 
-    def __init__(self, factors: int = 64, iterations: int = 15, regularization: float = 1.0,
-                 alpha: float = 10.0, weighting: InputWeighting = "confidence",
+    def __init__(self, factors: int = 128, iterations: int = 15, regularization: float = 75.0,
+                 alpha: float = 15.0, weighting: InputWeighting = "confidence",
                  cg_steps: int = 3, seed: int = 7) -> None:
         self.factors = factors
         self.iterations = iterations
@@ -266,9 +310,12 @@ class AlsModel:
         scale = np.float32(0.01)
         users = (rng.standard_normal((x.shape[0], self.factors)) * scale).astype(np.float32)
         items = (rng.standard_normal((x.shape[1], self.factors)) * scale).astype(np.float32)
-        for _ in range(self.iterations):
-            als_half_sweep(users, conf, items, self.regularization, self.cg_steps)
-            als_half_sweep(items, conf_t, users, self.regularization, self.cg_steps)
+        # The BLAS calls here are small (rows × f × f); threaded BLAS only adds sync overhead and
+        # collapses on a busy machine (measured 2.1 s single-threaded vs 15 s with 2 threads).
+        with threadpool_limits(limits=1, user_api="blas"):
+            for _ in range(self.iterations):
+                als_half_sweep(users, conf, items, self.regularization, self.cg_steps)
+                als_half_sweep(items, conf_t, users, self.regularization, self.cg_steps)
         self.user_factors_, self.item_factors_ = users, items
         self.user_active_ = np.diff(x.indptr) > 0
         self.item_active_ = np.diff(conf_t.indptr) > 0
@@ -286,95 +333,136 @@ class AlsModel:
 
 
 def _item_blocks(costs: np.ndarray, max_rows: int, max_cost: float) -> list[tuple[int, int]]:
-    """Contiguous item ranges with ≤ max_rows items and (when possible) ≤ max_cost total cost."""
-    bounds = [0]
-    cum = 0.0
-    for i, c in enumerate(costs.tolist()):
-        if i > bounds[-1] and (i - bounds[-1] >= max_rows or cum + c > max_cost):
-            bounds.append(i)
-            cum = 0.0
-        cum += c
-    bounds.append(len(costs))
+    """Contiguous ranges with ≤ max_rows entries and (when possible) ≤ max_cost total cost.
+
+    Greedy over the cumulative cost: one Python step per *block*, not per item.
+    """
+    cum = np.concatenate([[0.0], np.cumsum(costs, dtype=np.float64)])
+    n, bounds = len(costs), [0]
+    while bounds[-1] < n:
+        start = bounds[-1]
+        by_cost = int(np.searchsorted(cum, cum[start] + max_cost, side="right")) - 1
+        bounds.append(min(n, start + max_rows, max(by_cost, start + 1)))
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _co_min_block(xt_block: sp.csr_matrix, x: sp.csr_matrix) -> np.ndarray:
-    """Σ_u min(x_ui, x_uj) for items i in the block and all items j (dense block × n_items).
+def _co_min_sparse(xt_block: sp.csr_matrix, x: sp.csr_matrix) -> sp.csr_matrix:
+    """Σ_u min(x_ui, x_uj) for items i in the block and all items j, co-interacted pairs only.
 
-    Only co-interacted (u, i, j) triples are generated, via vectorised CSR gathering.
+    Generates the (u, i, j) triples by vectorised CSR gathering and sums them per (i, j).
     """
     n_rows, n_items = xt_block.shape[0], x.shape[1]
     item_rows = np.repeat(np.arange(n_rows), np.diff(xt_block.indptr))
     pos, counts = _gather_nnz_rows(x, xt_block.indices.astype(np.int64))
-    flat = np.repeat(item_rows.astype(np.int64), counts) * n_items + x.indices[pos]
     values = np.minimum(np.repeat(xt_block.data, counts), x.data[pos])
-    return np.bincount(flat, weights=values, minlength=n_rows * n_items).reshape(n_rows, n_items)
+    coo = sp.coo_matrix(
+        (values, (np.repeat(item_rows, counts), x.indices[pos])), shape=(n_rows, n_items)
+    )
+    return coo.tocsr()  # sums duplicate (i, j) entries
+
+
+def item_norms(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Per item (column): L1 norm and squared L2 norm, float64 (computed once per fit)."""
+    l1 = np.asarray(abs(x).sum(axis=0), dtype=np.float64).ravel()
+    sq = np.asarray(x.multiply(x).sum(axis=0), dtype=np.float64).ravel()
+    return l1, sq
+
+
+def similarity_rows(
+    x: sp.csr_matrix, xt: sp.csr_matrix, rows: np.ndarray, similarity: Similarity,
+    shrink: float = 0.0, asymmetric_alpha: float = 0.5,
+    norms: tuple[np.ndarray, np.ndarray] | None = None,
+) -> sp.csr_matrix:
+    """Similarities from items `rows` to every item that shares at least one user with them.
+
+    `x` is users × items (non-negative), `xt` its item-major copy, `norms` from `item_norms`.
+    Distances d become 1/(1 + d). Pairs without a common user are left out (similarity 0) for
+    every choice: there is no behavioural evidence for them, and keeping them would let
+    distances pair up unrelated rare items. Sparse, so no dense items × items block exists.
+    """
+    l1, sq = norms if norms is not None else item_norms(x)
+    block = xt[rows]
+    co = _co_min_sparse(block, x) if similarity == "manhattan" else sp.csr_matrix(block @ x)
+    co.sort_indices()
+    r = rows[np.repeat(np.arange(len(rows)), np.diff(co.indptr))]
+    c = co.indices
+    v = co.data.astype(np.float64)
+    if similarity == "manhattan":
+        # for non-negative vectors: Σ|a − b| = Σa + Σb − 2 Σ min(a, b)
+        sim = 1.0 / (1.0 + np.maximum(l1[r] + l1[c] - 2.0 * v, 0.0))
+    elif similarity == "euclidean":
+        sim = 1.0 / (1.0 + np.sqrt(np.maximum(sq[r] + sq[c] - 2.0 * v, 0.0)))
+    else:
+        a = 0.5 if similarity == "cosine" else asymmetric_alpha
+        denom = np.power(sq[r], a) * np.power(sq[c], 1.0 - a) + shrink
+        sim = np.divide(v, denom, out=np.zeros_like(v), where=denom > 0)
+    return sp.csr_matrix((sim, co.indices, co.indptr), shape=co.shape)
 
 
 def similarity_block(
-    x: sp.csr_matrix, xt: sp.csr_matrix, start: int, stop: int, similarity: Similarity,
+    x: sp.csr_matrix, xt: sp.csr_matrix, rows: np.ndarray, similarity: Similarity,
     shrink: float = 0.0, asymmetric_alpha: float = 0.5,
 ) -> np.ndarray:
-    """Dense similarities from items start:stop (rows) to every item (columns), float64.
+    """Dense view of `similarity_rows` (0 = no common user); for inspection and tests."""
+    return similarity_rows(x, xt, rows, similarity, shrink, asymmetric_alpha).toarray()
 
-    `x` is users × items, `xt` its item-major copy. Distances d become 1/(1 + d).
+
+def normalize_items(x: sp.csr_matrix, similarity: Similarity) -> sp.csr_matrix:
+    """Scale every item column to unit length (L1 for Manhattan, L2 otherwise).
+
+    Raw distances mostly measure popularity (two rare items are 'close'); on unit vectors they
+    compare the *shape* of the audiences instead (Manhattan on L1-unit vectors = 2 × total
+    variation distance; Euclidean on L2-unit vectors is monotone in cosine).
     """
-    block = xt[start:stop]
-    if similarity == "manhattan":
-        l1 = np.asarray(x.sum(axis=0)).ravel().astype(np.float64)
-        # for non-negative vectors: Σ|a − b| = Σa + Σb − 2 Σ min(a, b)
-        dist = l1[start:stop, None] + l1[None, :] - 2.0 * _co_min_block(block, x)
-        return 1.0 / (1.0 + np.maximum(dist, 0.0))
-    dots = (block @ x).toarray().astype(np.float64)
-    sq = np.asarray(x.multiply(x).sum(axis=0)).ravel().astype(np.float64)
-    if similarity == "euclidean":
-        dist = np.sqrt(np.maximum(sq[start:stop, None] + sq[None, :] - 2.0 * dots, 0.0))
-        return 1.0 / (1.0 + dist)
-    a = 0.5 if similarity == "cosine" else asymmetric_alpha
-    denom = np.power(sq[start:stop, None], a) * np.power(sq[None, :], 1.0 - a) + shrink
-    return np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
+    x = sp.csr_matrix(x, dtype=np.float32, copy=True)
+    l1, sq = item_norms(x)
+    norms = l1 if similarity == "manhattan" else np.sqrt(sq)
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    x.data *= scale[x.indices].astype(np.float32)
+    return x
+
+
+def top_k_per_row(
+    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the k largest values per row of a COO triple list (ties → smaller column first)."""
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else rows
+    first = np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    keep = np.arange(len(rows)) - first < k
+    return rows[keep], cols[keep], vals[keep]
 
 
 def knn_similarity(
     x: sp.csr_matrix, neighbors: int, similarity: Similarity, shrink: float = 0.0,
-    asymmetric_alpha: float = 0.5, block_items: int = 512, max_pairs: float = 2e7,
+    asymmetric_alpha: float = 0.5, normalize: bool = False, block_items: int = 1024,
+    max_pairs: float = 5e6,
 ) -> sp.csr_matrix:
     """Sparse items × items matrix S: row i holds item i's top-`neighbors` most similar items.
 
-    Self-similarity, items nobody interacted with and non-positive similarities are excluded.
-    Peak memory is one block_items × n_items dense similarity block.
+    Self-similarity and non-positive similarities are excluded; only items sharing a user are
+    candidates. Items are processed in blocks of ≤ block_items rows whose co-interaction count
+    stays ≤ ~max_pairs, so memory is bounded whatever the catalog size.
     """
-    x = sp.csr_matrix(x, dtype=np.float32)
+    x = normalize_items(x, similarity) if normalize else sp.csr_matrix(x, dtype=np.float32)
     xt = x.T.tocsr()
     n_items = x.shape[1]
-    active = np.diff(xt.indptr) > 0
-    k = max(0, min(neighbors, int(active.sum()) - 1))
-    # cost of a block row = co-interaction triples it generates (bounds Manhattan's gather)
-    user_deg = np.diff(x.indptr).astype(np.float64)
-    costs = np.asarray(xt @ user_deg).ravel() if similarity == "manhattan" else np.zeros(n_items)
-    rows_out: list[np.ndarray] = []
-    cols_out: list[np.ndarray] = []
-    vals_out: list[np.ndarray] = []
-    for start, stop in _item_blocks(costs, block_items, max_pairs):
-        if k == 0:
-            break
-        sim = similarity_block(x, xt, start, stop, similarity, shrink, asymmetric_alpha)
-        sim[:, ~active] = -np.inf
-        local = np.arange(stop - start)
-        sim[local, start + local] = -np.inf
-        sim[~active[start:stop]] = -np.inf
-        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        top_sim = np.take_along_axis(sim, top, axis=1)
-        keep = np.isfinite(top_sim) & (top_sim > 0)
-        rows_out.append(np.broadcast_to(local[:, None] + start, top.shape)[keep])
-        cols_out.append(top[keep])
-        vals_out.append(top_sim[keep].astype(np.float32))
-    if not rows_out:
+    norms = item_norms(x)
+    active_idx = np.flatnonzero(np.diff(xt.indptr) > 0)
+    # cost of an item row = co-interaction triples it generates (bounds the block's nnz)
+    costs = np.asarray(xt[active_idx] @ np.diff(x.indptr).astype(np.float64)).ravel()
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for lo, hi in _item_blocks(costs, block_items, max_pairs):
+        rows = active_idx[lo:hi]
+        sim = similarity_rows(x, xt, rows, similarity, shrink, asymmetric_alpha, norms).tocoo()
+        r, c, v = rows[sim.row], sim.col, sim.data
+        ok = (r != c) & (v > 0)
+        parts.append(top_k_per_row(r[ok], c[ok], v[ok], neighbors))
+    if not parts:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    s = sp.csr_matrix(
-        (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
-        shape=(n_items, n_items), dtype=np.float32,
-    )
+    r, c, v = (np.concatenate(p) for p in zip(*parts, strict=True))
+    s = sp.csr_matrix((v.astype(np.float32), (r, c)), shape=(n_items, n_items))
     s.sort_indices()
     return s
 
@@ -384,10 +472,11 @@ class ItemKnnModel:
 
     name = "behavior"
 
-    def __init__(self, neighbors: int = 200, similarity: Similarity = "cosine",
-                 shrink: float = 10.0, asymmetric_alpha: float = 0.5,
-                 weighting: InputWeighting = "binary") -> None:
+    def __init__(self, neighbors: int = 800, similarity: Similarity = "cosine",
+                 shrink: float = 2.0, asymmetric_alpha: float = 0.5, normalize: bool = False,
+                 weighting: InputWeighting = "confidence") -> None:
         self.neighbors = neighbors
+        self.normalize = normalize
         self.similarity: Similarity = similarity
         self.shrink = shrink
         self.asymmetric_alpha = asymmetric_alpha
@@ -398,7 +487,8 @@ class ItemKnnModel:
     def fit(self, data: Dataset) -> ItemKnnModel:
         self.history_ = _prepare(data.interactions, self.weighting)
         self.similarity_ = knn_similarity(
-            self.history_, self.neighbors, self.similarity, self.shrink, self.asymmetric_alpha
+            self.history_, self.neighbors, self.similarity, self.shrink, self.asymmetric_alpha,
+            self.normalize,
         )
         return self
 
@@ -458,5 +548,6 @@ def make_behavior(params: BehaviorParams | None = None) -> Modality:
                         weighting=p.als_input, cg_steps=p.cg_steps, seed=p.seed)
     if p.algorithm == "itemknn":
         return ItemKnnModel(neighbors=p.neighbors, similarity=p.similarity, shrink=p.shrink,
-                            asymmetric_alpha=p.asymmetric_alpha, weighting=p.knn_input)
+                            asymmetric_alpha=p.asymmetric_alpha, normalize=p.knn_normalize,
+                            weighting=p.knn_input)
     return AutoBehavior(p)
