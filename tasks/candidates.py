@@ -1,13 +1,27 @@
 """Blocked top-N: the only place where dense user×item scores exist, one block at a time.
 
 Peak memory is block_size × n_items floats regardless of how many users there are.
+
+Selection avoids a full `argpartition` (an int64 index array as large as the block, on a negated
+copy): the maximum of each small group of items gives, per user, a lower bound on the n-th best
+score; one comparison pass then keeps the few entries at or above it, and only those are sorted.
+Row chunks run on a small thread pool (numpy/scipy kernels release the GIL); the same pool is
+offered to modalities through `parallel_chunks`.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from tasks.modalities.base import Modality
 
@@ -18,6 +32,155 @@ CANDIDATE_SCHEMA = {
     "rank": pl.Int32,
 }
 
+T = TypeVar("T")
+
+CHUNK_ROWS = 256  # rows per task: a chunk of a 20k-item block (20 MB) stays cache- and RSS-friendly
+_MAX_GROUPS = 2048  # more groups: a tighter bound and longer vectorised slabs
+_TOP_ROWS = 64  # users per selection task: their scores stay in cache between passes
+_ITEM_CHUNK = 1024  # items per task when a block is items × users
+_LOWEST = np.float32(np.finfo(np.float32).min)  # threshold floor, so -inf is never a candidate
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = -1
+_pool_lock = threading.Lock()
+_in_worker = threading.local()
+_blas_users = 0
+_blas_limit: threadpool_limits | None = None
+
+
+def _threads() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def _executor() -> ThreadPoolExecutor:
+    """Process-wide pool, re-created after a fork (a forked child inherits no live threads)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(
+                _threads(), thread_name_prefix="recfusion-chunks",
+                initializer=setattr, initargs=(_in_worker, "active", True),
+            )
+            _pool_pid = os.getpid()
+        return _pool
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """BLAS on one thread while pool tasks run: the pool already uses every core.
+
+    Otherwise each task's BLAS call fans out to its own threads (oversubscription), and
+    OpenBLAS's idle threads spin after every call, taking cycles from the pool. Counted, so
+    overlapping users in several threads restore the caller's limit only once, at the end.
+    """
+    global _blas_users, _blas_limit
+    with _pool_lock:
+        if _blas_users == 0:
+            _blas_limit = threadpool_limits(1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _pool_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limit is not None:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
+
+
+def parallel_chunks(fn: Callable[[int, int], T], n: int, chunk: int = CHUNK_ROWS) -> list[T]:
+    """[fn(start, stop) for consecutive chunks of range(n)], in order, on the shared pool.
+
+    Runs inline when there is one chunk, one core, or when already inside a pool worker (a worker
+    waiting on its own pool could deadlock). BLAS is single-threaded while the tasks run.
+    """
+    bounds = [(s, min(s + chunk, n)) for s in range(0, n, max(1, chunk))]
+    if len(bounds) <= 1 or _threads() == 1 or getattr(_in_worker, "active", False):
+        return [fn(a, b) for a, b in bounds]
+    with _single_threaded_blas():
+        return list(_executor().map(lambda ab: fn(*ab), bounds))
+
+
+def _groups(n_items: int, n: int, most: int) -> int:
+    """Number of interleaved item groups for the lower bound; 0 = use an exact partition."""
+    groups = min(most, n_items // 4)
+    return groups if groups >= 4 * n else 0  # small catalogue or long lists: partition instead
+
+
+def _rank(
+    rows: np.ndarray, items: np.ndarray, vals: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the n best candidates per row: score descending, then item ascending (deterministic)."""
+    order = np.lexsort((items, -vals, rows))
+    rows, items, vals = rows[order], items[order], vals[order]
+    ranks = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    keep = ranks < n
+    return rows[keep], items[keep], vals[keep].astype(np.float32), ranks[keep] + 1
+
+
+def _top_n_rows(
+    scores: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-n of each row of a C-ordered users × items chunk.
+
+    Items are dealt into G ≥ 4n interleaved groups (item j → group j mod G); the n-th largest of
+    the G group maxima is a lower bound on the row's n-th best score (those n maxima are n
+    distinct entries at least that large). Interleaving turns the group maximum into an
+    element-wise max of contiguous slabs, which numpy vectorises.
+    """
+    m = scores.shape[1]
+    groups = _groups(m, n, _MAX_GROUPS)
+    if n >= m:
+        cut = np.full(len(scores), _LOWEST, dtype=np.float32)
+    elif not groups:
+        cut = np.partition(scores, m - n, axis=1)[:, m - n]
+    else:
+        length, tail = divmod(m, groups)
+        gmax = scores[:, : groups * length].reshape(-1, length, groups).max(axis=1)
+        if tail:
+            np.maximum(gmax[:, :tail], scores[:, groups * length :], out=gmax[:, :tail])
+        cut = np.partition(gmax, groups - n, axis=1)[:, groups - n]
+    cut = np.fmax(cut, _LOWEST)  # -inf is never a candidate; a NaN bound means no cut
+    rows, items = np.divmod(np.flatnonzero(scores >= cut[:, None]), m)
+    return _rank(rows, items, scores[rows, items], n)
+
+
+def _top_n_items_major(
+    scores_t: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-n per user of a C-ordered items × users block (the transpose of an F-ordered block).
+
+    Same bound as `_top_n_rows`, but every pass runs over contiguous item slabs: group maxima
+    per slab range, then candidates per item chunk, both on the pool. Fewer groups (8n): the
+    partition then runs across rows, which is strided in this layout.
+    """
+    m, n_users = scores_t.shape
+    groups = _groups(m, n, 8 * n)
+    if n >= m:
+        cut = np.full(n_users, _LOWEST, dtype=np.float32)
+    elif not groups:
+        cut = np.partition(scores_t, m - n, axis=0)[m - n]
+    else:
+        length, tail = divmod(m, groups)
+        slabs = scores_t[: groups * length].reshape(length, groups, n_users)
+        per_worker = -(-length // _threads())
+        maxima = parallel_chunks(lambda a, b: slabs[a:b].max(axis=0), length, per_worker)
+        gmax = maxima[0]
+        for other in maxima[1:]:
+            np.maximum(gmax, other, out=gmax)
+        if tail:
+            np.maximum(gmax[:tail], scores_t[groups * length :], out=gmax[:tail])
+        cut = np.partition(gmax, groups - n, axis=0)[groups - n]
+    cut = np.fmax(cut, _LOWEST)
+
+    def candidates(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        part = scores_t[a:b]
+        items, users = np.divmod(np.flatnonzero(part >= cut[None, :]), n_users)
+        return users, items + a, part[items, users]
+
+    found = parallel_chunks(candidates, m, _ITEM_CHUNK)
+    rows, items, vals = (np.concatenate([f[j] for f in found]) for j in range(3))
+    return _rank(rows, items, vals, n)
+
 
 def top_n_of_block(
     scores: np.ndarray, n: int, seen: sp.csr_matrix | None = None
@@ -25,6 +188,7 @@ def top_n_of_block(
     """Top-n per row of a dense score block: (row, item, score, rank), -inf entries dropped.
 
     `seen` (same rows as `scores`) masks items the user already has; it is applied in place.
+    The block may be C- or F-ordered (a modality may compute items × users and return its `.T`).
     """
     n_rows, n_items = scores.shape
     if seen is not None and seen.nnz:
@@ -34,19 +198,84 @@ def top_n_of_block(
     if n == 0 or n_rows == 0:
         empty = np.array([], dtype=np.int64)
         return empty, empty, np.array([], dtype=np.float32), empty
-    if n < n_items:
-        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    else:
-        part = np.tile(np.arange(n_items), (n_rows, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    # Stable order: score descending, then item index ascending, so ties are deterministic.
-    order = np.lexsort((part, -part_scores), axis=1)
-    items = np.take_along_axis(part, order, axis=1)
-    top_scores = np.take_along_axis(part_scores, order, axis=1)
-    ranks = np.broadcast_to(np.arange(1, n + 1), (n_rows, n))
-    rows = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n))
-    keep = np.isfinite(top_scores)
-    return rows[keep], items[keep], top_scores[keep].astype(np.float32), ranks[keep]
+    if scores.flags.f_contiguous and not scores.flags.c_contiguous:
+        return _top_n_items_major(scores.T, n)
+    view = np.ascontiguousarray(scores)
+
+    def chunk(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        r, i, s, k = _top_n_rows(view[a:b], n)
+        return r + a, i, s, k
+
+    parts = parallel_chunks(chunk, n_rows, _TOP_ROWS)
+    out = tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
+    return out[0], out[1], out[2], out[3]
+
+
+class _BlockPool:
+    """Block-sized score buffers recycled across the blocks of a `top_n` run.
+
+    A fresh 100+ MB array per block costs a page fault per page on first touch, which measured
+    as much as the scoring itself on the shared VM. Ownership is explicit: a modality takes a
+    buffer with `block_array`, returns it (or a view) from `score_block`, and only `top_n`, once
+    done with that block, hands it back. Outside a `top_n` run `block_array` is plain
+    `np.empty`, and the buffers are dropped when the last run ends.
+    """
+
+    _KEEP = 2  # one block in flight plus one for a concurrent run
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._buffers: list[np.ndarray] = []
+        self._busy: list[bool] = []
+
+    @contextmanager
+    def run(self) -> Iterator[None]:
+        with self._lock:
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs -= 1
+                if self._runs == 0:
+                    self._buffers, self._busy = [], []
+
+    def take(self, shape: tuple[int, int]) -> np.ndarray:
+        size = shape[0] * shape[1]
+        with self._lock:
+            if self._runs:
+                for i, buf in enumerate(self._buffers):
+                    if not self._busy[i] and buf.size >= size:
+                        self._busy[i] = True
+                        return buf[:size].reshape(shape)
+                if len(self._buffers) < self._KEEP:
+                    self._buffers.append(np.empty(size, dtype=np.float32))
+                    self._busy.append(True)
+                    return self._buffers[-1].reshape(shape)
+        return np.empty(shape, dtype=np.float32)
+
+    def give_back(self, scores: np.ndarray) -> None:
+        base: np.ndarray | None = scores
+        with self._lock:
+            while base is not None:
+                for i, buf in enumerate(self._buffers):
+                    if buf is base:
+                        self._busy[i] = False
+                        return
+                base = base.base if isinstance(base.base, np.ndarray) else None
+
+
+_blocks = _BlockPool()
+
+
+def block_array(shape: tuple[int, int]) -> np.ndarray:
+    """Uninitialised C-ordered float32 array for a modality's `score_block` result.
+
+    Inside `top_n` it is a recycled buffer (see `_BlockPool`): the modality must return it (or a
+    view of it) and keep no reference, because `top_n` reuses it for the next block.
+    """
+    return _blocks.take(shape)
 
 
 def top_n(
@@ -59,17 +288,21 @@ def top_n(
     """Score `users` in blocks and keep each user's top-n unseen items with finite scores."""
     parts: list[pl.DataFrame] = []
     users = np.asarray(users, dtype=np.int64)
-    for start in range(0, len(users), block_size):
-        block = users[start : start + block_size]
-        scores = np.asarray(model.score_block(block), dtype=np.float32)
-        block_seen = seen[block] if seen is not None else None
-        rows, items, top_scores, ranks = top_n_of_block(scores, n, block_seen)
-        parts.append(
-            pl.DataFrame(
-                {"user_idx": block[rows], "item_idx": items, "score": top_scores, "rank": ranks},
-                schema=CANDIDATE_SCHEMA,
+    with _blocks.run():
+        for start in range(0, len(users), block_size):
+            block = users[start : start + block_size]
+            scores = np.asarray(model.score_block(block), dtype=np.float32)
+            block_seen = seen[block] if seen is not None else None
+            rows, items, top_scores, ranks = top_n_of_block(scores, n, block_seen)
+            _blocks.give_back(scores)
+            del scores
+            parts.append(
+                pl.DataFrame(
+                    {"user_idx": block[rows], "item_idx": items, "score": top_scores,
+                     "rank": ranks},
+                    schema=CANDIDATE_SCHEMA,
+                )
             )
-        )
     if not parts:
         return pl.DataFrame(schema=CANDIDATE_SCHEMA)
     return pl.concat(parts)

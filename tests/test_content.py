@@ -1,17 +1,29 @@
-"""Content modality on tiny hand-made snapshots: cold items, short histories, missing input."""
+"""Content modality: behaviour on tiny hand-made snapshots, and the fast scoring path checked
+against the plain dense computation on a small synthetic source."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
+from sklearn.preprocessing import normalize
 
 from tasks.candidates import top_n
 from tasks.dataset import Dataset, build_dataset
+from tasks.modalities import content
 from tasks.modalities.base import Modality
-from tasks.modalities.content import ContentParams, MissingModalityInput, make_content
+from tasks.modalities.content import (
+    ContentModality,
+    ContentParams,
+    MissingModalityInput,
+    history_weights,
+    item_features,
+    make_content,
+)
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -70,7 +82,7 @@ def test_cold_item_sharing_tags_beats_unrelated_popular_item(variant: str) -> No
     data = dataset()
     cold = int(np.flatnonzero(data.item_ids == "rock_cold")[0])
     assert data.interactions[:, cold].nnz == 0  # nobody interacted with it
-    model = make_content(ContentParams(variant=variant)).fit(data)  # type: ignore[arg-type]
+    model = make_content(ContentParams(variant=variant)).fit(data)
     recs = top_n(model, data.user_index(["u"]), n=3, seen=data.seen())
     ranked = data.item_ids[recs.sort("rank")["item_idx"].to_numpy()].tolist()
     assert ranked[0] == "rock_cold"
@@ -138,3 +150,86 @@ def test_missing_items_raise_missing_modality_input() -> None:
         make_content().fit(dataset(items=None))
     with pytest.raises(MissingModalityInput):
         make_content().fit(dataset(items=ITEMS.select("item_id")))
+
+
+# --------------------------------------------------------------------------- fast path = plain math
+
+
+def demo_dataset(source: Path, embedding: bool = True) -> Dataset:
+    items = pl.read_parquet(source / "items.parquet")
+    return build_dataset(
+        pl.read_parquet(source / "events.parquet"),
+        items=items if embedding else items.drop("embedding"),
+        social=pl.read_parquet(source / "social.parquet"),
+    )
+
+
+def plain_profile_scores(data: Dataset, params: ContentParams) -> np.ndarray:
+    """The profile variant written densely: cosine to the unit mean item vector."""
+    assert data.items is not None
+    x, dense = item_features(data.items, params)
+    feats = np.hstack([x.toarray(), dense]).astype(np.float64)
+    hist = normalize(history_weights(data, params.half_life_days, params.history_weighting),
+                     norm="l1")
+    profile = np.asarray(hist @ feats)
+    norms = np.linalg.norm(profile, axis=1)
+    cos = (profile / np.where(norms > 0, norms, 1)[:, None]) @ feats.T
+    if dense.shape[1] == 0:
+        cos[cos == 0] = -np.inf  # no shared attribute
+    else:
+        cos[:, np.abs(feats).sum(axis=1) == 0] = -np.inf
+        cos[norms == 0] = -np.inf
+    return cos
+
+
+@pytest.mark.parametrize("embedding", [True, False])
+@pytest.mark.parametrize("dense_share", [0.0, 0.1, 2.0])  # all dense, split, all sparse
+def test_profile_scores_equal_the_plain_computation(
+    small_source: Path, embedding: bool, dense_share: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(content, "_DENSE_COLUMN_SHARE", dense_share)
+    data = demo_dataset(small_source, embedding)
+    params = ContentParams()
+    users = np.arange(data.n_users)
+    got = make_content(params).fit(data).score_block(users)
+    expected = plain_profile_scores(data, params)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], atol=2e-6)
+
+
+def test_product_to_scores_equals_dense_product_in_any_chunking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    left = sp.random(30, 50, density=0.1, format="csr", dtype=np.float32, random_state=1)
+    left.data[::7] = 0.0  # explicit zeros contribute nothing
+    right = sp.random(50, 40, density=0.08, format="csr", dtype=np.float32, random_state=2)
+    dense = left.toarray().astype(np.float64) @ right.toarray()
+    expected = np.where(dense == 0, -np.inf, dense)
+    for entries in (1, 5, 1 << 20):  # sub-chunk of one row, a few rows, everything at once
+        monkeypatch.setattr(content, "_GATHER_ENTRIES", entries)
+        got = content.product_to_scores(left, right)
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
+        np.testing.assert_allclose(got[np.isfinite(got)], expected[np.isfinite(expected)],
+                                   rtol=1e-5)
+    assert np.isneginf(content.product_to_scores(sp.csr_matrix((3, 50)), right)).all()
+
+
+def test_zeros_to_neg_inf_keeps_every_other_value() -> None:
+    values = np.array([[0.0, -0.0, 1.5, -2.0], [np.inf, -np.inf, 1e-30, 0.0]], dtype=np.float32)
+    expected = np.where(values == 0, -np.inf, values).astype(np.float32)
+    content.zeros_to_neg_inf(values)
+    np.testing.assert_array_equal(values, expected)
+
+
+def test_item_knn_scores_are_history_votes(small_source: Path) -> None:
+    data = demo_dataset(small_source)
+    model = ContentModality(ContentParams(variant="item_knn", neighbours=20)).fit(data)
+    users = np.arange(data.n_users)
+    assert model._history is not None and model._neighbours is not None
+    votes = (model._history @ model._neighbours).toarray()
+    expected = np.where(votes == 0, -np.inf, votes)
+    got = model.score_block(users)
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
+    np.testing.assert_allclose(got[np.isfinite(got)], expected[np.isfinite(expected)], rtol=1e-5)

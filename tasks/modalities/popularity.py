@@ -14,9 +14,13 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.preprocessing import normalize
 
+from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
 from tasks.modalities.base import Modality
 from tasks.modalities.content import history_weights
+
+# Up to this many categories a block is one BLAS product (cost ∝ categories); beyond, a gather.
+_MAX_MIX_CATEGORIES = 64
 
 
 class PopularityParams(BaseModel):
@@ -78,6 +82,7 @@ class PopularityModality:
         self._within: np.ndarray | None = None
         self._cats: np.ndarray | None = None
         self._prefs: sp.csr_matrix | None = None
+        self._mix: np.ndarray | None = None
 
     def fit(self, data: Dataset) -> PopularityModality:
         """Count decayed distinct users per item and, with categories, each user's genre shares."""
@@ -104,28 +109,60 @@ class PopularityModality:
         weights = history_weights(data, self.params.half_life_days, "confidence")
         self._prefs = sp.csr_matrix(normalize(weights @ onehot, norm="l1"), dtype=np.float32)
         self._within, self._cats = within.astype(np.float32), cats
+        self._mix = None
+        if n_cats <= _MAX_MIX_CATEGORIES:
+            # Rows: blend × within-category popularity per category, (1 - blend) × global, global.
+            # A block is then one BLAS product of [preferences | 1 | 0] (or [0 | 0 | 1] without
+            # preferences) with this matrix instead of a gather plus several block-sized passes.
+            blend = np.float32(self.params.category_blend)
+            mix = np.zeros((n_cats + 2, data.n_items), dtype=np.float32)
+            mix[cats[has], np.flatnonzero(has)] = blend * self._within[has]
+            mix[n_cats] = (1 - blend) * self._global
+            mix[n_cats + 1] = self._global
+            self._mix = mix
         return self
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         """Same global ranking for everyone, tilted towards each user's categories; 0 → -inf."""
         assert self._global is not None
         users = np.asarray(users, dtype=np.int64)
-        base = np.broadcast_to(self._global, (len(users), len(self._global)))
         if self._cats is None:
-            scores = base.copy()
+            scores = np.repeat(self._global[None, :], len(users), axis=0)
         else:
             assert self._prefs is not None and self._within is not None
             pref = self._prefs[users].toarray()
-            # Column n_cats is an all-zero "no category" slot for items with code -1.
-            pref = np.hstack([pref, np.zeros((len(users), 1), dtype=np.float32)])
-            blend = np.float32(self.params.category_blend)
-            scores = (1 - blend) * base + blend * pref[:, self._cats] * self._within
             # No category preference (no history): plain global popularity, the cold fallback.
             empty = pref.sum(axis=1) == 0
-            scores[empty] = base[empty]
-        scores = scores.astype(np.float32)
-        scores[scores <= 0] = -np.inf
+            if self._mix is not None:
+                coef = np.zeros((len(users), self._mix.shape[0]), dtype=np.float32)
+                coef[:, : pref.shape[1]] = pref
+                coef[~empty, -2] = 1.0
+                coef[empty, -1] = 1.0
+                scores = block_array((len(users), self._mix.shape[1]))
+                mix = self._mix
+
+                def chunk(a: int, b: int) -> None:
+                    np.matmul(coef[a:b], mix, out=scores[a:b])
+                    np.copyto(scores[a:b], np.float32(-np.inf), where=scores[a:b] <= 0)
+
+                parallel_chunks(chunk, len(users))
+                return scores
+            scores = self._gather_scores(pref, empty)
+        np.copyto(scores, np.float32(-np.inf), where=scores <= 0)
         return scores
+
+    def _gather_scores(self, pref: np.ndarray, empty: np.ndarray) -> np.ndarray:
+        """Many categories: look up each item's category share per user (block-sized passes)."""
+        assert self._global is not None and self._within is not None and self._cats is not None
+        # Column n_cats is an all-zero "no category" slot for items with code -1.
+        pref = np.hstack([pref, np.zeros((len(pref), 1), dtype=np.float32)])
+        blend = np.float32(self.params.category_blend)
+        scores = pref[:, self._cats]
+        scores *= blend
+        scores *= self._within
+        scores += (1 - blend) * self._global
+        scores[empty] = self._global
+        return scores.astype(np.float32, copy=False)
 
 
 def make_popularity(params: PopularityParams | None = None) -> Modality:

@@ -18,9 +18,14 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.preprocessing import normalize
 
+from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
 from tasks.modalities.base import Modality
-from tasks.modalities.content import MissingModalityInput, history_weights, sparse_to_scores
+from tasks.modalities.content import (
+    MissingModalityInput,
+    history_weights,
+    product_to_scores,
+)
 
 
 class SocialParams(BaseModel):
@@ -76,6 +81,7 @@ class SocialModality:
     def __init__(self, params: SocialParams) -> None:
         self.params = params
         self._walk: sp.csr_matrix | None = None
+        self._walk2: sp.csr_matrix | None = None
         self._items: sp.csr_matrix | None = None
 
     def fit(self, data: Dataset) -> SocialModality:
@@ -97,6 +103,12 @@ class SocialModality:
             ties.eliminate_zeros()
         # Row-stochastic: a user's friends share one unit of trust, so hops are comparable.
         self._walk = sp.csr_matrix(normalize(ties, norm="l1"), dtype=np.float32)
+        # Two hops, once per fit: far hops then read a few long rows of it instead of many short
+        # rows of the walk (far fewer cache misses; ~70 MB on the 100k-user demo).
+        self._walk2 = None
+        if p.propagation != "direct":
+            self._walk2 = sp.csr_matrix(self._walk @ self._walk, dtype=np.float32)
+            self._walk2.sort_indices()
         items = history if p.friend_normalisation == "none" else normalize(
             history, norm=p.friend_normalisation
         )
@@ -104,39 +116,58 @@ class SocialModality:
         return self
 
     def _reach(self, users: np.ndarray) -> sp.csr_matrix:
-        """block × users: how much each other user's taste counts for each user in the block."""
+        """block × users: how much each other user's taste counts for each user in the block.
+
+        ppr unrolls the power iteration state ← α·start + (1-α)·state·W (state₀ = start):
+        after T steps, Σ_{t<T} α(1-α)^t·W^t + (1-α)^T·W^T, with the rows of W^t taken from W, W²
+        and W^t = W^(t-2)·W².
+        """
         assert self._walk is not None
         p = self.params
         direct = self._walk[users]
         if p.propagation == "direct":
             reach = direct
-        elif p.propagation == "two_hop":
-            reach = direct + np.float32(p.hop_decay) * (direct @ self._walk)
         else:
-            start = sp.csr_matrix(
-                (np.ones(len(users), dtype=np.float32), (np.arange(len(users)), users)),
-                shape=(len(users), self._walk.shape[0]),
-            )
-            state = start
-            alpha = np.float32(p.restart)
-            for _ in range(p.ppr_iterations):
-                state = alpha * start + (1 - alpha) * (state @ self._walk)
-            reach = sp.csr_matrix(state)
-        reach = sp.csr_matrix(reach)
+            assert self._walk2 is not None
+            two = self._walk2[users]
+            if p.propagation == "two_hop":
+                reach = direct + np.float32(p.hop_decay) * two
+            else:
+                start = sp.csr_matrix(
+                    (np.ones(len(users), dtype=np.float32), (np.arange(len(users)), users)),
+                    shape=(len(users), self._walk.shape[0]),
+                )
+                powers = [start, direct, two]
+                while len(powers) <= p.ppr_iterations:
+                    powers.append(powers[-2] @ self._walk2)
+                alpha, steps = float(p.restart), p.ppr_iterations
+                reach = powers[0] * np.float32(alpha if steps else 1.0)
+                for t in range(1, steps + 1):
+                    weight = (1 - alpha) ** t * (alpha if t < steps else 1.0)
+                    reach = reach + np.float32(weight) * powers[t]
+        reach = sp.csr_matrix(reach, dtype=np.float32, copy=True)
         # Own taste is excluded: own items are seen anyway and would only shift the scale.
-        reach = reach - reach.multiply(
-            sp.csr_matrix(
-                (np.ones(len(users), dtype=np.float32), (np.arange(len(users)), users)),
-                shape=reach.shape,
-            )
-        )
-        return sp.csr_matrix(reach)
+        rows = np.repeat(np.arange(len(users)), np.diff(reach.indptr))
+        reach.data[reach.indices == users[rows]] = 0
+        reach.eliminate_zeros()
+        return reach
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
-        """Trust-weighted sum of other users' item vectors; friendless users → all -inf."""
+        """Trust-weighted sum of other users' item vectors; friendless users → all -inf.
+
+        Reach and product run per row chunk on the shared thread pool, each chunk densified
+        straight into its rows of the block.
+        """
         assert self._items is not None
+        items = self._items
         users = np.asarray(users, dtype=np.int64)
-        return sparse_to_scores(self._reach(users) @ self._items)
+        out = block_array((len(users), items.shape[1]))
+
+        def chunk(a: int, b: int) -> None:
+            product_to_scores(self._reach(users[a:b]), items, out=out[a:b])
+
+        parallel_chunks(chunk, len(users))
+        return out
 
 
 def make_social(params: SocialParams | None = None) -> Modality:
