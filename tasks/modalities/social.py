@@ -81,7 +81,7 @@ class SocialModality:
     def __init__(self, params: SocialParams) -> None:
         self.params = params
         self._walk: sp.csr_matrix | None = None
-        self._walk2: sp.csr_matrix | None = None
+        self._beyond: sp.csr_matrix | None = None
         self._items: sp.csr_matrix | None = None
 
     def fit(self, data: Dataset) -> SocialModality:
@@ -103,48 +103,59 @@ class SocialModality:
             ties.eliminate_zeros()
         # Row-stochastic: a user's friends share one unit of trust, so hops are comparable.
         self._walk = sp.csr_matrix(normalize(ties, norm="l1"), dtype=np.float32)
-        # Two hops, once per fit: far hops then read a few long rows of it instead of many short
-        # rows of the walk (far fewer cache misses; ~70 MB on the 100k-user demo).
-        self._walk2 = None
-        if p.propagation != "direct":
-            self._walk2 = sp.csr_matrix(self._walk @ self._walk, dtype=np.float32)
-            self._walk2.sort_indices()
+        self._beyond = self._beyond_first_hop()
         items = history if p.friend_normalisation == "none" else normalize(
             history, norm=p.friend_normalisation
         )
         self._items = sp.csr_matrix(items, dtype=np.float32)
         return self
 
-    def _reach(self, users: np.ndarray) -> sp.csr_matrix:
-        """block × users: how much each other user's taste counts for each user in the block.
+    def _beyond_first_hop(self) -> sp.csr_matrix | None:
+        """K with reach = start·c₀ + W[users] @ K, for propagations of at most three hops.
 
-        ppr unrolls the power iteration state ← α·start + (1-α)·state·W (state₀ = start):
-        after T steps, Σ_{t<T} α(1-α)^t·W^t + (1-α)^T·W^T, with the rows of W^t taken from W, W²
-        and W^t = W^(t-2)·W².
+        ppr after T steps of state ← α·start + (1-α)·state·W (state₀ = start) is
+        Σ_{t<T} α(1-α)^t·W^t + (1-α)^T·W^T, so past the start it is W @ Σ_{t≥1} c_t·W^(t-1);
+        two_hop is W @ (I + decay·W). Built once per fit (~100 entries per user on the demo),
+        a block then costs one sparse product that reads a few long rows, instead of a chain
+        of products over many short ones. None: iterate instead (direct, or ppr beyond 3 hops).
         """
+        assert self._walk is not None
+        p, walk = self.params, self._walk
+        eye = sp.identity(walk.shape[0], dtype=np.float32, format="csr")
+        if p.propagation == "two_hop":
+            beyond = eye + np.float32(p.hop_decay) * walk
+        elif p.propagation == "ppr" and p.ppr_iterations <= 3:
+            alpha, steps = p.restart, p.ppr_iterations
+            weights = [(1 - alpha) ** t * (alpha if t < steps else 1.0) for t in range(steps + 1)]
+            power, beyond = eye, sp.csr_matrix(walk.shape, dtype=np.float32)
+            for t in range(1, steps + 1):
+                beyond = beyond + np.float32(weights[t]) * power
+                power = sp.csr_matrix(power @ walk) if t < steps else power
+        else:
+            return None
+        beyond = sp.csr_matrix(beyond, dtype=np.float32)
+        beyond.sum_duplicates()
+        return beyond
+
+    def _reach(self, users: np.ndarray) -> sp.csr_matrix:
+        """block × users: how much each other user's taste counts for each user in the block."""
         assert self._walk is not None
         p = self.params
         direct = self._walk[users]
         if p.propagation == "direct":
             reach = direct
+        elif self._beyond is not None:
+            reach = direct @ self._beyond  # the start term is the user's own: excluded below
         else:
-            assert self._walk2 is not None
-            two = self._walk2[users]
-            if p.propagation == "two_hop":
-                reach = direct + np.float32(p.hop_decay) * two
-            else:
-                start = sp.csr_matrix(
-                    (np.ones(len(users), dtype=np.float32), (np.arange(len(users)), users)),
-                    shape=(len(users), self._walk.shape[0]),
-                )
-                powers = [start, direct, two]
-                while len(powers) <= p.ppr_iterations:
-                    powers.append(powers[-2] @ self._walk2)
-                alpha, steps = float(p.restart), p.ppr_iterations
-                reach = powers[0] * np.float32(alpha if steps else 1.0)
-                for t in range(1, steps + 1):
-                    weight = (1 - alpha) ** t * (alpha if t < steps else 1.0)
-                    reach = reach + np.float32(weight) * powers[t]
+            start = sp.csr_matrix(
+                (np.ones(len(users), dtype=np.float32), (np.arange(len(users)), users)),
+                shape=(len(users), self._walk.shape[0]),
+            )
+            state = start
+            alpha = np.float32(p.restart)
+            for _ in range(p.ppr_iterations):
+                state = alpha * start + (1 - alpha) * (state @ self._walk)
+            reach = state
         reach = sp.csr_matrix(reach, dtype=np.float32, copy=True)
         # Own taste is excluded: own items are seen anyway and would only shift the scale.
         rows = np.repeat(np.arange(len(users)), np.diff(reach.indptr))
