@@ -4,9 +4,9 @@ Peak memory is block_size × n_items floats regardless of how many users there a
 
 Selection avoids a full `argpartition` (an int64 index array as large as the block, on a negated
 copy): the maximum of each small group of items gives, per user, a lower bound on the n-th best
-score; one comparison pass then keeps the few entries at or above it, and only those are sorted.
-Row chunks run on a small thread pool (numpy/scipy kernels release the GIL); the same pool is
-offered to modalities through `parallel_chunks`.
+score; only the few entries at or above it are gathered and sorted. Chunks of rows run on a small
+thread pool (numpy/scipy kernels release the GIL), offered to modalities too
+(`parallel_chunks`), and block-sized score arrays are recycled across blocks (`block_array`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from tasks.modalities.base import Modality
 
@@ -37,14 +37,15 @@ T = TypeVar("T")
 CHUNK_ROWS = 256  # rows per task: a chunk of a 20k-item block (20 MB) stays cache- and RSS-friendly
 _MAX_GROUPS = 2048  # more groups: a tighter bound and longer vectorised slabs
 _TOP_ROWS = 64  # users per selection task: their scores stay in cache between passes
-_ITEM_CHUNK = 1024  # items per task when a block is items × users
+_ITEM_CHUNK = 1024  # items per comparison task when a block is items × users
 _LOWEST = np.float32(np.finfo(np.float32).min)  # threshold floor, so -inf is never a candidate
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1
 _pool_lock = threading.Lock()
 _in_worker = threading.local()
 _blas_users = 0
-_blas_limit: threadpool_limits | None = None
+_blas_limit: Any = None  # threadpoolctl's limiter while `_blas_users` > 0
+_blas: ThreadpoolController | None = None  # inspecting the loaded libraries costs ~1 ms: once
 
 
 def _threads() -> int:
@@ -72,10 +73,11 @@ def _single_threaded_blas() -> Iterator[None]:
     OpenBLAS's idle threads spin after every call, taking cycles from the pool. Counted, so
     overlapping users in several threads restore the caller's limit only once, at the end.
     """
-    global _blas_users, _blas_limit
+    global _blas_users, _blas_limit, _blas
     with _pool_lock:
         if _blas_users == 0:
-            _blas_limit = threadpool_limits(1, user_api="blas")
+            _blas = _blas or ThreadpoolController()
+            _blas_limit = _blas.limit(limits=1, user_api="blas")
         _blas_users += 1
     try:
         yield
@@ -91,12 +93,15 @@ def parallel_chunks(fn: Callable[[int, int], T], n: int, chunk: int = CHUNK_ROWS
     """[fn(start, stop) for consecutive chunks of range(n)], in order, on the shared pool.
 
     Runs inline when there is one chunk, one core, or when already inside a pool worker (a worker
-    waiting on its own pool could deadlock). BLAS is single-threaded while the tasks run.
+    waiting on its own pool could deadlock). With several chunks BLAS is single-threaded while
+    they run, inline or not.
     """
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, max(1, chunk))]
-    if len(bounds) <= 1 or _threads() == 1 or getattr(_in_worker, "active", False):
+    if len(bounds) <= 1:
         return [fn(a, b) for a, b in bounds]
-    with _single_threaded_blas():
+    with _single_threaded_blas():  # many small BLAS calls: threading them only adds overhead
+        if _threads() == 1 or getattr(_in_worker, "active", False):
+            return [fn(a, b) for a, b in bounds]
         return list(_executor().map(lambda ab: fn(*ab), bounds))
 
 
@@ -117,6 +122,21 @@ def _rank(
     return rows[keep], items[keep], vals[keep].astype(np.float32), ranks[keep] + 1
 
 
+def _group_members(
+    gmax: np.ndarray, cut: np.ndarray, groups: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row, item) of every item whose group maximum reaches its row's cut.
+
+    Any item at or above the cut lies in such a group, so only these few groups (about n per
+    row) are read again, instead of the whole block. A NaN maximum hides the other members'
+    values, so that group is read too.
+    """
+    hit_rows, hit_groups = np.nonzero((gmax >= cut[:, None]) | np.isnan(gmax))
+    members = hit_groups[:, None] + groups * np.arange(-(-n_items // groups))[None, :]
+    inside = members < n_items  # only the first `tail` groups have a last, partial slab
+    return np.broadcast_to(hit_rows[:, None], members.shape)[inside], members[inside]
+
+
 def _top_n_rows(
     scores: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -125,23 +145,27 @@ def _top_n_rows(
     Items are dealt into G ≥ 4n interleaved groups (item j → group j mod G); the n-th largest of
     the G group maxima is a lower bound on the row's n-th best score (those n maxima are n
     distinct entries at least that large). Interleaving turns the group maximum into an
-    element-wise max of contiguous slabs, which numpy vectorises.
+    element-wise max of contiguous slabs, which numpy vectorises; it is the only full pass.
     """
     m = scores.shape[1]
     groups = _groups(m, n, _MAX_GROUPS)
-    if n >= m:
-        cut = np.full(len(scores), _LOWEST, dtype=np.float32)
-    elif not groups:
-        cut = np.partition(scores, m - n, axis=1)[:, m - n]
-    else:
-        length, tail = divmod(m, groups)
-        gmax = scores[:, : groups * length].reshape(-1, length, groups).max(axis=1)
-        if tail:
-            np.maximum(gmax[:, :tail], scores[:, groups * length :], out=gmax[:, :tail])
-        cut = np.partition(gmax, groups - n, axis=1)[:, groups - n]
-    cut = np.fmax(cut, _LOWEST)  # -inf is never a candidate; a NaN bound means no cut
-    rows, items = np.divmod(np.flatnonzero(scores >= cut[:, None]), m)
-    return _rank(rows, items, scores[rows, items], n)
+    if n >= m or not groups:
+        if n >= m:
+            cut = np.full(len(scores), _LOWEST, dtype=np.float32)
+        else:
+            cut = np.fmax(np.partition(scores, m - n, axis=1)[:, m - n], _LOWEST)
+        rows, items = np.divmod(np.flatnonzero(scores >= cut[:, None]), m)
+        return _rank(rows, items, scores[rows, items], n)
+    length, tail = divmod(m, groups)
+    gmax = scores[:, : groups * length].reshape(-1, length, groups).max(axis=1)
+    if tail:
+        np.maximum(gmax[:, :tail], scores[:, groups * length :], out=gmax[:, :tail])
+    # -inf is never a candidate; a NaN bound means no cut.
+    cut = np.fmax(np.partition(gmax, groups - n, axis=1)[:, groups - n], _LOWEST)
+    rows, items = _group_members(gmax, cut, groups, m)
+    vals = scores[rows, items]
+    keep = vals >= cut[rows]
+    return _rank(rows[keep], items[keep], vals[keep], n)
 
 
 def _top_n_items_major(
@@ -149,29 +173,32 @@ def _top_n_items_major(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Top-n per user of a C-ordered items × users block (the transpose of an F-ordered block).
 
-    Same bound as `_top_n_rows`, but every pass runs over contiguous item slabs: group maxima
-    per slab range, then candidates per item chunk, both on the pool. Fewer groups (8n): the
-    partition then runs across rows, which is strided in this layout.
+    Same bound as `_top_n_rows`; the group maxima are element-wise maxima of contiguous
+    groups × users slabs, split over the pool. Fewer groups (8n): the partition then runs
+    across rows, which is strided in this layout.
     """
     m, n_users = scores_t.shape
     groups = _groups(m, n, 8 * n)
-    if n >= m:
-        cut = np.full(n_users, _LOWEST, dtype=np.float32)
-    elif not groups:
-        cut = np.partition(scores_t, m - n, axis=0)[m - n]
-    else:
-        length, tail = divmod(m, groups)
-        slabs = scores_t[: groups * length].reshape(length, groups, n_users)
-        per_worker = -(-length // _threads())
-        maxima = parallel_chunks(lambda a, b: slabs[a:b].max(axis=0), length, per_worker)
-        gmax = maxima[0]
-        for other in maxima[1:]:
-            np.maximum(gmax, other, out=gmax)
-        if tail:
-            np.maximum(gmax[:tail], scores_t[groups * length :], out=gmax[:tail])
-        cut = np.partition(gmax, groups - n, axis=0)[groups - n]
-    cut = np.fmax(cut, _LOWEST)
+    if n >= m or not groups:
+        if n >= m:
+            cut = np.full(n_users, _LOWEST, dtype=np.float32)
+        else:
+            cut = np.fmax(np.partition(scores_t, m - n, axis=0)[m - n], _LOWEST)
+        items, rows = np.divmod(np.flatnonzero(scores_t >= cut[None, :]), n_users)
+        return _rank(rows, items, scores_t[items, rows], n)
+    length, tail = divmod(m, groups)
+    slabs = scores_t[: groups * length].reshape(length, groups, n_users)
+    per_worker = -(-length // _threads())
+    maxima = parallel_chunks(lambda a, b: slabs[a:b].max(axis=0), length, per_worker)
+    gmax = maxima[0]
+    for other in maxima[1:]:
+        np.maximum(gmax, other, out=gmax)
+    if tail:
+        np.maximum(gmax[:tail], scores_t[groups * length :], out=gmax[:tail])
+    cut = np.fmax(np.partition(gmax, groups - n, axis=0)[groups - n], _LOWEST)
 
+    # Groups here are long (m / 8n items), so re-reading whole groups would be a scattered gather;
+    # one comparison pass over contiguous item chunks is cheaper.
     def candidates(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         part = scores_t[a:b]
         items, users = np.divmod(np.flatnonzero(part >= cut[None, :]), n_users)

@@ -140,22 +140,22 @@ def product_to_scores(
     """
     left = sp.csr_matrix(left, dtype=np.float32)
     right = sp.csr_matrix(right, dtype=np.float32)
+    n_rows, n_cols = left.shape[0], right.shape[1]
     if out is None:
-        out = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
-    lengths = np.diff(right.indptr)
-    total = int(lengths[left.indices].sum())
-    rows_at_once = max(1, _GATHER_ENTRIES * left.shape[0] // max(total, 1))
-    for a in range(0, left.shape[0], rows_at_once):
-        part = left[a : a + rows_at_once]
-        gathered = right[part.indices]
-        gathered.data *= np.repeat(part.data, lengths[part.indices])
+        out = np.empty((n_rows, n_cols), dtype=np.float32)
+    per_entry = np.diff(right.indptr)[left.indices]  # right-hand entries each left entry adds
+    rows_at_once = max(1, _GATHER_ENTRIES * n_rows // max(int(per_entry.sum()), 1))
+    for a in range(0, n_rows, rows_at_once):
+        b = min(a + rows_at_once, n_rows)
+        lo, hi = left.indptr[a], left.indptr[b]
+        gathered = right[left.indices[lo:hi]]
+        gathered.data *= np.repeat(left.data[lo:hi], per_entry[lo:hi])
         summed = sp.csr_matrix(
-            (gathered.data, gathered.indices, gathered.indptr[part.indptr]),
-            shape=(part.shape[0], right.shape[1]),
+            (gathered.data, gathered.indices, gathered.indptr[left.indptr[a : b + 1] - lo]),
+            shape=(b - a, n_cols),
         )
-        view = out[a : a + part.shape[0]]
-        summed.toarray(out=view)
-        zeros_to_neg_inf(view)  # while the rows are still in cache
+        summed.toarray(out=out[a:b])
+        zeros_to_neg_inf(out[a:b])  # while the rows are still in cache
     return out
 
 
