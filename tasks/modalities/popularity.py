@@ -127,7 +127,8 @@ class PopularityModality:
         assert self._global is not None
         users = np.asarray(users, dtype=np.int64)
         if self._cats is None:
-            scores = np.repeat(self._global[None, :], len(users), axis=0)
+            scores = block_array((len(users), len(self._global)))
+            scores[...] = self._global
         else:
             assert self._prefs is not None and self._within is not None
             pref = self._prefs[users].toarray()
