@@ -40,7 +40,6 @@ _TOP_ROWS = 64  # users per selection task: their scores stay in cache between p
 _ITEM_CHUNK = 1024  # items per comparison task when a block is items × users
 _LOWEST = np.float32(np.finfo(np.float32).min)  # threshold floor, so -inf is never a candidate
 _pool: ThreadPoolExecutor | None = None
-_pool_pid = -1
 _pool_lock = threading.Lock()
 _in_worker = threading.local()
 _blas_users = 0
@@ -53,16 +52,25 @@ def _threads() -> int:
 
 
 def _executor() -> ThreadPoolExecutor:
-    """Process-wide pool, re-created after a fork (a forked child inherits no live threads)."""
-    global _pool, _pool_pid
+    """Process-wide pool, created on first use."""
+    global _pool
     with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
+        if _pool is None:
             _pool = ThreadPoolExecutor(
                 _threads(), thread_name_prefix="recfusion-chunks",
                 initializer=setattr, initargs=(_in_worker, "active", True),
             )
-            _pool_pid = os.getpid()
         return _pool
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits no live threads, and maybe a lock some thread held: start over."""
+    global _pool, _pool_lock, _blas_users, _blas_limit
+    _pool, _pool_lock, _blas_users, _blas_limit = None, threading.Lock(), 0, None
+    _blocks.reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
@@ -251,6 +259,9 @@ class _BlockPool:
     _KEEP = 2  # one block in flight plus one for a concurrent run
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self._lock = threading.Lock()
         self._runs = 0
         self._buffers: list[np.ndarray] = []

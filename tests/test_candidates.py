@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+
 import numpy as np
 import polars as pl
 import pytest
@@ -78,6 +80,16 @@ def test_parallel_chunks_keeps_order_and_covers_the_range() -> None:
 
     nested = parallel_chunks(outer, 100, 10)
     assert sum(nested) == 100
+
+
+def _covered(n: int) -> int:
+    return sum(b - a for a, b in parallel_chunks(lambda a, b: (a, b), n, 3))
+
+
+def test_pool_still_works_in_a_forked_child() -> None:
+    assert _covered(20) == 20  # the parent's pool exists before the fork
+    with mp.get_context("fork").Pool(1) as child:
+        assert child.apply(_covered, (30,)) == 30
 
 
 def test_blas_thread_limit_is_restored_after_parallel_chunks() -> None:
