@@ -1,0 +1,202 @@
+"""Stacking fusion on tiny synthetic candidates: features, a planted signal, the fused contract."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import pytest
+from threadpoolctl import threadpool_limits
+
+from tasks.dataset import Dataset, build_dataset
+from tasks.stacking import (
+    StackingModel,
+    StackingParams,
+    StackingUnavailable,
+    candidate_features,
+    feature_columns,
+    fit_stacker,
+    fuse_stacking,
+    label_pairs,
+)
+
+MODS = ["a", "b", "c"]  # "c" never proposes anything: its block must be all-absent
+FAST = StackingParams(max_iter=60, min_samples_leaf=5, early_stopping=False, n_bags=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny data: OpenMP threads in the boosted trees only add overhead on shared CPUs."""
+    with threadpool_limits(1):
+        yield
+
+
+def cands(rows: list[tuple[str, int, int, float, int]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema={"modality": pl.String, "user_idx": pl.Int32,
+                                      "item_idx": pl.Int32, "score": pl.Float32, "rank": pl.Int32},
+                        orient="row")
+
+
+def dataset(n_users: int, n_items: int, seed: int = 0) -> Dataset:
+    """Each user has 3 random items; user 0 has two friends; fixed timestamps."""
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), 3)
+    items = np.concatenate([rng.choice(n_items, 3, replace=False) for _ in range(n_users)])
+    ts = datetime(2024, 1, 1, tzinfo=UTC)
+    events = pl.DataFrame({
+        "user_id": [f"u{u:04d}" for u in users], "item_id": [f"i{i:04d}" for i in items],
+        "event_type": "listen", "value": 1.0, "ts": ts,
+    })
+    social = pl.DataFrame({"user_id": ["u0000", "u0000"], "friend_id": ["u0001", "u0002"]})
+    return build_dataset(events, social=social,
+                         user_ids=np.array([f"u{u:04d}" for u in range(n_users)], dtype=object),
+                         item_ids=np.array([f"i{i:04d}" for i in range(n_items)], dtype=object))
+
+
+def hand_made_dataset() -> Dataset:
+    """u0 has items 0, 1, 5 (two friends); u1 has items 5, 6 (play count 3 on item 6); u2 item 5."""
+    pairs = [(0, 0, 1.0), (0, 1, 1.0), (0, 5, 1.0), (1, 5, 1.0), (1, 6, 3.0), (2, 5, 1.0)]
+    events = pl.DataFrame({
+        "user_id": [f"u{u}" for u, _, _ in pairs], "item_id": [f"i{i}" for _, i, _ in pairs],
+        "event_type": "listen", "value": [v for _, _, v in pairs],
+        "ts": datetime(2024, 1, 1, tzinfo=UTC),
+    })
+    social = pl.DataFrame({"user_id": ["u0", "u0"], "friend_id": ["u1", "u2"]})
+    return build_dataset(events, social=social,
+                         user_ids=np.array(["u0", "u1", "u2"], dtype=object),
+                         item_ids=np.array([f"i{i}" for i in range(10)], dtype=object))
+
+
+def test_features_hand_made_case():
+    data = hand_made_dataset()
+    # user 0: a proposes items 5 (score 4) and 6 (score 2); b proposes item 6 only.
+    c = cands([("a", 0, 5, 4.0, 1), ("a", 0, 6, 2.0, 2), ("b", 0, 6, 0.5, 1)])
+    f = candidate_features(c, data, MODS, missing_rank=11)
+    assert f.columns == ["user_idx", "item_idx", *feature_columns(MODS)]
+    assert f.columns == candidate_features(c.filter(pl.col("modality") == "a"), data, MODS,
+                                           missing_rank=11).columns  # stable without b
+    assert f["item_idx"].to_list() == [5, 6]
+    i5, i6 = f.row(0, named=True), f.row(1, named=True)
+    assert (i5["a_score"], i5["a_norm"], i5["a_rank"], i5["a_inv_rank"], i5["a_present"]) == \
+        pytest.approx((4.0, 1.0, 1.0, 1.0, 1.0))
+    assert (i6["a_score"], i6["a_norm"], i6["a_rank"], i6["a_inv_rank"]) == \
+        pytest.approx((2.0, 0.0, 2.0, 0.5))
+    # b lists one item: a single score normalises to 1; item 5 is absent from b.
+    assert (i6["b_norm"], i6["b_rank"], i6["b_present"]) == pytest.approx((1.0, 1.0, 1.0))
+    assert (i5["b_score"], i5["b_norm"], i5["b_rank"], i5["b_present"]) == \
+        pytest.approx((0.0, 0.0, 11.0, 0.0))
+    assert (i5["c_rank"], i5["c_present"]) == pytest.approx((11.0, 0.0))
+    assert (i5["n_modalities"], i6["n_modalities"]) == (1.0, 2.0)
+    assert (i5["sum_norm"], i6["sum_norm"]) == pytest.approx((1.0, 1.0))
+    assert (i5["sum_rrf"], i6["sum_rrf"]) == pytest.approx((1 / 61, 1 / 62 + 1 / 61))
+    assert (i5["item_log_pop"], i6["item_log_pop"]) == pytest.approx((math.log1p(3), math.log1p(1)))
+    # confidence = log1p(play count): item 6's single listener played it 3 times
+    assert (i5["item_mean_confidence"], i6["item_mean_confidence"]) == \
+        pytest.approx((math.log1p(1), math.log1p(3)))
+    # u0's items 0, 1, 5 have 1, 1, 3 listeners
+    assert i5["user_mean_item_log_pop"] == pytest.approx(
+        (2 * math.log1p(1) + math.log1p(3)) / 3)
+    assert i5["user_log_activity"] == pytest.approx(math.log1p(3))
+    assert i5["user_log_degree"] == pytest.approx(math.log1p(2))
+    assert i5["item_age_days"] == 0.0  # every event has the same timestamp
+    assert f.select(feature_columns(MODS)).null_count().sum_horizontal().item() == 0
+
+
+def planted(n_users: int = 120, n_items: int = 60, per_list: int = 8, seed: int = 1
+            ) -> tuple[pl.DataFrame, pl.DataFrame, Dataset]:
+    """Random lists from a and b; the truth is exactly a's top-1 item per user."""
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[str, int, int, float, int]] = []
+    for u in range(n_users):
+        for m in ("a", "b"):
+            items = rng.choice(n_items, per_list, replace=False)
+            scores = np.sort(rng.random(per_list))[::-1]
+            rows += [(m, u, int(i), float(s), r + 1) for r, (i, s) in enumerate(
+                zip(items, scores, strict=True))]
+    c = cands(rows)
+    truth = c.filter((pl.col("modality") == "a") & (pl.col("rank") == 1)).select(
+        "user_idx", "item_idx")
+    return c, truth, dataset(n_users, n_items, seed)
+
+
+@pytest.mark.parametrize("learner", ["hgb", "logistic"])
+def test_planted_signal_is_learned(learner: str):
+    c, truth, data = planted()
+    model = fit_stacker(c, truth, data, MODS, seed=3,
+                        params=StackingParams(**{**FAST.__dict__, "learner": learner}))
+    assert model.learner == learner
+    fresh, fresh_truth, fresh_data = planted(seed=2)  # unseen users' lists
+    fused = fuse_stacking(fresh, fresh_data, model, k=5)
+    first = fused.filter(pl.col("rank") == 1).select("user_idx", "item_idx")
+    hit = first.join(fresh_truth, on=["user_idx", "item_idx"], how="semi").height
+    assert hit / fresh_truth.height >= 0.95
+
+
+def test_fused_shape_rank_contract_and_contributions():
+    c, truth, data = planted()
+    model = fit_stacker(c, truth, data, MODS, params=FAST)
+    # user 999-like edge: user 0 keeps only two candidates -> ranks 1..2 only.
+    short = c.filter((pl.col("user_idx") != 0) | ((pl.col("modality") == "a")
+                                                  & (pl.col("rank") <= 2)))
+    k = 5
+    fused = fuse_stacking(short, data, model, k=k, modalities=MODS, block_users=7)
+    assert fused.schema == pl.Schema({
+        "user_idx": pl.Int32, "item_idx": pl.Int32, "score": pl.Float64, "rank": pl.Int32,
+        "contrib_a": pl.Float64, "contrib_b": pl.Float64, "contrib_c": pl.Float64})
+    ranks = fused.group_by("user_idx").agg(pl.col("rank").sort(), pl.len())
+    for r, n in zip(ranks["rank"].to_list(), ranks["len"].to_list(), strict=True):
+        assert r == list(range(1, n + 1))
+    assert fused.filter(pl.col("user_idx") == 0).height == 2
+    assert ranks["len"].max() == k
+    assert fused.select("user_idx", "item_idx").is_unique().all()
+    # scores descend within each user, ties broken by item index
+    ordered = fused.sort("user_idx", "score", "item_idx", descending=[False, True, False])
+    assert ordered["rank"].to_list() == fused.sort("user_idx", "rank")["rank"].to_list()
+    # contributions: within [0, score]; c never proposes anything; b absent -> 0
+    for m in MODS:
+        col = fused[f"contrib_{m}"]
+        assert (col >= 0).all() and (col <= fused["score"] + 1e-12).all()
+    assert (fused["contrib_c"] == 0.0).all()
+    proposed_by_b = short.filter(pl.col("modality") == "b").select("user_idx", "item_idx")
+    only_a = fused.join(proposed_by_b, on=["user_idx", "item_idx"], how="anti")
+    assert only_a.height > 0 and (only_a["contrib_b"] == 0.0).all()
+    # the planted modality carries the top items: a's contribution dominates at rank 1
+    top = fused.filter(pl.col("rank") == 1)
+    mean_a = float(top["contrib_a"].to_numpy().mean())
+    assert mean_a > float(top["contrib_b"].to_numpy().mean())
+    assert mean_a > 0.1
+
+
+def test_deterministic_and_modality_mismatch_rejected():
+    c, truth, data = planted(n_users=60)
+    one = fuse_stacking(c, data, fit_stacker(c, truth, data, MODS, seed=5, params=FAST), k=3)
+    two = fuse_stacking(c, data, fit_stacker(c, truth, data, MODS, seed=5, params=FAST), k=3)
+    assert one.equals(two)
+    model = fit_stacker(c, truth, data, MODS, params=FAST)
+    assert model.blend_weights is not None and set(model.blend_weights) == set(MODS)
+    auto = fit_stacker(c, truth, data, MODS, params=StackingParams(learner="auto"))
+    assert auto.learner == "logistic"  # 60 positives: too few for boosted trees
+    bagged = fit_stacker(c, truth, data, MODS, params=StackingParams(
+        learner="hgb", n_bags=2, max_iter=10, min_samples_leaf=5, early_stopping=False))
+    assert len(bagged.estimators) == 2 and bagged.summary()["bags"] == 2
+    with pytest.raises(ValueError, match="differ"):
+        fuse_stacking(c, data, model, k=3, modalities=["a", "b"])
+    empty = fuse_stacking(c.clear(), data, model, k=3)
+    assert empty.height == 0 and "contrib_c" in empty.columns
+
+
+def test_degenerate_labels_raise_stacking_unavailable():
+    c, truth, data = planted(n_users=30)
+    with pytest.raises(StackingUnavailable):
+        fit_stacker(c, truth.clear(), data, MODS, params=FAST)  # no positives
+    features = candidate_features(c, data, MODS)
+    model = StackingModel(tuple(MODS), missing_rank=9, params=FAST)
+    with pytest.raises(StackingUnavailable):
+        model.fit(features, np.ones(features.height))  # no negatives
+    with pytest.raises(StackingUnavailable):
+        fit_stacker(c.clear(), truth, data, MODS, params=FAST)  # no candidates
+    labels = label_pairs(features, truth)
+    assert labels.sum() == truth.height
