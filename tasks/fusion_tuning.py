@@ -1,7 +1,9 @@
 """Learn how to fuse on a validation window, then apply that plan to fresh candidates.
 
 Tuning only ever sees candidates from models fitted strictly before the validation window, so the
-plan it returns can be evaluated on a later window without leakage.
+plan it returns can be evaluated on a later window without leakage. With `auto`, every strategy
+is fitted on half of the validation users and compared on the other half (so a learned stacker
+is not judged on its own training labels); the winner is then refitted on all of them.
 """
 
 from __future__ import annotations
@@ -9,15 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from tasks.dataset import Dataset
 from tasks.fusion import (
     DEFAULT_SEGMENT,
     CandidateTable,
     Normalisation,
-    SegmentWeights,
     candidate_table,
     fuse_table,
 )
@@ -37,6 +40,7 @@ class FusionPlan:
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
     validation_ndcg: dict[str, float] = field(default_factory=dict)
     alternatives: list[FusionPlan] = field(default_factory=list)  # every plan that was compared
+    stacker: Any = field(default=None, repr=False)  # a fitted tasks.stacking.StackingModel
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -52,8 +56,18 @@ def apply_plan(
     plan: FusionPlan,
     k: int,
     segments: pl.DataFrame | None,
+    data: Dataset | None = None,
 ) -> pl.DataFrame:
-    """Fuse with a plan; pass a CandidateTable built with the plan's normalisation to reuse it."""
+    """Fuse with a plan; pass a CandidateTable built with the plan's normalisation to reuse it.
+
+    Stacking needs the raw candidate frame and the Dataset the candidates came from.
+    """
+    if plan.strategy == "stacking":
+        from tasks.stacking import fuse_stacking
+
+        if not isinstance(candidates, pl.DataFrame) or data is None:
+            raise ValueError("stacking needs the candidate frame and its Dataset")
+        return fuse_stacking(candidates, data, plan.stacker, k)
     normalisation = plan.normalisation if plan.strategy == "weighted" else "minmax"
     if isinstance(candidates, CandidateTable):
         if candidates.normalisation != normalisation:
@@ -72,11 +86,15 @@ def apply_plans(
     k: int,
     segments: pl.DataFrame | None,
     tables: dict[str, CandidateTable] | None = None,
+    data: Dataset | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Fuse with several plans, building each normalisation's candidate table only once."""
     tables = {} if tables is None else tables
     out = {}
     for plan in plans:
+        if plan.strategy == "stacking":
+            out[plan.strategy] = apply_plan(candidates, plan, k, segments, data)
+            continue
         normalisation = plan.normalisation if plan.strategy == "weighted" else "minmax"
         if normalisation not in tables:
             tables[normalisation] = candidate_table(candidates, normalisation)
@@ -167,6 +185,73 @@ def tune_weights(
     return dict(zip(modalities, weights.tolist(), strict=True)), best
 
 
+def tune_segment_weights(
+    table: CandidateTable, truth: pl.DataFrame, k: int, segments: pl.DataFrame
+) -> dict[str, dict[str, float]]:
+    """Weights per user segment (cold users get their own blend), each tuned on its own users."""
+    seg_of = segments.select(pl.col("user_idx").cast(pl.Int32), "segment")
+    tuned: dict[str, dict[str, float]] = {}
+    for segment in sorted(seg_of["segment"].unique().to_list()):
+        users = seg_of.filter(pl.col("segment") == segment).select("user_idx")
+        seg_truth = truth.join(users, on="user_idx", how="semi")
+        if seg_truth.height == 0:
+            continue
+        seg_table = CandidateTable(
+            table.frame.join(users, on="user_idx", how="semi"),
+            table.modalities,
+            table.normalisation,
+        )
+        tuned[segment], score = tune_weights(seg_table, seg_truth, k)
+        log.info("tuned weights for %s users: %s (ndcg %.4f)", segment, tuned[segment], score)
+    return tuned or {DEFAULT_SEGMENT: dict.fromkeys(table.modalities, 1.0)}
+
+
+def fit_plan(
+    strategy: str,
+    candidates: pl.DataFrame,
+    truth: pl.DataFrame,
+    k: int,
+    segments: pl.DataFrame,
+    data: Dataset | None,
+    normalisation: Normalisation = "minmax",
+    fixed_weights: Mapping[str, float] | None = None,
+    seed: int = 7,
+) -> FusionPlan | None:
+    """Fit one strategy on (candidates, truth); None when it cannot be fitted (stacking w/o data)."""
+    fixed = {DEFAULT_SEGMENT: dict(fixed_weights)} if fixed_weights else None
+    if strategy == "weighted":
+        weights = fixed or tune_segment_weights(
+            candidate_table(candidates, normalisation), truth, k, segments
+        )
+        return FusionPlan("weighted", normalisation, {s: dict(w) for s, w in weights.items()})
+    if strategy in RANK_STRATEGIES:
+        return FusionPlan(strategy, weights=fixed or {})
+    if strategy == "stacking":
+        from tasks.stacking import StackingUnavailable, fit_stacker
+
+        if data is None:
+            return None
+        modalities = sorted(candidates["modality"].unique().to_list())
+        try:
+            stacker = fit_stacker(candidates, truth, data, modalities, seed=seed)
+        except StackingUnavailable as exc:
+            log.warning("stacking unavailable: %s", exc)
+            return None
+        return FusionPlan("stacking", stacker=stacker)
+    raise ValueError(f"unknown fusion strategy {strategy!r}")
+
+
+def _ndcg(fused: pl.DataFrame, truth: pl.DataFrame, k: int) -> float:
+    from tasks.metrics import ranking_metrics
+
+    recs = fused.select(
+        pl.col("user_idx").alias("user_id"), pl.col("item_idx").alias("item_id"), "rank"
+    )
+    return ranking_metrics(recs, truth.rename({"user_idx": "user_id", "item_idx": "item_id"}), k)[
+        "ndcg"
+    ]
+
+
 def choose_plan(
     candidates: pl.DataFrame,
     truth: pl.DataFrame,
@@ -175,69 +260,52 @@ def choose_plan(
     strategy: str = "auto",
     normalisation: Normalisation = "minmax",
     fixed_weights: Mapping[str, float] | None = None,
+    data: Dataset | None = None,
+    seed: int = 7,
 ) -> FusionPlan:
-    """Tune weights per segment and, for `auto`, pick the strategy with the best validation NDCG."""
-    seg_of = segments.select(pl.col("user_idx").cast(pl.Int32), "segment")
-    weighted_table = candidate_table(candidates, normalisation)
-    weights: SegmentWeights
-    if fixed_weights:
-        weights = {DEFAULT_SEGMENT: dict(fixed_weights)}
-    else:
-        tuned: dict[str, dict[str, float]] = {}
-        for segment in sorted(seg_of["segment"].unique().to_list()):
-            users = seg_of.filter(pl.col("segment") == segment).select("user_idx")
-            seg_truth = truth.join(users, on="user_idx", how="semi")
-            if seg_truth.height == 0:
-                continue
-            seg_table = CandidateTable(
-                weighted_table.frame.join(users, on="user_idx", how="semi"),
-                weighted_table.modalities,
-                normalisation,
-            )
-            w, score = tune_weights(seg_table, seg_truth, k)
-            tuned[segment] = w
-            log.info(
-                "tuned %s weights for %s users: %s (validation ndcg %.4f)",
-                normalisation,
-                segment,
-                w,
-                score,
-            )
-        weights = tuned or {DEFAULT_SEGMENT: dict.fromkeys(candidates["modality"].unique(), 1.0)}
-    plans = [FusionPlan("weighted", normalisation, {s: dict(w) for s, w in weights.items()})]
-    if strategy == "auto":
-        plans += [FusionPlan(s) for s in RANK_STRATEGIES]
-    elif strategy != "weighted":
-        plans = [
-            FusionPlan(
-                strategy, weights={s: dict(w) for s, w in weights.items()} if fixed_weights else {}
-            )
-        ]
-    return best_plan(plans, candidates, truth, k, segments, {normalisation: weighted_table})
+    """Fit the requested strategy, or for `auto` pick the best one on held-apart users.
 
+    `auto`: validation users are split in two halves; every strategy is fitted on one half and
+    scored (NDCG@k) on the other; the winner is refitted on all users. A strategy that cannot be
+    fitted falls back to `weighted`. The returned plan lists every refitted alternative.
+    """
+    strategies = ["weighted", *RANK_STRATEGIES, "stacking"] if strategy == "auto" else [strategy]
 
-def best_plan(
-    plans: Sequence[FusionPlan],
-    candidates: pl.DataFrame,
-    truth: pl.DataFrame,
-    k: int,
-    segments: pl.DataFrame,
-    tables: dict[str, CandidateTable] | None = None,
-) -> FusionPlan:
-    """Evaluate each plan on the validation truth; the winner carries every plan's score."""
-    from tasks.metrics import ranking_metrics
+    def fit(name: str, cands: pl.DataFrame, labels: pl.DataFrame) -> FusionPlan | None:
+        return fit_plan(name, cands, labels, k, segments, data, normalisation, fixed_weights, seed)
 
     scores: dict[str, float] = {}
-    fused_by_strategy = apply_plans(candidates, plans, k, segments, tables)
-    for plan in plans:
-        fused = fused_by_strategy[plan.strategy]
-        recs = fused.select(
-            pl.col("user_idx").alias("user_id"), pl.col("item_idx").alias("item_id"), "rank"
-        )
-        scores[plan.strategy] = ranking_metrics(
-            recs, truth.rename({"user_idx": "user_id", "item_idx": "item_id"}), k
-        )["ndcg"]
-    winner = max(plans, key=lambda p: scores[p.strategy])
+    half_fitted: dict[str, FusionPlan] = {}
+    if len(strategies) > 1 and truth.height:
+        users = truth.select("user_idx").unique().sort("user_idx")
+        rng = np.random.default_rng(seed)
+        half = users.filter(pl.Series(rng.random(users.height) < 0.5))
+        fit_c = candidates.join(half, on="user_idx", how="semi")
+        fit_t = truth.join(half, on="user_idx", how="semi")
+        held_c = candidates.join(half, on="user_idx", how="anti")
+        held_t = truth.join(half, on="user_idx", how="anti")
+        for name in strategies:
+            plan = fit(name, fit_c, fit_t)
+            if plan is not None:
+                half_fitted[name] = plan
+                scores[name] = _ndcg(apply_plan(held_c, plan, k, segments, data), held_t, k)
+        log.info("fusion strategies on held-apart validation users: %s", scores)
+    best = max(scores, key=lambda n: scores[n]) if scores else None
+    finals = []
+    for name in strategies:
+        # A learned stacker is costly: refit it on all users only when it is the winner.
+        expensive_loser = name == "stacking" and name != best and name in half_fitted
+        plan = half_fitted[name] if expensive_loser else fit(name, candidates, truth)
+        if plan is not None:
+            finals.append(plan)
+    if not finals:
+        finals = [fit("weighted", candidates, truth) or FusionPlan("weighted")]
+    if not scores:
+        scores = {
+            p.strategy: _ndcg(apply_plan(candidates, p, k, segments, data), truth, k)
+            for p in finals
+        }
+    winner = max(finals, key=lambda p: scores.get(p.strategy, float("-inf")))
     winner.validation_ndcg = scores
-    winner.alternatives = list(plans)
+    winner.alternatives = finals
     return winner

@@ -84,16 +84,23 @@ def _fixed_plan(params: RunParameters, modalities: list[str]) -> FusionPlan:
 
 
 def _plan(
-    cands: CandidateSet, truth: pl.DataFrame, segments: pl.DataFrame, params: RunParameters
+    cands: CandidateSet,
+    truth: pl.DataFrame,
+    segments: pl.DataFrame,
+    data: Dataset,
+    params: RunParameters,
+    strategy: str | None = None,
 ) -> FusionPlan:
     return choose_plan(
         cands.candidates,
         truth,
         params.top_k,
         segments,
-        params.fusion.strategy,
+        strategy or params.fusion.strategy,
         params.fusion.normalisation,
         params.fusion.weights,
+        data=data,
+        seed=params.seed,
     )
 
 
@@ -130,6 +137,7 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
             valid_cands,
             _truth_idx(inner.truth, valid),
             user_segments(valid, params.fusion.cold_history_max),
+            valid,
             params,
         )
     else:
@@ -138,16 +146,19 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
     lists = modality_lists(train_cands, k)
     tables: dict[str, CandidateTable] = {}
     lists |= apply_plans(
-        train_cands.candidates, eval_plan.alternatives or [eval_plan], k, train_segments, tables
+        train_cands.candidates,
+        eval_plan.alternatives or [eval_plan],
+        k,
+        train_segments,
+        tables,
+        data=train,
     )
-    lists["fused"] = apply_plans(train_cands.candidates, [eval_plan], k, train_segments, tables)[
-        eval_plan.strategy
-    ]
+    lists["fused"] = lists[eval_plan.strategy]
     pool = train_cands.candidates.select("user_idx", "item_idx").unique()
     metrics = evaluate_lists(lists, test_truth, train, k, train_segments, pool=pool)
 
-    # The plan to publish is tuned on the latest window: train -> test.
-    plan = _plan(train_cands, test_truth, train_segments, params)
+    # The strategy was chosen on validation; the plan to publish refits it on the latest window.
+    plan = _plan(train_cands, test_truth, train_segments, train, params, eval_plan.strategy)
     return Evaluation(metrics, plan, eval_plan, outer.kind, test_truth["user_idx"].n_unique())
 
 
@@ -159,7 +170,7 @@ def recommend(
     cands = generate_candidates(full, params)
     plan = plan or _fixed_plan(params, cands.modalities)
     segments = user_segments(full, params.fusion.cold_history_max)
-    fused = apply_plan(cands.candidates, plan, params.top_k, segments)
+    fused = apply_plan(cands.candidates, plan, params.top_k, segments, data=full)
     seconds = dict(cands.seconds)
     seconds["recommend_total"] = time.perf_counter() - start
     return Recommendations(full, cands, fused, segments, seconds)
