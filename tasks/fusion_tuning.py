@@ -217,7 +217,7 @@ def fit_plan(
     fixed_weights: Mapping[str, float] | None = None,
     seed: int = 7,
 ) -> FusionPlan | None:
-    """Fit one strategy on (candidates, truth); None when it cannot be fitted (stacking w/o data)."""
+    """Fit one strategy on (candidates, truth); None when it cannot be fitted (e.g. stacking)."""
     fixed = {DEFAULT_SEGMENT: dict(fixed_weights)} if fixed_weights else None
     if strategy == "weighted":
         weights = fixed or tune_segment_weights(
