@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from tasks.candidates import top_n
+from tasks.candidates import CANDIDATE_SCHEMA, top_n
 from tasks.dataset import Dataset
 from tasks.modalities.base import Modality
 from tasks.modalities.behavior import make_behavior
@@ -84,13 +84,5 @@ def generate_candidates(
             "modality", "user_idx", "item_idx", "score", "rank"
         )
     else:
-        out.candidates = pl.DataFrame(
-            schema={
-                "modality": pl.String,
-                "user_idx": pl.Int32,
-                "item_idx": pl.Int32,
-                "score": pl.Float32,
-                "rank": pl.Int32,
-            }
-        )
+        out.candidates = pl.DataFrame(schema={"modality": pl.String, **CANDIDATE_SCHEMA})
     return out
