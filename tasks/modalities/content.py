@@ -98,17 +98,19 @@ def history_weights(
 
 
 _NEG_INF_BITS = np.int32(np.array(-np.inf, dtype=np.float32).view(np.int32))  # 0xFF800000
-_GATHER_ENTRIES = 1 << 19  # right-hand entries `product_to_scores` gathers at once (cache-sized)
+_GATHER_ENTRIES = 1 << 18  # right-hand entries `product_to_scores` gathers at once (cache-sized)
 
 
-def zeros_to_neg_inf(scores: np.ndarray) -> None:
+def zeros_to_neg_inf(scores: np.ndarray, scratch: np.ndarray | None = None) -> None:
     """In place: every ±0 entry of a float32 array becomes -inf (no evidence).
 
     Done on the bit pattern (OR with -inf's bits where the value is zero) because numpy's masked
     assignment branches per element and, on the ~50 % masks of near-dense scores, mispredicts
-    its way to several times the cost of these vectorised passes.
+    its way to several times the cost of these vectorised passes. `scratch`: an int32 buffer of
+    at least `scores.size` entries, reused across calls.
     """
-    mask = np.equal(scores, 0, out=np.empty(scores.shape, dtype=np.int32), casting="unsafe")
+    buf = scratch[: scores.size] if scratch is not None else np.empty(scores.size, np.int32)
+    mask = np.equal(scores, 0, out=buf.reshape(scores.shape), casting="unsafe")
     mask *= _NEG_INF_BITS
     bits = scores.view(np.int32)
     bits |= mask
@@ -145,6 +147,7 @@ def product_to_scores(
         out = np.empty((n_rows, n_cols), dtype=np.float32)
     per_entry = np.diff(right.indptr)[left.indices]  # right-hand entries each left entry adds
     rows_at_once = max(1, _GATHER_ENTRIES * n_rows // max(int(per_entry.sum()), 1))
+    scratch = np.empty(min(rows_at_once, n_rows) * n_cols, dtype=np.int32)
     for a in range(0, n_rows, rows_at_once):
         b = min(a + rows_at_once, n_rows)
         lo, hi = left.indptr[a], left.indptr[b]
@@ -155,7 +158,7 @@ def product_to_scores(
             shape=(b - a, n_cols),
         )
         summed.toarray(out=out[a:b])
-        zeros_to_neg_inf(out[a:b])  # while the rows are still in cache
+        zeros_to_neg_inf(out[a:b], scratch)  # while the rows are still in cache
     return out
 
 
