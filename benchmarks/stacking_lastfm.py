@@ -142,9 +142,10 @@ def configs(quick: bool) -> list[tuple[str, StackingParams]]:
         return out
     return out + [
         ("logistic neg/pos=20", replace(base, negatives_per_positive=20.0)),
-        ("logistic no blend feature", replace(base, tune_blend=False)),
+        ("logistic + tuned blend feature", replace(base, tune_blend=True)),
         ("logistic no context", replace(base, drop_features=CONTEXT)),
-        ("hgb x3 bags neg/pos=20", replace(base, learner="hgb", negatives_per_positive=20.0)),
+        ("hgb x3 bags neg/pos=20 + tuned blend",
+         replace(base, learner="hgb", negatives_per_positive=20.0, tune_blend=True)),
     ]
 
 

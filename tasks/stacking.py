@@ -223,7 +223,9 @@ class StackingParams:
     # users × candidates, so the cap bounds memory at scale; on Last.fm it keeps almost all.
     negatives_per_positive: float | None = 100.0
     n_bags: int = 3  # hgb: models on different negative samples/seeds, averaged (less variance)
-    tune_blend: bool = True  # tune `blend_norm` weights on the training labels (fit_stacker)
+    # Tune `blend_norm` weights on the training labels in fit_stacker (helps trees, which
+    # approximate weighted sums poorly; a logistic model forms the blend itself).
+    tune_blend: bool = False
     max_iter: int = 300
     learning_rate: float = 0.05
     max_leaf_nodes: int = 31

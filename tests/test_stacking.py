@@ -176,7 +176,9 @@ def test_deterministic_and_modality_mismatch_rejected():
     two = fuse_stacking(c, data, fit_stacker(c, truth, data, MODS, seed=5, params=FAST), k=3)
     assert one.equals(two)
     model = fit_stacker(c, truth, data, MODS, params=FAST)
-    assert model.blend_weights is not None and set(model.blend_weights) == set(MODS)
+    assert model.blend_weights is None  # default: blend_norm = CombSUM
+    tuned = fit_stacker(c, truth, data, MODS, params=StackingParams(tune_blend=True))
+    assert tuned.blend_weights is not None and set(tuned.blend_weights) == set(MODS)
     auto = fit_stacker(c, truth, data, MODS, params=StackingParams(learner="auto"))
     assert auto.learner == "logistic"  # 60 positives: too few for boosted trees
     bagged = fit_stacker(c, truth, data, MODS, params=StackingParams(
