@@ -400,10 +400,11 @@ def fuse_stacking(candidates: pl.DataFrame, data: Dataset, model: StackingModel,
 
     Returns user_idx, item_idx, score (stacker probability), rank (1..k, contiguous per user,
     ties by item index) and contrib_<m> for every modality of the model. Contribution of m =
-    max(0, score − score with m's features set to "absent" and n_modalities reduced accordingly):
-    how much the prediction relies on m having proposed the item (leave-one-modality-out, one
-    extra predict per modality on the top-k rows only). A modality that did not propose the item
-    contributes exactly 0; contributions need not sum to the score (redundant evidence shares
+    max(0, score − score with m's features set to "absent" and the cross-modality aggregates
+    recomputed without m): how much the prediction relies on m having proposed the item
+    (leave-one-modality-out, one extra predict per modality on the top-k rows only). A modality
+    that did not propose the item contributes exactly 0, and so does one whose presence lowers
+    the score (clipped); contributions need not sum to the score (redundant evidence shares
     credit, synergies can exceed it). Users are processed in blocks to bound feature memory.
     """
     mods = list(model.modalities)
