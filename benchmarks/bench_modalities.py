@@ -34,7 +34,9 @@ def _load(source: Path) -> Any:
     from tasks.dataset import build_dataset
 
     return build_dataset(
-        pl.read_parquet(source / "events.parquet"),
+        pl.read_parquet(
+            source / "events.parquet", columns=["user_id", "item_id", "event_type", "value", "ts"]
+        ),
         items=pl.read_parquet(source / "items.parquet"),
         social=pl.read_parquet(source / "social.parquet"),
     )

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
 ValueTransform = Literal["log1p", "raw", "binary"]
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "purchase": 4.0,
@@ -45,7 +46,7 @@ class Dataset:
     user_ids: np.ndarray  # index -> user_id (str)
     item_ids: np.ndarray  # index -> item_id (str)
     interactions: sp.csr_matrix  # users × items, float32 confidence
-    events: pl.DataFrame  # user_idx, item_idx, event_type, value, ts (the rows behind the matrix)
+    events: pl.DataFrame  # user_idx, item_idx, ts: the events behind the matrix (for recency)
     items: pl.DataFrame | None = None  # item_idx-ordered attributes (item_id, title, text, tags, …)
     social: sp.csr_matrix | None = None  # users × users tie strength (directed)
     as_of: datetime | None = None
@@ -112,31 +113,40 @@ def _index(ids: np.ndarray, name: str) -> pl.DataFrame:
 
 
 def event_confidence(
-    events: pl.DataFrame, weighting: InteractionWeighting, as_of: datetime | None
-) -> pl.DataFrame:
+    events: FrameT, weighting: InteractionWeighting, as_of: datetime | None
+) -> FrameT:
     """Per-event weight = type weight × value × optional recency decay (vectorised)."""
-    weights = pl.DataFrame(
-        {
-            "event_type": list(weighting.event_weights),
-            "type_weight": list(weighting.event_weights.values()),
-        },
-        schema={"event_type": pl.String, "type_weight": pl.Float64},
-    )
-    out = events.join(weights, on="event_type", how="left").with_columns(
-        pl.col("type_weight").fill_null(weighting.unknown_event_weight)
+    type_weight = (
+        pl.col("event_type")
+        .cast(pl.String)
+        .replace_strict(
+            dict(weighting.event_weights),
+            default=weighting.unknown_event_weight,
+            return_dtype=pl.Float64,
+        )
     )
     value = pl.col("value").fill_null(1.0).clip(lower_bound=0.0)
     if weighting.value_transform == "binary":
         value = pl.lit(1.0)
     elif weighting.value_transform == "log1p":
         value = value.log1p()
-    conf = pl.col("type_weight") * value
+    conf = type_weight * value
     if weighting.half_life_days and as_of is not None:
         age_days = (
             pl.lit(as_of).dt.replace_time_zone("UTC") - pl.col("ts")
         ).dt.total_seconds() / 86400.0
         conf = conf * (0.5 ** (age_days.clip(lower_bound=0.0) / weighting.half_life_days))
-    return out.with_columns(confidence=conf)
+    return events.with_columns(confidence=conf)
+
+
+def _codes(column: str, ids: np.ndarray) -> pl.Expr:
+    """Index of each id in the sorted id space (null if absent), without a join.
+
+    Casting to an Enum over the id space is a hash lookup per row that keeps no string copy,
+    which is what keeps a 5M-event snapshot well under a gigabyte.
+    """
+    space = pl.Enum(pl.Series(ids, dtype=pl.String))
+    return pl.col(column).cast(pl.String).cast(space, strict=False).to_physical().cast(pl.Int32)
 
 
 def build_dataset(
@@ -152,6 +162,7 @@ def build_dataset(
     """Build a snapshot from contract-shaped frames (events: user, item, event_type, value, ts).
 
     `user_ids`/`item_ids` pin the id space, so a training split and the full data share indexes.
+    Events whose user or item is outside a pinned space are dropped.
     """
     weighting = weighting or InteractionWeighting()
     if user_ids is None:
@@ -163,21 +174,29 @@ def build_dataset(
         )
     if item_ids is None:
         item_ids = _id_space(events["item_id"], items["item_id"] if items is not None else None)
-    user_index, item_index = _index(user_ids, "user_id"), _index(item_ids, "item_id")
+    item_index = _index(item_ids, "item_id")
 
-    indexed = events.join(user_index, on="user_id", how="inner").join(
-        item_index, on="item_id", how="inner"
-    )
-    weighted = event_confidence(indexed, weighting, as_of)
-    pairs = weighted.group_by("user_idx", "item_idx").agg(pl.col("confidence").sum())
-    matrix = sp.csr_matrix(
+    indexed = event_confidence(
+        events.lazy()
+        .select(
+            _codes("user_id", user_ids).alias("user_idx"),
+            _codes("item_id", item_ids).alias("item_idx"),
+            "event_type",
+            "value",
+            "ts",
+        )
+        .drop_nulls(["user_idx", "item_idx"]),
+        weighting,
+        as_of,
+    ).select("user_idx", "item_idx", "ts", "confidence").collect()
+    # COO → CSR sums the events of a (user, item) pair: no hash group-by over millions of rows.
+    matrix = sp.coo_matrix(
         (
-            pairs["confidence"].to_numpy().astype(np.float32),
-            (pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy()),
+            indexed["confidence"].to_numpy().astype(np.float32),
+            (indexed["user_idx"].to_numpy(), indexed["item_idx"].to_numpy()),
         ),
         shape=(len(user_ids), len(item_ids)),
-        dtype=np.float32,
-    )
+    ).tocsr()
     matrix.sort_indices()
     # An all-zero confidence (e.g. value 0) is still an interaction: keep it visible as "seen".
     matrix.data = np.maximum(matrix.data, np.float32(1e-6))
@@ -194,12 +213,12 @@ def build_dataset(
                 if "weight" in social.columns
                 else pl.lit(1.0).alias("weight")
             )
-            .join(user_index, on="user_id", how="inner")
-            .join(
-                user_index.rename({"user_id": "friend_id", "user_idx": "friend_idx"}),
-                on="friend_id",
-                how="inner",
+            .select(
+                _codes("user_id", user_ids).alias("user_idx"),
+                _codes("friend_id", user_ids).alias("friend_idx"),
+                "weight",
             )
+            .drop_nulls(["user_idx", "friend_idx"])
             .filter(pl.col("user_idx") != pl.col("friend_idx"))
             .group_by("user_idx", "friend_idx")
             .agg(pl.col("weight").max())
@@ -217,7 +236,7 @@ def build_dataset(
         user_ids=user_ids,
         item_ids=item_ids,
         interactions=matrix,
-        events=indexed.select("user_idx", "item_idx", "event_type", "value", "ts"),
+        events=indexed.drop("confidence"),
         items=item_frame,
         social=social_matrix,
         as_of=as_of,

@@ -1,0 +1,73 @@
+"""The snapshot every modality is fitted on: id spaces, confidence weighting, side tables."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+
+from tasks.dataset import InteractionWeighting, build_dataset
+
+TS = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _events(rows: list[tuple[str, str, str, float | None]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "event_type": [r[2] for r in rows],
+            "value": [r[3] for r in rows],
+            "ts": [TS] * len(rows),
+        },
+        schema_overrides={"value": pl.Float64},
+    )
+
+
+def test_events_of_a_pair_are_summed_with_type_weights_and_log_values() -> None:
+    data = build_dataset(
+        _events([("u1", "a", "purchase", 1.0), ("u1", "a", "view", 3.0), ("u2", "b", "odd", None)]),
+        weighting=InteractionWeighting(unknown_event_weight=0.5),
+    )
+    m = data.interactions.toarray()
+    assert list(data.user_ids) == ["u1", "u2"] and list(data.item_ids) == ["a", "b"]
+    assert math.isclose(m[0, 0], 4.0 * math.log1p(1.0) + 0.25 * math.log1p(3.0), rel_tol=1e-6)
+    assert math.isclose(m[1, 1], 0.5 * math.log1p(1.0), rel_tol=1e-6)  # null value counts as 1
+    assert m[0, 1] == 0 and m[1, 0] == 0
+    assert data.events.columns == ["user_idx", "item_idx", "ts"]
+    assert data.events.height == 3
+
+
+def test_pinned_id_space_drops_unknown_ids_and_keeps_indexes() -> None:
+    data = build_dataset(
+        _events(
+            [("u2", "b", "like", 1.0), ("stranger", "a", "like", 1.0), ("u1", "zz", "like", 1.0)]
+        ),
+        user_ids=np.array(["u1", "u2", "u3"], dtype=object),
+        item_ids=np.array(["a", "b"], dtype=object),
+    )
+    assert data.interactions.shape == (3, 2)
+    assert data.interactions.nnz == 1
+    assert data.interactions[1, 1] > 0  # u2 × b kept at its pinned indexes
+    assert data.events["user_idx"].to_list() == [1]
+
+
+def test_zero_valued_event_is_still_seen() -> None:
+    data = build_dataset(_events([("u", "a", "listen", 0.0)]))
+    assert data.seen().toarray().tolist() == [[1.0]]
+
+
+def test_social_edges_map_to_user_indexes_keep_max_weight_and_drop_self_loops() -> None:
+    social = pl.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u3"],
+            "friend_id": ["u2", "u2", "u2", "u1"],
+            "weight": [1.0, 3.0, 5.0, None],
+        }
+    )
+    data = build_dataset(_events([("u1", "a", "like", 1.0)]), social=social)
+    assert list(data.user_ids) == ["u1", "u2", "u3"]  # friends join the user space
+    assert data.social is not None
+    assert data.social.toarray().tolist() == [[0, 3, 0], [0, 0, 0], [1, 0, 0]]
