@@ -9,13 +9,13 @@ import scipy.sparse as sp
 
 from tasks.candidates import top_n
 from tasks.dataset import Dataset
+from tasks.modalities.als_solver import cg_half_sweep
 from tasks.modalities.base import Modality
 from tasks.modalities.behavior import (
     AlsModel,
     BehaviorParams,
     EaseModel,
     ItemKnnModel,
-    als_half_sweep,
     choose_algorithm,
     ease_weights,
     knn_similarity,
@@ -99,15 +99,20 @@ def test_ease_cap_keeps_most_interacted_items_and_scores_rest_neg_inf() -> None:
 # ---------------------------------------------------------------------------------------- ALS
 
 
-def test_als_cg_half_sweep_converges_to_exact_least_squares() -> None:
+@pytest.mark.parametrize("parts", [1, 3])
+def test_als_cg_half_sweep_converges_to_exact_least_squares(parts: int) -> None:
     rng = np.random.default_rng(3)
-    conf = sp.random(12, 9, density=0.4, random_state=4, format="csr", dtype=np.float32)
+    conf = sp.random(12, 9, density=0.4, random_state=4, format="lil", dtype=np.float32)
+    conf[7, :] = 0  # a row without interactions: its exact solution is 0
+    conf = conf.tocsr()
+    conf.eliminate_zeros()
     conf.data = 1.0 + 3.0 * conf.data  # confidences > 1 on observed entries
     y = rng.standard_normal((9, 4)).astype(np.float32)
     reg = 0.5
     x = rng.standard_normal((12, 4)).astype(np.float32)
-    als_half_sweep(x, conf, y, reg, steps=30)
+    cg_half_sweep(x, conf, y, reg, steps=30, parts=parts)
     dense_c = conf.toarray()
+    assert not x[7].any()
     for u in range(12):
         c = np.where(dense_c[u] > 0, dense_c[u], 1.0)
         p = (dense_c[u] > 0).astype(np.float64)

@@ -6,7 +6,7 @@ Three model families, all behind the `Modality` protocol (`name = "behavior"`):
   the catalog is small enough for a dense item×item inverse; large catalogs are capped to the
   most-interacted items, the tail gets `-inf` (other modalities serve it).
 - `AlsModel` — implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008) solved with a few
-  conjugate-gradient steps per sweep, vectorised over all users/items; memory is O((users+items) ×
+  conjugate-gradient steps per row and sweep (`als_solver`, compiled); memory is O((users+items) ×
   factors), so it is the choice when EASE does not fit.
 - `ItemKnnModel` — item-kNN with cosine / asymmetric cosine (with shrinkage), Euclidean or
   Manhattan similarity (1/(1+d), optionally on unit-normalised item vectors); similarities are
@@ -26,9 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.linalg import lapack
-from threadpoolctl import threadpool_limits
 
+from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
+from tasks.modalities.als_solver import cg_half_sweep
 from tasks.modalities.base import Modality
 
 InputWeighting = Literal["binary", "confidence"]
@@ -43,8 +44,10 @@ class BehaviorParams(BaseModel):
 
     Defaults are the per-family choices on the Last.fm inner validation split
     (`benchmarks/tune_behavior.py`). ALS beat EASE and item-kNN there (NDCG@10 0.182 vs 0.169 and
-    0.170), scales to any catalog and fits in seconds, so it is the default algorithm; 128 factors
-    rather than the marginally better 256 (0.183) for half the memory and a third of the time.
+    0.170), scales to any catalog and fits in seconds, so it is the default algorithm. 64 factors:
+    128 are marginally better on Last.fm (validation 0.183 vs 0.180, test 0.249 vs 0.245) but
+    double fit and scoring time, which at 100k users × 20k items broke the speed budget
+    (`benchmarks/bench_modalities.py`); set `factors` higher when the night is long enough.
     Confidence inputs are rescaled to mean 1, so λ / alpha / shrink carry over to other event
     weights.
     """
@@ -71,7 +74,10 @@ class BehaviorParams(BaseModel):
         default="confidence", description="EASE input: 0/1 or mean-1 confidence (measured best)."
     )
     # ALS
-    factors: int = Field(default=128, gt=0, description="ALS latent dimension.")
+    factors: int = Field(
+        default=64, gt=0,
+        description="ALS latent dimension; fit and scoring time grow linearly with it.",
+    )
     iterations: int = Field(default=15, gt=0, description="ALS alternating sweeps.")
     als_regularization: float = Field(
         default=75.0, ge=0,
@@ -227,66 +233,12 @@ class EaseModel:
 # ---------------------------------------------------------------------------------------- ALS
 
 
-def _row_chunks(indptr: np.ndarray, max_nnz: int) -> list[tuple[int, int]]:
-    """Split CSR rows into contiguous ranges of at most ~max_nnz stored entries (bounded memory)."""
-    n = len(indptr) - 1
-    bounds = [0]
-    cuts = np.searchsorted(indptr, np.arange(max_nnz, indptr[-1], max_nnz), side="right") - 1
-    for c in cuts:
-        if bounds[-1] < c < n:
-            bounds.append(int(c))
-    bounds.append(n)
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
-def als_half_sweep(
-    x: np.ndarray, conf: sp.csr_matrix, y: np.ndarray, reg: float, steps: int,
-    max_nnz: int = 2_000_000,
-) -> None:
-    """Update rows of `x` in place towards argmin Σ c (1 − xᵀy)² + reg|x|² with CG (warm start).
-
-    Solves (YᵀY + Yᵀ(C_u − I)Y + reg·I) x_u = YᵀC_u 1 for every row u at once: each CG step is
-    one gather + row-dot over the stored entries and one sparse @ dense product.
-    """
-    f = y.shape[1]
-    yty = (y.T @ y + reg * np.eye(f, dtype=np.float32)).astype(np.float32)
-    for start, stop in _row_chunks(conf.indptr, max_nnz):
-        c = conf[start:stop]
-        rows = np.repeat(np.arange(stop - start), np.diff(c.indptr))
-        y_nz = y[c.indices]
-        cm1 = c.data - np.float32(1.0)
-
-        def apply(v: np.ndarray, c: sp.csr_matrix = c, rows: np.ndarray = rows,
-                  y_nz: np.ndarray = y_nz, cm1: np.ndarray = cm1) -> np.ndarray:
-            w = cm1 * np.einsum("nf,nf->n", v[rows], y_nz)
-            weighted = sp.csr_matrix((w, c.indices, c.indptr), shape=c.shape)
-            return v @ yty + np.asarray(weighted @ y, dtype=np.float32)
-
-        xs = x[start:stop]
-        xs[np.diff(c.indptr) == 0] = 0.0  # no interactions: the exact solution is 0
-        b = np.asarray(c @ y, dtype=np.float32)
-        r = b - apply(xs)
-        p = r.copy()
-        rs = np.einsum("nf,nf->n", r, r)
-        for _ in range(steps):
-            ap = apply(p)
-            denom = np.einsum("nf,nf->n", p, ap)
-            step = np.divide(rs, denom, out=np.zeros_like(rs), where=denom > 0)
-            xs += step[:, None] * p
-            r -= step[:, None] * ap
-            rs_new = np.einsum("nf,nf->n", r, r)
-            beta = np.divide(rs_new, rs, out=np.zeros_like(rs), where=rs > 0)
-            p = r + beta[:, None] * p
-            rs = rs_new
-        x[start:stop] = xs
-
-
 class AlsModel:
     """Implicit-feedback ALS (confidence 1 + alpha·r), NumPy/SciPy only; scores U[block] @ Vᵀ."""
 
     name = "behavior"
 
-    def __init__(self, factors: int = 128, iterations: int = 15, regularization: float = 75.0,
+    def __init__(self, factors: int = 64, iterations: int = 15, regularization: float = 75.0,
                  alpha: float = 15.0, weighting: InputWeighting = "confidence",
                  cg_steps: int = 3, seed: int = 7) -> None:
         self.factors = factors
@@ -310,12 +262,9 @@ class AlsModel:
         scale = np.float32(0.01)
         users = (rng.standard_normal((x.shape[0], self.factors)) * scale).astype(np.float32)
         items = (rng.standard_normal((x.shape[1], self.factors)) * scale).astype(np.float32)
-        # The BLAS calls here are small (rows × f × f); threaded BLAS only adds sync overhead and
-        # collapses on a busy machine (measured 2.1 s single-threaded vs 15 s with 2 threads).
-        with threadpool_limits(limits=1, user_api="blas"):
-            for _ in range(self.iterations):
-                als_half_sweep(users, conf, items, self.regularization, self.cg_steps)
-                als_half_sweep(items, conf_t, users, self.regularization, self.cg_steps)
+        for _ in range(self.iterations):
+            cg_half_sweep(users, conf, items, self.regularization, self.cg_steps)
+            cg_half_sweep(items, conf_t, users, self.regularization, self.cg_steps)
         self.user_factors_, self.item_factors_ = users, items
         self.user_active_ = np.diff(x.indptr) > 0
         self.item_active_ = np.diff(conf_t.indptr) > 0
@@ -323,8 +272,16 @@ class AlsModel:
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
-        out = (self.user_factors_[users] @ self.item_factors_.T).astype(np.float32, copy=False)
-        out[:, ~self.item_active_] = NEG_INF  # never seen by anyone: no CF evidence
+        factors = self.user_factors_[users]
+        out = block_array((len(users), self.item_factors_.shape[0]))
+        items_t = self.item_factors_.T
+        inactive = np.flatnonzero(~self.item_active_)
+
+        def chunk(a: int, b: int) -> None:  # product and mask while the rows are in cache
+            np.matmul(factors[a:b], items_t, out=out[a:b])
+            out[a:b, inactive] = NEG_INF  # never seen by anyone: no CF evidence
+
+        parallel_chunks(chunk, len(users))
         out[~self.user_active_[users]] = NEG_INF
         return out
 
