@@ -24,6 +24,7 @@ from tasks.modalities.content import (
     item_features,
     make_content,
 )
+from tasks.modalities.sparse_scores import add_sparse_dense_product, product_to_scores
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -199,21 +200,26 @@ def test_profile_scores_equal_the_plain_computation(
     np.testing.assert_allclose(got[finite], expected[finite], atol=2e-6)
 
 
-def test_product_to_scores_equals_dense_product_in_any_chunking(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_product_to_scores_equals_dense_product() -> None:
     left = sp.random(30, 50, density=0.1, format="csr", dtype=np.float32, random_state=1)
     left.data[::7] = 0.0  # explicit zeros contribute nothing
     right = sp.random(50, 40, density=0.08, format="csr", dtype=np.float32, random_state=2)
     dense = left.toarray().astype(np.float64) @ right.toarray()
     expected = np.where(dense == 0, -np.inf, dense)
-    for entries in (1, 5, 1 << 20):  # sub-chunk of one row, a few rows, everything at once
-        monkeypatch.setattr(content, "_GATHER_ENTRIES", entries)
-        got = content.product_to_scores(left, right)
-        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
-        np.testing.assert_allclose(got[np.isfinite(got)], expected[np.isfinite(expected)],
-                                   rtol=1e-5)
-    assert np.isneginf(content.product_to_scores(sp.csr_matrix((3, 50)), right)).all()
+    out = np.full((30, 40), 7.0, dtype=np.float32)  # stale values must not leak through
+    got = product_to_scores(left, right, out=out)
+    assert got is out
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
+    np.testing.assert_allclose(got[np.isfinite(got)], expected[np.isfinite(expected)], rtol=1e-5)
+    assert np.isneginf(product_to_scores(sp.csr_matrix((3, 50)), right)).all()
+
+
+def test_add_sparse_dense_product_accumulates_a_row_range() -> None:
+    left = sp.random(20, 30, density=0.2, format="csr", dtype=np.float32, random_state=3)
+    right = np.random.default_rng(4).standard_normal((30, 9)).astype(np.float32)
+    out = np.ones((6, 9), dtype=np.float32)
+    add_sparse_dense_product(left, right, out, start=10)
+    np.testing.assert_allclose(out, 1.0 + left[10:16].toarray() @ right, rtol=1e-5, atol=1e-6)
 
 
 def test_zeros_to_neg_inf_keeps_every_other_value() -> None:

@@ -145,6 +145,7 @@ def plain_social_scores(model: SocialModality, params: SocialParams) -> np.ndarr
         SocialParams(),
         SocialParams(ppr_iterations=1),
         SocialParams(ppr_iterations=2, restart=0.3),
+        SocialParams(ppr_iterations=3),
         SocialParams(ppr_iterations=5),
         SocialParams(propagation="two_hop", hop_decay=0.3),
         SocialParams(propagation="direct", taste_weight=0.0),

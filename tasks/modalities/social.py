@@ -21,11 +21,8 @@ from sklearn.preprocessing import normalize
 from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
 from tasks.modalities.base import Modality
-from tasks.modalities.content import (
-    MissingModalityInput,
-    history_weights,
-    product_to_scores,
-)
+from tasks.modalities.content import MissingModalityInput, history_weights
+from tasks.modalities.sparse_scores import product_to_scores
 
 
 class SocialParams(BaseModel):
@@ -44,7 +41,11 @@ class SocialParams(BaseModel):
         default=0.5, gt=0.0, lt=1.0,
         description="ppr: probability of jumping back to the user per step.",
     )
-    ppr_iterations: int = Field(default=3, ge=1, le=20, description="ppr: power iterations (hops).")
+    ppr_iterations: int = Field(
+        default=2, ge=1, le=20,
+        description="ppr: power iterations (hops); 2 beat 3 on the Last.fm inner split "
+        "(NDCG@10 0.1298 vs 0.1290) at a tenth of the scoring work.",
+    )
     taste_weight: float = Field(
         default=0.9,
         ge=0.0,
@@ -82,8 +83,6 @@ class SocialModality:
         self.params = params
         self._walk: sp.csr_matrix | None = None
         self._beyond: sp.csr_matrix | None = None
-        self._stacked: sp.csr_matrix | None = None
-        self._back: sp.csr_matrix | None = None
         self._items: sp.csr_matrix | None = None
 
     def fit(self, data: Dataset) -> SocialModality:
@@ -109,16 +108,7 @@ class SocialModality:
             history, norm=p.friend_normalisation
         )
         self._items = sp.csr_matrix(items, dtype=np.float32)
-        self._beyond = self._stacked = self._back = None
-        if p.propagation == "ppr" and p.ppr_iterations == 3:
-            # See `_three_hop_left`: [items; friends' summed items] and who names whom a friend.
-            self._stacked = sp.csr_matrix(
-                sp.vstack([self._items, self._walk @ self._items]), dtype=np.float32
-            )
-            self._back = sp.csr_matrix(self._walk.T, dtype=np.float32)
-            self._back.data[:] = 1.0
-        else:
-            self._beyond = self._beyond_first_hop()
+        self._beyond = self._beyond_first_hop()
         return self
 
     def _beyond_first_hop(self) -> sp.csr_matrix | None:
@@ -147,39 +137,6 @@ class SocialModality:
         beyond = sp.csr_matrix(beyond, dtype=np.float32)
         beyond.sum_duplicates()
         return beyond
-
-    def _three_hop_left(self, users: np.ndarray) -> sp.csr_matrix:
-        """Weights on [items; W @ items] whose product is the default (3-step ppr) social score.
-
-        The reach W·(c₁ + c₂W + c₃W²) touches ~800 users with a short history each; gathering
-        all those rows is the cost of scoring. The third hop is instead taken from F = W @ items
-        (each user's friends' summed items, one long row per 2-hop user), so ~100 long rows are
-        gathered instead of ~700 short ones. Own taste stays excluded exactly: the own 2-hop
-        entry is dropped, and a 2-hop user g who names u a friend (whose F row therefore holds
-        u's items) is expanded into its friends other than u instead of using F.
-        """
-        assert self._walk is not None and self._back is not None
-        alpha = float(self.params.restart)
-        c1, c2, c3 = (np.float32(w) for w in (alpha * (1 - alpha), alpha * (1 - alpha) ** 2,
-                                              (1 - alpha) ** 3))
-        k, n = len(users), self._walk.shape[0]
-        direct = self._walk[users]
-        two = sp.csr_matrix(direct @ self._walk)
-        own = sp.csr_matrix((np.ones(k, dtype=np.float32), (np.arange(k), users)), shape=(k, n))
-        near = c1 * direct + c2 * (two - two.multiply(own))
-        dirty = sp.csr_matrix(two.multiply(self._back[users]))  # g → u ties: F_g has u's items
-        clean = two - dirty
-        rows = np.repeat(np.arange(k), np.diff(dirty.indptr))
-        via = self._walk[dirty.indices]  # the dirty g's own friends f, weights W[g, f]
-        per_g = np.diff(via.indptr)
-        via_rows = np.repeat(rows, per_g)
-        keep = via.indices != users[via_rows]
-        expanded = sp.csr_matrix(
-            ((via.data * np.repeat(c3 * dirty.data, per_g))[keep],
-             (via_rows[keep], via.indices[keep])),
-            shape=(k, n),
-        )
-        return sp.csr_matrix(sp.hstack([near + expanded, c3 * clean], format="csr"))
 
     def _reach(self, users: np.ndarray) -> sp.csr_matrix:
         """block × users: how much each other user's taste counts for each user in the block."""
@@ -219,10 +176,7 @@ class SocialModality:
         out = block_array((len(users), items.shape[1]))
 
         def chunk(a: int, b: int) -> None:
-            if self._stacked is not None:
-                product_to_scores(self._three_hop_left(users[a:b]), self._stacked, out=out[a:b])
-            else:
-                product_to_scores(self._reach(users[a:b]), items, out=out[a:b])
+            product_to_scores(self._reach(users[a:b]), items, out=out[a:b])
 
         parallel_chunks(chunk, len(users))
         return out

@@ -1,0 +1,75 @@
+"""Dense score blocks from sparse products, compiled with Numba.
+
+Content and social scores are sums of sparse rows: a friend's items, an item's rare features.
+scipy computes those products holding the GIL, so the thread pool ran them one at a time
+(measured: 2 threads slower than 1), and its sparse × sparse kernel emits a sparse result
+that is densified anyway. These kernels write straight into the dense block, release the GIL,
+and run on the pool side by side.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+
+@numba.njit(nogil=True, cache=True)
+def _product_rows(
+    l_indptr: np.ndarray, l_indices: np.ndarray, l_data: np.ndarray,
+    r_indptr: np.ndarray, r_indices: np.ndarray, r_data: np.ndarray, out: np.ndarray,
+) -> None:  # pragma: no cover - compiled; covered through `product_to_scores`
+    neg_inf = np.float32(-np.inf)
+    for row in range(out.shape[0]):
+        o = out[row]
+        o[:] = 0.0
+        for n in range(l_indptr[row], l_indptr[row + 1]):
+            k, w = l_indices[n], l_data[n]
+            for q in range(r_indptr[k], r_indptr[k + 1]):
+                o[r_indices[q]] += w * r_data[q]
+        for j in range(o.shape[0]):  # a select, not a branch: ~40 % zeros mispredict
+            v = o[j]
+            o[j] = neg_inf if v == 0.0 else v
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def _add_product_rows(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, right: np.ndarray,
+    out: np.ndarray, start: int,
+) -> None:  # pragma: no cover - compiled; covered through `add_sparse_dense_product`
+    for t in range(out.shape[0]):
+        for n in range(indptr[start + t], indptr[start + t + 1]):
+            f, w = indices[n], data[n]
+            for j in range(out.shape[1]):
+                out[t, j] += w * right[f, j]
+
+
+def _csr32(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """CSR float32 view; duplicates and unsorted indices are fine (sums are additive), and it
+    must not be mutated: fitted matrices are shared by the pool's threads."""
+    return sp.csr_matrix(matrix, dtype=np.float32)
+
+
+def product_to_scores(
+    left: sp.spmatrix, right: sp.spmatrix, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Dense float32 `left @ right`; entries no product reached (or summing to 0) are -inf.
+
+    `out` (C-ordered rows) receives the block when given. Cost: one scattered add per pair of
+    stored entries that meet, with the output row in cache; no sparse intermediate.
+    """
+    left, right = _csr32(left), _csr32(right)
+    if out is None:
+        out = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
+    _product_rows(left.indptr, left.indices, left.data, right.indptr, right.indices,
+                  right.data, out)
+    return out
+
+
+def add_sparse_dense_product(
+    left: sp.csr_matrix, right: np.ndarray, out: np.ndarray, start: int = 0
+) -> None:
+    """out += left[start : start + len(out)] @ right, in place (rows of `left` are sparse)."""
+    right = np.ascontiguousarray(right, dtype=np.float32)
+    _add_product_rows(left.indptr, left.indices, left.data.astype(np.float32, copy=False),
+                      right, out, start)
