@@ -33,7 +33,11 @@ from sklearn.preprocessing import normalize
 from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
 from tasks.modalities.base import Modality
-from tasks.modalities.sparse_scores import add_sparse_dense_product, product_to_scores
+from tasks.modalities.sparse_scores import (
+    add_sparse_dense_product,
+    product_to_scores,
+    sparse_product_dense,
+)
 
 
 class MissingModalityInput(Exception):
@@ -523,14 +527,15 @@ class ContentModality:
         assert self._has_feature is not None and self._prior is not None
         hist = self._history[users]
         dense_profile = np.asarray(hist @ self._xd, dtype=np.float32)
-        sparse_profile = sp.csr_matrix(hist @ self._xs, dtype=np.float32)
+        sparse_profile = sparse_product_dense(hist, self._xs)  # users × rare features
         norms = np.sqrt(
             np.einsum("ij,ij->i", dense_profile, dense_profile)
-            + np.asarray(sparse_profile.multiply(sparse_profile).sum(axis=1)).ravel()
+            + np.einsum("ij,ij->i", sparse_profile, sparse_profile)
         )
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
         dense_profile *= inv[:, None]
-        rare_t = (sp.diags(inv) @ sparse_profile).T.toarray(order="C")  # rare features × users
+        sparse_profile *= inv[:, None]
+        rare_t = np.ascontiguousarray(sparse_profile.T)  # rare features × users
         out = block_array((self._xd.shape[0], len(users)))
         no_profile = np.flatnonzero(norms == 0)
         embedding = self._dense is not None and self._dense.shape[1] > 0
