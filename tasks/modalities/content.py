@@ -402,10 +402,11 @@ def _to_similarity(cos: np.ndarray, metric: str) -> np.ndarray:
     return cos
 
 
-# A dense column costs n_items multiply-adds per user in BLAS, a sparse one its nonzeros in
-# scipy's sparse × dense kernel, several times slower per multiply-add; on the 100k-user demo
-# (555 TF-IDF/one-hot columns) making the columns on ≥ 10 % of items dense minimised block time.
-_DENSE_COLUMN_SHARE = 0.1
+# A dense column costs n_items multiply-adds per user in BLAS, a sparse one its nonzeros in the
+# compiled sparse × dense kernel, about 2.5x slower per multiply-add; on the 100k-user demo
+# (555 TF-IDF/one-hot columns, the densest on 22 % of items) only the embedding then pays off
+# dense: block time 37 -> 31 ms against a 10 % threshold (`_profile_scores`, 2048 users).
+_DENSE_COLUMN_SHARE = 0.3
 _DENSE_FEATURE_BYTES = 256 * 2**20  # cap on the dense copy of the item features
 _ITEM_CHUNK = 128  # items per pool task: each task's slice of the block stays in L2
 
