@@ -2,11 +2,10 @@
 
 Peak memory is block_size × n_items floats regardless of how many users there are.
 
-Selection avoids a full `argpartition` (an int64 index array as large as the block, on a negated
-copy): the maximum of each small group of items gives, per user, a lower bound on the n-th best
-score; only the few entries at or above it are gathered and sorted. Chunks of rows run on a small
-thread pool (numpy/scipy kernels release the GIL), offered to modalities too
-(`parallel_chunks`), and block-sized score arrays are recycled across blocks (`block_array`).
+Selection is one compiled pass per block (`tasks.selection`). Chunks of rows run on a small
+thread pool (numpy, scipy's BLAS and the Numba kernels release the GIL), offered to modalities
+too (`parallel_chunks`), and block-sized score arrays are recycled across blocks
+(`block_array`).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
 from tasks.modalities.base import Modality
+from tasks.selection import select_columns, select_rows
 
 CANDIDATE_SCHEMA = {
     "user_idx": pl.Int32,
@@ -35,10 +35,7 @@ CANDIDATE_SCHEMA = {
 T = TypeVar("T")
 
 CHUNK_ROWS = 256  # rows per task: a chunk of a 20k-item block (20 MB) stays cache- and RSS-friendly
-_MAX_GROUPS = 2048  # more groups: a tighter bound and longer vectorised slabs
-_TOP_ROWS = 64  # users per selection task: their scores stay in cache between passes
-_ITEM_CHUNK = 1024  # items per comparison task when a block is items × users
-_LOWEST = np.float32(np.finfo(np.float32).min)  # threshold floor, so -inf is never a candidate
+_TOP_ROWS = 64  # users per selection task
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _in_worker = threading.local()
@@ -113,117 +110,14 @@ def parallel_chunks(fn: Callable[[int, int], T], n: int, chunk: int = CHUNK_ROWS
         return list(_executor().map(lambda ab: fn(*ab), bounds))
 
 
-def _groups(n_items: int, n: int, most: int) -> int:
-    """Number of interleaved item groups for the lower bound; 0 = use an exact partition."""
-    groups = min(most, n_items // 4)
-    return groups if groups >= 4 * n else 0  # small catalogue or long lists: partition instead
-
-
-def _rank(
-    rows: np.ndarray, items: np.ndarray, vals: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the n best candidates per row: score descending, then item ascending (deterministic)."""
-    order = np.lexsort((items, -vals, rows))
-    rows, items, vals = rows[order], items[order], vals[order]
-    ranks = np.arange(len(rows)) - np.searchsorted(rows, rows)
-    keep = ranks < n
-    return rows[keep], items[keep], vals[keep].astype(np.float32), ranks[keep] + 1
-
-
-def _group_members(
-    gmax: np.ndarray, cut: np.ndarray, groups: int, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(row, item) of every item whose group maximum reaches its row's cut.
-
-    Any item at or above the cut lies in such a group, so only these few groups (about n per
-    row) are read again, instead of the whole block. A NaN maximum hides the other members'
-    values, so that group is read too.
-    """
-    hit_rows, hit_groups = np.nonzero((gmax >= cut[:, None]) | np.isnan(gmax))
-    members = hit_groups[:, None] + groups * np.arange(-(-n_items // groups))[None, :]
-    inside = members < n_items  # only the first `tail` groups have a last, partial slab
-    return np.broadcast_to(hit_rows[:, None], members.shape)[inside], members[inside]
-
-
-def _top_n_rows(
-    scores: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top-n of each row of a C-ordered users × items chunk.
-
-    Items are dealt into G ≥ 4n interleaved groups (item j → group j mod G); the n-th largest of
-    the G group maxima is a lower bound on the row's n-th best score (those n maxima are n
-    distinct entries at least that large). Interleaving turns the group maximum into an
-    element-wise max of contiguous slabs, which numpy vectorises; it is the only full pass.
-    """
-    m = scores.shape[1]
-    groups = _groups(m, n, _MAX_GROUPS)
-    if n >= m or not groups:
-        if n >= m:
-            cut = np.full(len(scores), _LOWEST, dtype=np.float32)
-        else:
-            cut = np.fmax(np.partition(scores, m - n, axis=1)[:, m - n], _LOWEST)
-        rows, items = np.divmod(np.flatnonzero(scores >= cut[:, None]), m)
-        return _rank(rows, items, scores[rows, items], n)
-    length, tail = divmod(m, groups)
-    gmax = scores[:, : groups * length].reshape(-1, length, groups).max(axis=1)
-    if tail:
-        np.maximum(gmax[:, :tail], scores[:, groups * length :], out=gmax[:, :tail])
-    # -inf is never a candidate; a NaN bound means no cut.
-    cut = np.fmax(np.partition(gmax, groups - n, axis=1)[:, groups - n], _LOWEST)
-    rows, items = _group_members(gmax, cut, groups, m)
-    vals = scores[rows, items]
-    keep = vals >= cut[rows]
-    return _rank(rows[keep], items[keep], vals[keep], n)
-
-
-def _top_n_items_major(
-    scores_t: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top-n per user of a C-ordered items × users block (the transpose of an F-ordered block).
-
-    Same bound as `_top_n_rows`; the group maxima are element-wise maxima of contiguous
-    groups × users slabs, split over the pool. Fewer groups (8n): the partition then runs
-    across rows, which is strided in this layout.
-    """
-    m, n_users = scores_t.shape
-    groups = _groups(m, n, 8 * n)
-    if n >= m or not groups:
-        if n >= m:
-            cut = np.full(n_users, _LOWEST, dtype=np.float32)
-        else:
-            cut = np.fmax(np.partition(scores_t, m - n, axis=0)[m - n], _LOWEST)
-        items, rows = np.divmod(np.flatnonzero(scores_t >= cut[None, :]), n_users)
-        return _rank(rows, items, scores_t[items, rows], n)
-    length, tail = divmod(m, groups)
-    slabs = scores_t[: groups * length].reshape(length, groups, n_users)
-    per_worker = -(-length // _threads())
-    maxima = parallel_chunks(lambda a, b: slabs[a:b].max(axis=0), length, per_worker)
-    gmax = maxima[0]
-    for other in maxima[1:]:
-        np.maximum(gmax, other, out=gmax)
-    if tail:
-        np.maximum(gmax[:tail], scores_t[groups * length :], out=gmax[:tail])
-    cut = np.fmax(np.partition(gmax, groups - n, axis=0)[groups - n], _LOWEST)
-
-    # Groups here are long (m / 8n items), so re-reading whole groups would be a scattered gather;
-    # one comparison pass over contiguous item chunks is cheaper.
-    def candidates(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        part = scores_t[a:b]
-        items, users = np.divmod(np.flatnonzero(part >= cut[None, :]), n_users)
-        return users, items + a, part[items, users]
-
-    found = parallel_chunks(candidates, m, _ITEM_CHUNK)
-    rows, items, vals = (np.concatenate([f[j] for f in found]) for j in range(3))
-    return _rank(rows, items, vals, n)
-
-
 def top_n_of_block(
     scores: np.ndarray, n: int, seen: sp.csr_matrix | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top-n per row of a dense score block: (row, item, score, rank), -inf entries dropped.
+    """Top-n per row of a dense score block: (row, item, score, rank), non-finite entries dropped.
 
-    `seen` (same rows as `scores`) masks items the user already has; it is applied in place.
-    The block may be C- or F-ordered (a modality may compute items × users and return its `.T`).
+    Ranks follow score descending, then item ascending. `seen` (same rows as `scores`) masks
+    items the user already has; it is applied in place. The block may be C- or F-ordered (a
+    modality may compute items × users and return its `.T`).
     """
     n_rows, n_items = scores.shape
     if seen is not None and seen.nnz:
@@ -233,17 +127,22 @@ def top_n_of_block(
     if n == 0 or n_rows == 0:
         empty = np.array([], dtype=np.int64)
         return empty, empty, np.array([], dtype=np.float32), empty
+    vals = np.empty((n_rows, n), dtype=np.float32)
+    items = np.empty((n_rows, n), dtype=np.int64)
+    counts = np.empty(n_rows, dtype=np.int64)
     if scores.flags.f_contiguous and not scores.flags.c_contiguous:
-        return _top_n_items_major(scores.T, n)
-    view = np.ascontiguousarray(scores)
-
-    def chunk(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        r, i, s, k = _top_n_rows(view[a:b], n)
-        return r + a, i, s, k
-
-    parts = parallel_chunks(chunk, n_rows, _TOP_ROWS)
-    out = tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
-    return out[0], out[1], out[2], out[3]
+        scores_t = scores.T  # items × users, C-ordered
+        parallel_chunks(
+            lambda a, b: select_columns(scores_t, n, vals, items, counts, a, b),
+            n_rows, -(-n_rows // _threads()),
+        )
+    else:
+        view = np.ascontiguousarray(scores, dtype=np.float32)
+        parallel_chunks(lambda a, b: select_rows(view, n, vals, items, counts, a, b),
+                        n_rows, _TOP_ROWS)
+    keep = np.arange(n)[None, :] < counts[:, None]
+    rows, ranks = np.nonzero(keep)
+    return rows, items[keep], vals[keep], ranks + 1
 
 
 class _BlockPool:
