@@ -156,8 +156,15 @@ def test_missing_items_raise_missing_modality_input() -> None:
 # --------------------------------------------------------------------------- fast path = plain math
 
 
-def demo_dataset(source: Path, embedding: bool = True) -> Dataset:
+def demo_dataset(source: Path, embedding: bool = True, featureless: int = 0) -> Dataset:
+    """The small demo source; the first `featureless` items lose every attribute."""
     items = pl.read_parquet(source / "items.parquet")
+    if featureless:
+        blank = pl.int_range(pl.len()) < featureless
+        items = items.with_columns(
+            pl.when(~blank).then(pl.col(c)).alias(c)
+            for c in ("title", "text", "tags", "category", "embedding")
+        )
     return build_dataset(
         pl.read_parquet(source / "events.parquet"),
         items=items if embedding else items.drop("embedding"),
@@ -189,11 +196,14 @@ def test_profile_scores_equal_the_plain_computation(
     small_source: Path, embedding: bool, dense_share: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(content, "_DENSE_COLUMN_SHARE", dense_share)
-    data = demo_dataset(small_source, embedding)
+    data = demo_dataset(small_source, embedding, featureless=3)
     params = ContentParams()
     users = np.arange(data.n_users)
     got = make_content(params).fit(data).score_block(users)
     expected = plain_profile_scores(data, params)
+    # both kinds of "no evidence" occur: items without attributes, users without a profile
+    assert np.isneginf(expected).all(axis=0).sum() >= 3
+    assert np.isneginf(expected).all(axis=1).any()
     assert got.shape == expected.shape and got.dtype == np.float32
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
     finite = np.isfinite(expected)

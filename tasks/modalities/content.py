@@ -522,7 +522,8 @@ class ContentModality:
         """items × users similarity of each item to each user's (unit) profile.
 
         profile = history @ features. Per item chunk, on the thread pool: a BLAS product for the
-        frequent features, plus scipy's sparse × dense kernel for the rare ones.
+        frequent features (and embedding), plus the compiled sparse × dense kernel for the rare
+        ones, which also writes the -inf of items and users without evidence.
         """
         assert self._xd is not None and self._xs is not None and self._history is not None
         assert self._has_feature is not None and self._prior is not None
@@ -539,6 +540,7 @@ class ContentModality:
         rare_t = np.ascontiguousarray(sparse_profile.T)  # rare features × users
         out = block_array((self._xd.shape[0], len(users)))
         no_profile = np.flatnonzero(norms == 0)
+        featureless = ~self._has_feature
         embedding = self._dense is not None and self._dense.shape[1] > 0
         metric, prior = self.params.metric, self.params.popularity_prior
         xd, xs, has_feature, item_prior = self._xd, self._xs, self._has_feature, self._prior
@@ -549,9 +551,8 @@ class ContentModality:
                 np.matmul(xd[a:b], dense_profile.T, out=view)
             else:
                 view.fill(0.0)
-            if xs.shape[1]:
-                add_sparse_dense_product(xs, rare_t, view, start=a)
             if not embedding:
+                add_sparse_dense_product(xs, rare_t, view, start=a)
                 # Sparse features only: exact zero = no shared attribute = no evidence.
                 zeros_to_neg_inf(view)
                 if metric != "cosine":
@@ -559,10 +560,13 @@ class ContentModality:
                     view[finite] = _to_similarity(view[finite], metric)
             else:
                 if metric != "cosine":
+                    add_sparse_dense_product(xs, rare_t, view, start=a)
                     view[:] = _to_similarity(view, metric)
-                view[~has_feature[a:b]] = -np.inf
-                if len(no_profile):
+                    view[~has_feature[a:b]] = -np.inf
                     view[:, no_profile] = -np.inf
+                else:  # masks applied by the kernel, row by row while in cache
+                    add_sparse_dense_product(xs, rare_t, view, start=a, blank_rows=featureless,
+                                             blank_columns=no_profile)
             if prior > 0:
                 p = item_prior[a:b, None]
                 view[:] = np.where(view > 0, view * p, view / p)

@@ -38,11 +38,15 @@ def _product_rows(
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def _add_product_rows(
     indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, right: np.ndarray,
-    out: np.ndarray, start: int,
+    out: np.ndarray, start: int, blank_rows: np.ndarray, blank_columns: np.ndarray,
 ) -> None:  # pragma: no cover - compiled; covered through `add_sparse_dense_product`
     m = out.shape[1]
+    neg_inf = -np.inf
     for t in range(out.shape[0]):
         o = out[t]  # 1-D row views: numba vectorises these loops, not 2-D indexing (10x)
+        if blank_rows[start + t]:
+            o[:] = neg_inf
+            continue
         n, hi = indptr[start + t], indptr[start + t + 1]
         while n + 4 <= hi:  # four right rows per pass: one load/store of `o` per 4 products
             r0, r1, r2, r3 = (right[indices[n]], right[indices[n + 1]],
@@ -56,6 +60,8 @@ def _add_product_rows(
             for j in range(m):
                 o[j] += w * r[j]
             n += 1
+        for j in blank_columns:
+            o[j] = neg_inf
 
 
 def _csr32(matrix: sp.spmatrix) -> sp.csr_matrix:
@@ -90,9 +96,16 @@ def sparse_product_dense(left: sp.spmatrix, right: sp.spmatrix) -> np.ndarray:
 
 
 def add_sparse_dense_product(
-    left: sp.csr_matrix, right: np.ndarray, out: np.ndarray, start: int = 0
+    left: sp.csr_matrix, right: np.ndarray, out: np.ndarray, start: int = 0,
+    blank_rows: np.ndarray | None = None, blank_columns: np.ndarray | None = None,
 ) -> None:
-    """out += left[start : start + len(out)] @ right, in place (rows of `left` are sparse)."""
+    """out += left[start : start + len(out)] @ right, in place (rows of `left` are sparse).
+
+    Then rows whose `blank_rows` flag is set (indexed like `left`) and the `blank_columns` of
+    every row become -inf, while the row is still in cache: no evidence there.
+    """
     right = np.ascontiguousarray(right, dtype=np.float32)
+    rows = np.zeros(left.shape[0], dtype=np.bool_) if blank_rows is None else blank_rows
+    columns = np.zeros(0, dtype=np.int64) if blank_columns is None else blank_columns
     _add_product_rows(left.indptr, left.indices, left.data.astype(np.float32, copy=False),
-                      right, out, start)
+                      right, out, start, rows, columns.astype(np.int64, copy=False))
