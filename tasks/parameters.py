@@ -92,6 +92,12 @@ class RunParameters(BaseModel):
     evaluate: bool = Field(
         True, description="Hold out recent events, score every list, log metrics."
     )
+    max_eval_users: int | None = Field(
+        20_000,
+        ge=100,
+        description="Evaluate and tune fusion on at most this many hold-out users (a seeded "
+        "sample); bounds the evaluation's time and memory on large data. Empty = all.",
+    )
     holdout_days: float = Field(7.0, gt=0, description="Temporal hold-out window (days).")
     holdout_fraction: float = Field(
         0.2, gt=0, lt=1, description="Per-user hold-out share when timestamps do not vary."

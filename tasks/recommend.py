@@ -112,8 +112,25 @@ def modality_lists(cands: CandidateSet, k: int) -> dict[str, pl.DataFrame]:
     }
 
 
+def sample_users(truth: pl.DataFrame, most: int | None, seed: int) -> np.ndarray:
+    """Sorted user indexes of `truth` (user_idx, item_idx), at most `most` of them at random."""
+    users = np.unique(truth["user_idx"].to_numpy())
+    if most is not None and len(users) > most:
+        users = np.sort(np.random.default_rng(seed).choice(users, most, replace=False))
+    return users
+
+
+def _restrict(truth: pl.DataFrame, users: np.ndarray) -> pl.DataFrame:
+    return truth.filter(pl.col("user_idx").is_in(pl.Series(users, dtype=pl.Int32)))
+
+
 def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -> Evaluation | None:
-    """Fit on the past, score the hold-out window; None when there is too little data for it."""
+    """Fit on the past, score the hold-out window; None when there is too little data for it.
+
+    Lists are built, fused and scored only for hold-out users (at most `max_eval_users` of
+    them): metrics average over users, so a large sample estimates them well, and every
+    candidate set stays bounded whatever the number of users.
+    """
     outer: Holdout = holdout_split(
         snapshot.events, params.holdout_days, params.holdout_fraction, params.seed
     )
@@ -127,15 +144,19 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
 
     train = dataset_from(snapshot, params, outer.train, like=full)
     test_truth = _truth_idx(outer.truth, train)
+    test_users = sample_users(test_truth, params.max_eval_users, params.seed)
+    test_truth = _restrict(test_truth, test_users)
     train_segments = user_segments(train, params.fusion.cold_history_max)
-    train_cands = generate_candidates(train, params)
+    train_cands = generate_candidates(train, params, users=test_users)
 
     if inner.truth.height and inner.train.height:
         valid = dataset_from(snapshot, params, inner.train, like=full)
-        valid_cands = generate_candidates(valid, params)
+        valid_truth = _truth_idx(inner.truth, valid)
+        valid_users = sample_users(valid_truth, params.max_eval_users, params.seed + 1)
+        valid_cands = generate_candidates(valid, params, users=valid_users)
         eval_plan = _plan(
             valid_cands,
-            _truth_idx(inner.truth, valid),
+            _restrict(valid_truth, valid_users),
             user_segments(valid, params.fusion.cold_history_max),
             valid,
             params,

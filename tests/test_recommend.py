@@ -1,0 +1,39 @@
+"""The run's core on plain frames: hold-out evaluation stays bounded on large user bases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from polars.testing import assert_frame_equal
+
+from tasks.parameters import FusionParams, RunParameters
+from tasks.recommend import dataset_from, evaluate_holdout
+from tasks.snapshot import Snapshot
+
+
+def _snapshot(source: Path) -> Snapshot:
+    def read(name: str) -> pl.DataFrame:
+        return pl.read_parquet(source / f"{name}.parquet")
+
+    return Snapshot(read("events"), read("items"), read("social"), None, None)
+
+
+def test_evaluation_scores_a_seeded_sample_of_hold_out_users(small_source: Path) -> None:
+    snap = _snapshot(small_source)
+    params = RunParameters(
+        modalities=["behavior", "popularity"],
+        fusion=FusionParams(strategy="weighted"),
+        max_eval_users=120,
+    )
+    full = dataset_from(snap, params)
+    sampled = evaluate_holdout(snap, full, params)
+    again = evaluate_holdout(snap, full, params)
+    everyone = evaluate_holdout(snap, full, params.model_copy(update={"max_eval_users": None}))
+    assert sampled is not None and again is not None and everyone is not None
+    assert sampled.n_test_users == 120 < everyone.n_test_users
+    assert_frame_equal(sampled.metrics, again.metrics)  # the sample is seeded
+    ndcg = sampled.metrics.filter(
+        (pl.col("model") == "fused") & (pl.col("metric") == "ndcg") & (pl.col("segment") == "all")
+    )["value"]
+    assert ndcg.len() == 1 and 0 < ndcg[0] <= 1
