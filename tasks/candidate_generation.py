@@ -49,29 +49,48 @@ class CandidateSet:
         return sorted(self.candidates["modality"].unique().to_list())
 
 
-def generate_candidates(
-    data: Dataset,
-    params: RunParameters,
-    users: np.ndarray | None = None,
-    modalities: Sequence[str] | None = None,
-) -> CandidateSet:
-    """Fit every modality and keep each one's top-N unseen items for `users` (default: all)."""
-    users = np.arange(data.n_users) if users is None else users
-    seen = data.seen()
-    n = max(params.candidates_per_modality, params.top_k)
-    out = CandidateSet(pl.DataFrame())
-    frames = []
+@dataclass
+class FittedModalities:
+    """The modalities fitted on one snapshot, ready to score any set of users."""
+
+    data: Dataset
+    models: dict[str, Modality]
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def fit_modalities(
+    data: Dataset, params: RunParameters, modalities: Sequence[str] | None = None
+) -> FittedModalities:
+    """Fit every enabled modality; one whose inputs are absent is skipped with a log line."""
+    out = FittedModalities(data, {})
     for name in modalities or params.modalities:
         start = time.perf_counter()
         try:
-            model = build_modality(name, params).fit(data)
+            out.models[name] = build_modality(name, params).fit(data)
         except MissingModalityInput as exc:
             log.info("modality %s skipped: %s", name, exc)
             out.skipped[name] = str(exc)
             continue
+        out.seconds[name] = time.perf_counter() - start
+    return out
+
+
+def score_candidates(
+    fitted: FittedModalities, params: RunParameters, users: np.ndarray | None = None
+) -> CandidateSet:
+    """Each fitted modality's top-N unseen items for `users` (default: all), one long frame."""
+    data = fitted.data
+    users = np.arange(data.n_users) if users is None else users
+    seen = data.seen()
+    n = max(params.candidates_per_modality, params.top_k)
+    out = CandidateSet(pl.DataFrame(), dict(fitted.skipped), dict(fitted.seconds))
+    frames = []
+    for name, model in fitted.models.items():
+        start = time.perf_counter()
         frame = top_n(model, users, n, seen=seen, block_size=params.block_size)
         frames.append(frame.with_columns(pl.lit(name).alias("modality")))
-        out.seconds[name] = time.perf_counter() - start
+        out.seconds[name] = out.seconds.get(name, 0.0) + time.perf_counter() - start
         log.info(
             "modality %s: %d candidates for %d users in %.1fs",
             name,
@@ -86,3 +105,13 @@ def generate_candidates(
     else:
         out.candidates = pl.DataFrame(schema={"modality": pl.String, **CANDIDATE_SCHEMA})
     return out
+
+
+def generate_candidates(
+    data: Dataset,
+    params: RunParameters,
+    users: np.ndarray | None = None,
+    modalities: Sequence[str] | None = None,
+) -> CandidateSet:
+    """Fit every modality and keep each one's top-N unseen items for `users` (default: all)."""
+    return score_candidates(fit_modalities(data, params, modalities), params, users)

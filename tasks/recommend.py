@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from tasks.candidate_generation import CandidateSet, generate_candidates
+from tasks.candidate_generation import (
+    CandidateSet,
+    fit_modalities,
+    generate_candidates,
+    score_candidates,
+)
 from tasks.dataset import Dataset, build_dataset
 from tasks.evaluation import evaluate_lists, user_segments
 from tasks.fusion import DEFAULT_SEGMENT, CandidateTable
@@ -186,12 +191,35 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
 def recommend(
     snapshot: Snapshot, full: Dataset, params: RunParameters, plan: FusionPlan | None
 ) -> Recommendations:
-    """Fit every modality on all data and fuse with the given (or a default) plan."""
+    """Fit every modality on all data once, then score and fuse users a block at a time.
+
+    Fusion (the stacker's features above all) needs several values per candidate; doing it for
+    `fusion_block_users` users at a time bounds that memory whatever the number of users.
+    """
     start = time.perf_counter()
-    cands = generate_candidates(full, params)
-    plan = plan or _fixed_plan(params, cands.modalities)
+    fitted = fit_modalities(full, params)
     segments = user_segments(full, params.fusion.cold_history_max)
-    fused = apply_plan(cands.candidates, plan, params.top_k, segments, data=full)
-    seconds = dict(cands.seconds)
+    blocks: list[CandidateSet] = []
+    fused: list[pl.DataFrame] = []
+    for lo in range(0, full.n_users, params.fusion_block_users):
+        users = np.arange(lo, min(lo + params.fusion_block_users, full.n_users))
+        cands = score_candidates(fitted, params, users)
+        plan = plan or _fixed_plan(params, cands.modalities)
+        fused.append(apply_plan(cands.candidates, plan, params.top_k, segments, data=full))
+        blocks.append(cands)
+    if not blocks:  # no users at all: the empty frames of one (empty) block
+        blocks.append(score_candidates(fitted, params, np.arange(0)))
+        plan = plan or _fixed_plan(params, list(fitted.models))
+        fused.append(apply_plan(blocks[0].candidates, plan, params.top_k, segments, data=full))
+    # each block's seconds = fit + its scoring: count the fit once
+    seconds = {
+        m: fit + sum(b.seconds.get(m, fit) - fit for b in blocks)
+        for m, fit in fitted.seconds.items()
+    }
+    cands = CandidateSet(
+        pl.concat([b.candidates for b in blocks]), dict(fitted.skipped), seconds
+    )
+    seconds = dict(seconds)
     seconds["recommend_total"] = time.perf_counter() - start
-    return Recommendations(full, cands, fused, segments, seconds)
+    return Recommendations(full, cands, pl.concat(fused, how="diagonal_relaxed"), segments,
+                           seconds)

@@ -8,7 +8,7 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from tasks.parameters import FusionParams, RunParameters
-from tasks.recommend import dataset_from, evaluate_holdout
+from tasks.recommend import dataset_from, evaluate_holdout, recommend
 from tasks.snapshot import Snapshot
 
 
@@ -37,3 +37,22 @@ def test_evaluation_scores_a_seeded_sample_of_hold_out_users(small_source: Path)
         (pl.col("model") == "fused") & (pl.col("metric") == "ndcg") & (pl.col("segment") == "all")
     )["value"]
     assert ndcg.len() == 1 and 0 < ndcg[0] <= 1
+
+
+def test_fusing_users_block_by_block_changes_nothing(small_source: Path) -> None:
+    snap = _snapshot(small_source)
+    params = RunParameters(
+        modalities=["behavior", "social", "popularity"], fusion=FusionParams(strategy="weighted")
+    )
+    full = dataset_from(snap, params)
+    whole = recommend(snap, full, params, plan=None)
+    blocked = recommend(
+        snap, full, params.model_copy(update={"fusion_block_users": 37}), plan=None
+    )
+    order = ["user_idx", "rank"]
+    assert whole.fused["user_idx"].n_unique() > 37 * 2  # several blocks really ran
+    assert_frame_equal(whole.fused.sort(order), blocked.fused.sort(order))
+    assert_frame_equal(
+        whole.candidates.candidates.sort("modality", "user_idx", "rank"),
+        blocked.candidates.candidates.sort("modality", "user_idx", "rank"),
+    )
