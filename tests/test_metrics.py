@@ -366,3 +366,36 @@ def test_matches_slow_reference_on_random_data() -> None:
     recs_idx = recs.rename({"item_id": "item_idx"})
     assert intra_list_diversity(recs_idx, feats, k) == pytest.approx(float(np.mean(ilds)))
     assert intra_list_diversity(recs_idx, dense, k) == pytest.approx(float(np.mean(ilds)))
+
+
+def test_projected_diversity_matches_the_exact_one_on_many_users() -> None:
+    from tasks.dataset import build_dataset
+    from tasks.evaluation import EXACT_DIVERSITY_USERS, diversity_item_vectors
+
+    rng = np.random.default_rng(11)
+    n_users, n_items, n_events = EXACT_DIVERSITY_USERS + 2000, 300, 60_000
+    items = (rng.zipf(1.4, n_events) % n_items).astype(str)  # skewed: some item pairs overlap a lot
+    events = pl.DataFrame(
+        {
+            "user_id": rng.integers(0, n_users, n_events).astype(str),
+            "item_id": items,
+            "event_type": "view",
+            "value": 1.0,
+            "ts": None,
+        },
+        schema_overrides={"ts": pl.Datetime("us", "UTC")},
+    )
+    data = build_dataset(events)
+    assert data.n_users > EXACT_DIVERSITY_USERS
+    projected = diversity_item_vectors(data)
+    assert isinstance(projected, np.ndarray) and projected.shape[1] < data.n_users
+    lists = pl.DataFrame(
+        {
+            "user_id": np.repeat(np.arange(800), 10),
+            "item_idx": rng.integers(0, 50, 8000),  # the popular head: overlapping audiences
+            "rank": np.tile(np.arange(1, 11), 800),
+        }
+    )
+    exact = intra_list_diversity(lists, sp.csr_matrix(data.seen().T), 10)
+    assert exact < 0.985  # audiences overlap: a projection that ignored them would show it
+    assert abs(intra_list_diversity(lists, projected, 10) - exact) < 0.005

@@ -35,7 +35,12 @@ def _product_rows(
             o[j] = neg_inf if v == 0.0 else v
 
 
-@numba.njit(nogil=True, fastmath=True, cache=True)
+# Reassociation and FMA contraction vectorise the sums; no "no-infinities" flag, since -inf is
+# written here on purpose.
+_FAST_FINITE = {"contract", "reassoc", "nsz", "arcp"}
+
+
+@numba.njit(nogil=True, fastmath=_FAST_FINITE, cache=True)
 def _add_product_rows(
     indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, right: np.ndarray,
     out: np.ndarray, start: int, blank_rows: np.ndarray, blank_columns: np.ndarray,
