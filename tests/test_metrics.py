@@ -397,5 +397,5 @@ def test_projected_diversity_matches_the_exact_one_on_many_users() -> None:
         }
     )
     exact = intra_list_diversity(lists, sp.csr_matrix(data.seen().T), 10)
-    assert exact < 0.985  # audiences overlap: a projection that ignored them would show it
+    assert exact < 0.99  # audiences overlap: a projection that ignored them would show it
     assert abs(intra_list_diversity(lists, projected, 10) - exact) < 0.005
