@@ -106,7 +106,7 @@ class RunParameters(BaseModel):
     seed: int = Field(7, description="Seed for random splits.")
     block_size: int = Field(2048, ge=1, description="Users scored per block (bounds memory).")
     fusion_block_users: int = Field(
-        20_000, ge=1, description="Users whose candidates are fused at once (bounds memory)."
+        5_000, ge=1, description="Users whose candidates are fused at once (bounds memory)."
     )
     regression_tolerance: float = Field(
         0.05,
