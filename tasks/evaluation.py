@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from tasks.audiences import EXACT_AUDIENCE_USERS, projected_audiences
 from tasks.dataset import Dataset
 from tasks.metrics import (
     RANKING_METRICS,
@@ -22,34 +23,14 @@ from tasks.metrics import (
     pool_accuracy,
 )
 
-EXACT_DIVERSITY_USERS = 4096  # above this many users, items are compared in a projected space
-PROJECTED_DIMENSIONS = 1024
-_DIRECTION_ROWS = 8192
+DIVERSITY_DIMENSIONS = 1024  # a mean over lists that share few items errs by < 0.005 (tested)
 
 
-def diversity_item_vectors(data: Dataset, seed: int = 0) -> sp.csr_matrix | np.ndarray:
-    """Items as their audiences (items × users, 0/1), the space intra-list diversity uses.
-
-    With many users the exact vectors make a list's summed vector as wide as the union of its
-    items' audiences (measured: 66 s and 7 GB for 13 lists at 100k users). Then the unit
-    audience vectors are projected on `PROJECTED_DIMENSIONS` seeded Gaussian directions
-    (Johnson–Lindenstrauss): every cosine is preserved in expectation, within about ±0.03 per
-    pair; a mean over many lists errs by a few thousandths at most (tested).
-    """
-    audiences = sp.csr_matrix(data.seen().T, dtype=np.float32)
-    if data.n_users <= EXACT_DIVERSITY_USERS:
-        return audiences
-    norms = np.sqrt(np.asarray(audiences.sum(axis=1)).ravel())  # 0/1 rows: ||v||² = Σ v
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    unit = sp.csc_matrix(sp.diags(inv.astype(np.float32)) @ audiences)
-    rng = np.random.default_rng(seed)
-    scale = np.float32(1.0 / np.sqrt(PROJECTED_DIMENSIONS))
-    out = np.zeros((data.n_items, PROJECTED_DIMENSIONS), dtype=np.float32)
-    for lo in range(0, data.n_users, _DIRECTION_ROWS):  # directions drawn a slice at a time
-        hi = min(lo + _DIRECTION_ROWS, data.n_users)
-        directions = rng.standard_normal((hi - lo, PROJECTED_DIMENSIONS), dtype=np.float32)
-        out += np.asarray(unit[:, lo:hi] @ (directions * scale))
-    return out
+def diversity_item_vectors(data: Dataset) -> sp.csr_matrix | np.ndarray:
+    """Item vectors for intra-list diversity: exact 0/1 audiences, projected on many users."""
+    if data.n_users <= EXACT_AUDIENCE_USERS:
+        return sp.csr_matrix(data.seen().T, dtype=np.float32)
+    return projected_audiences(data, DIVERSITY_DIMENSIONS)
 
 
 METRIC_SCHEMA = {

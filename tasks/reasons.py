@@ -6,7 +6,10 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from tasks.audiences import EXACT_AUDIENCE_USERS, projected_audiences, unit_audiences
 from tasks.dataset import Dataset
+
+REASON_DIMENSIONS = 256
 
 GENERIC = {
     "behavior": "people with similar taste chose it",
@@ -19,36 +22,52 @@ GENERIC = {
 
 
 def friends_who_have(data: Dataset, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """For each (user, item) pair: how many of the user's friends interacted with the item."""
+    """For each (user, item) pair: how many of the user's friends interacted with the item.
+
+    Row u of (friends @ seen) lists what u's friends have; only the pair's own item is read, so
+    the cost is the friends' histories, not the item's audience (millions for a hit).
+    """
     if data.social is None or len(users) == 0:
         return np.zeros(len(users), dtype=np.int64)
-    friends = data.social[users].sign()  # pairs × users
-    holders = sp.csr_matrix(data.seen()[:, items].T)  # pairs × users
-    return np.asarray(friends.multiply(holders).sum(axis=1)).ravel().astype(np.int64)
+    friends = sp.csr_matrix(data.social[users].sign(), dtype=np.float32)  # pairs × users
+    reach = sp.csr_matrix(friends @ data.seen())  # pairs × items
+    return np.asarray(reach[np.arange(len(users)), items]).ravel().astype(np.int64)
 
 
 def _closest_history_item(
     data: Dataset, users: np.ndarray, items: np.ndarray, block: int = 4096
 ) -> np.ndarray:
-    """For each pair: the user's history item most co-consumed with the recommended item.
+    """For each pair: the user's history item most similar to the recommended one, or -1.
 
-    Works in blocks of pairs so the pairs × items co-occurrence never exists all at once.
+    Similarity = cosine of the two items' audiences (who interacted with them). Exact up to
+    `EXACT_AUDIENCE_USERS` users; above, on seeded projections of the audiences
+    (`tasks.audiences`), where a cosine below the projection's noise level counts as none.
+    Works in blocks of pairs so memory stays bounded.
     """
     seen = data.seen()
-    item_users = sp.csr_matrix(seen.T)
-    # Cosine-style: divide by the history item's popularity so a hit everyone has doesn't win.
-    inv_sqrt_pop = 1.0 / np.sqrt(np.maximum(np.asarray(seen.sum(axis=0)).ravel(), 1.0))
-    seen_scaled = sp.csr_matrix(seen @ sp.diags(inv_sqrt_pop))
+    if data.n_users <= EXACT_AUDIENCE_USERS:
+        vectors: sp.csr_matrix | np.ndarray = unit_audiences(data)
+        floor = 0.0
+    else:
+        vectors = projected_audiences(data, REASON_DIMENSIONS)
+        floor = 1.5 / np.sqrt(REASON_DIMENSIONS)
     best = np.full(len(users), -1, dtype=np.int64)
     for start in range(0, len(users), block):
         u, i = users[start : start + block], items[start : start + block]
-        co = sp.csr_matrix((item_users[i] @ seen_scaled).multiply(seen[u]))  # restricted to history
-        if not co.nnz:
+        history = seen[u]
+        rows = np.repeat(np.arange(len(u)), np.diff(history.indptr))
+        hist_items = history.indices.astype(np.int64)
+        if isinstance(vectors, np.ndarray):
+            sims = np.einsum("nd,nd->n", vectors[i[rows]], vectors[hist_items])
+        else:
+            sims = np.asarray(vectors[i[rows]].multiply(vectors[hist_items]).sum(axis=1)).ravel()
+        keep = sims > floor
+        rows, hist_items, sims = rows[keep], hist_items[keep], sims[keep]
+        if not len(rows):
             continue
-        rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))
-        order = np.lexsort((-co.data, rows))
+        order = np.lexsort((hist_items, -sims, rows))  # best first; ties → smaller item index
         first_rows, first_pos = np.unique(rows[order], return_index=True)
-        best[start + first_rows] = co.indices[order][first_pos]
+        best[start + first_rows] = hist_items[order][first_pos]
     return best
 
 

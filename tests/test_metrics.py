@@ -369,11 +369,12 @@ def test_matches_slow_reference_on_random_data() -> None:
 
 
 def test_projected_diversity_matches_the_exact_one_on_many_users() -> None:
+    from tasks.audiences import EXACT_AUDIENCE_USERS
     from tasks.dataset import build_dataset
-    from tasks.evaluation import EXACT_DIVERSITY_USERS, diversity_item_vectors
+    from tasks.evaluation import diversity_item_vectors
 
     rng = np.random.default_rng(11)
-    n_users, n_items, n_events = EXACT_DIVERSITY_USERS + 2000, 300, 60_000
+    n_users, n_items, n_events = EXACT_AUDIENCE_USERS + 2000, 300, 60_000
     items = (rng.zipf(1.4, n_events) % n_items).astype(str)  # skewed: some item pairs overlap a lot
     events = pl.DataFrame(
         {
@@ -386,7 +387,7 @@ def test_projected_diversity_matches_the_exact_one_on_many_users() -> None:
         schema_overrides={"ts": pl.Datetime("us", "UTC")},
     )
     data = build_dataset(events)
-    assert data.n_users > EXACT_DIVERSITY_USERS
+    assert data.n_users > EXACT_AUDIENCE_USERS
     projected = diversity_item_vectors(data)
     assert isinstance(projected, np.ndarray) and projected.shape[1] < data.n_users
     lists = pl.DataFrame(
