@@ -192,7 +192,7 @@ def assemble_outputs(
     recommendations = data.with_ids(explained).select(
         "user_id", "rank", "item_id", "score", "contributions", "reason", "segment"
     )
-    candidates = data.with_ids(recs.candidates.candidates.cast(CANDIDATE_SCHEMA))  # type: ignore[arg-type]
+    candidates = recs.candidates.candidates.cast(CANDIDATE_SCHEMA)  # type: ignore[arg-type]
     metrics = (
         evaluation.metrics
         if evaluation
@@ -207,7 +207,9 @@ def assemble_outputs(
         )
     )
     check_frame = pl.concat([c.results.drop("blocking") for c in check_outcomes])
-    return RunOutputs(recommendations, candidates, metrics, check_frame)
+    return RunOutputs(
+        recommendations, candidates, metrics, check_frame, data.user_ids, data.item_ids
+    )
 
 
 @task(name="check-recommendations", cache_policy=NO_CACHE)

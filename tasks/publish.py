@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from tasks.fault_injection import fault_point
@@ -26,9 +27,11 @@ class RunOutputs:
     """Everything a run writes besides its `runs` row."""
 
     recommendations: pl.DataFrame  # user_id, rank, item_id, score, contributions, reason, segment
-    candidates: pl.DataFrame  # modality, user_id, item_id, score, rank
+    candidates: pl.DataFrame  # modality, user_idx, item_idx, score, rank (integer-coded)
     metrics: pl.DataFrame  # model, metric, k, segment, value
     checks: pl.DataFrame  # suite, expectation, column_name, success, observed_value
+    user_ids: np.ndarray  # user_idx -> user_id, for the candidates
+    item_ids: np.ndarray  # item_idx -> item_id
 
 
 def _insert(
@@ -39,6 +42,27 @@ def _insert(
     con.register("staged_output", frame.to_arrow())
     con.execute(f"INSERT INTO {table} {select_sql}")
     con.unregister("staged_output")
+
+
+def _insert_candidates(con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs) -> None:
+    """Candidates are the run's largest output (users × modalities × N rows): their string ids
+    are joined on inside DuckDB, which streams, instead of being materialised in Polars."""
+    if outputs.candidates.height == 0:
+        return
+    staged = {
+        "staged_candidates": outputs.candidates,
+        "staged_users": pl.DataFrame({"user_idx": np.arange(len(outputs.user_ids), dtype=np.int32),
+                                      "user_id": pl.Series(outputs.user_ids, dtype=pl.String)}),
+        "staged_items": pl.DataFrame({"item_idx": np.arange(len(outputs.item_ids), dtype=np.int32),
+                                      "item_id": pl.Series(outputs.item_ids, dtype=pl.String)}),
+    }
+    for name, frame in staged.items():
+        con.register(name, frame.to_arrow())
+    try:
+        con.execute(read_sql("publish_candidates.sql"), {"run_id": run_id})
+    finally:
+        for name in staged:
+            con.unregister(name)
 
 
 def publish_run(
@@ -56,12 +80,7 @@ def publish_run(
     run = pl.lit(run_id).alias("run_id")
     con.execute("BEGIN TRANSACTION")
     try:
-        _insert(
-            con,
-            "candidates",
-            outputs.candidates.with_columns(run),
-            "SELECT run_id, modality, user_id, item_id, score, rank FROM staged_output",
-        )
+        _insert_candidates(con, run_id, outputs)
         fault_point("publish:after_candidates")
         _insert(
             con,
