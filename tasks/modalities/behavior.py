@@ -234,7 +234,7 @@ class EaseModel:
 
 
 class AlsModel:
-    """Implicit-feedback ALS (confidence 1 + alpha·r), NumPy/SciPy only; scores U[block] @ Vᵀ."""
+    """Implicit-feedback ALS (confidence 1 + alpha·r) by compiled CG sweeps; scores U[b] @ Vᵀ."""
 
     name = "behavior"
 
