@@ -7,6 +7,7 @@ and a failed run never changes what `recommendations_latest` returns.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -176,9 +177,13 @@ def evaluate_task(snap: Snapshot, data: Dataset, params: RunParameters) -> Evalu
 
 @task(name="recommend", cache_policy=NO_CACHE)
 def recommend_task(
-    snap: Snapshot, data: Dataset, params: RunParameters, evaluation: Evaluation | None
+    snap: Snapshot,
+    data: Dataset,
+    params: RunParameters,
+    evaluation: Evaluation | None,
+    staging: Path,
 ) -> Recommendations:
-    return recommend(snap, data, params, evaluation.plan if evaluation else None)
+    return recommend(snap, data, params, evaluation.plan if evaluation else None, staging)
 
 
 @task(name="assemble-outputs", cache_policy=NO_CACHE)
@@ -208,7 +213,8 @@ def assemble_outputs(
     )
     check_frame = pl.concat([c.results.drop("blocking") for c in check_outcomes])
     return RunOutputs(
-        recommendations, candidates, metrics, check_frame, data.user_ids, data.item_ids
+        recommendations, candidates, metrics, check_frame, data.user_ids, data.item_ids,
+        recs.candidate_files,
     )
 
 
@@ -277,7 +283,7 @@ def report_task(
     row_counts |= {f"{t}_quarantined": n for t, n in ingest_report.quarantined.items()}
     row_counts |= {
         "recommendations": outputs.recommendations.height,
-        "candidates": outputs.candidates.height,
+        "candidates": outputs.n_candidates,
     }
     path: Path | None = None
     try:
@@ -406,35 +412,38 @@ def _run(
     evaluation = evaluate_task(snap, data, params) if params.evaluate else None
     lap("evaluate")
     fault_point("after_evaluate")
-    recs = recommend_task(snap, data, params, evaluation)
-    lap("recommend")
-    outputs = assemble_outputs(recs, evaluation, [input_check])
-    output_check = check_output_task(outputs, data, params.top_k)
-    previous = previous_run_task(params.db)
-    outputs.checks = pl.concat([outputs.checks, output_check.results.drop("blocking")])
-    lap("explain_and_check")
+    # The run's candidates are staged as Parquet here until published, then removed.
+    with tempfile.TemporaryDirectory(prefix=f"recfusion-{run_id}-") as staging:
+        recs = recommend_task(snap, data, params, evaluation, Path(staging))
+        lap("recommend")
+        outputs = assemble_outputs(recs, evaluation, [input_check])
+        output_check = check_output_task(outputs, data, params.top_k)
+        previous = previous_run_task(params.db)
+        outputs.checks = pl.concat([outputs.checks, output_check.results.drop("blocking")])
+        lap("explain_and_check")
 
-    strategy = evaluation.plan.strategy if evaluation else "weighted"
-    status: FinalStatus
-    if not output_check.passed:
-        status, message = "rejected", "output checks failed: " + "; ".join(output_check.failures())
-    else:
-        message = _regression_gate(params, snap.fingerprint(), evaluation)
-        status = "rejected" if message else "published"
-    publish_task(params, run_id, outputs, status, strategy, timings, message)
-    lap("publish")
-    report_task(
-        params,
-        run_id,
-        status,
-        message,
-        strategy,
-        outputs,
-        previous,
-        [input_check, output_check],
-        ingest_report,
-        timings,
-    )
+        strategy = evaluation.plan.strategy if evaluation else "weighted"
+        status: FinalStatus
+        if not output_check.passed:
+            failures = "; ".join(output_check.failures())
+            status, message = "rejected", f"output checks failed: {failures}"
+        else:
+            message = _regression_gate(params, snap.fingerprint(), evaluation)
+            status = "rejected" if message else "published"
+        publish_task(params, run_id, outputs, status, strategy, timings, message)
+        lap("publish")
+        report_task(
+            params,
+            run_id,
+            status,
+            message,
+            strategy,
+            outputs,
+            previous,
+            [input_check, output_check],
+            ingest_report,
+            timings,
+        )
     fused = outputs.metrics.filter((pl.col("model") == "fused") & (pl.col("segment") == "all"))
     return RunSummary(
         run_id,

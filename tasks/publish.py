@@ -7,13 +7,16 @@ COMMIT below succeeds, analysts keep seeing the previous run — also if this pr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
 import polars as pl
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from tasks.fault_injection import fault_point
 from tasks.warehouse import execute_script, read_sql
@@ -32,6 +35,12 @@ class RunOutputs:
     checks: pl.DataFrame  # suite, expectation, column_name, success, observed_value
     user_ids: np.ndarray  # user_idx -> user_id, for the candidates
     item_ids: np.ndarray  # item_idx -> item_id
+    candidate_files: list[Path] = field(default_factory=list)  # staged candidates, if any
+
+    @property
+    def n_candidates(self) -> int:
+        staged = sum(pq.ParquetFile(f).metadata.num_rows for f in self.candidate_files)
+        return self.candidates.height + staged
 
 
 def _insert(
@@ -47,17 +56,24 @@ def _insert(
 def _insert_candidates(con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs) -> None:
     """Candidates are the run's largest output (users × modalities × N rows): their string ids
     are joined on inside DuckDB, which streams, instead of being materialised in Polars."""
-    if outputs.candidates.height == 0:
+    if outputs.n_candidates == 0:
         return
-    staged = {
-        "staged_candidates": outputs.candidates,
+    candidates: Any = (
+        ds.dataset([str(f) for f in outputs.candidate_files], format="parquet")
+        if outputs.candidate_files
+        else outputs.candidates.to_arrow()
+    )
+    if outputs.candidate_files and outputs.candidates.height:
+        raise ValueError("candidates are either staged to files or held in memory, not both")
+    staged: dict[str, Any] = {
+        "staged_candidates": candidates,
         "staged_users": pl.DataFrame({"user_idx": np.arange(len(outputs.user_ids), dtype=np.int32),
                                       "user_id": pl.Series(outputs.user_ids, dtype=pl.String)}),
         "staged_items": pl.DataFrame({"item_idx": np.arange(len(outputs.item_ids), dtype=np.int32),
                                       "item_id": pl.Series(outputs.item_ids, dtype=pl.String)}),
     }
     for name, frame in staged.items():
-        con.register(name, frame.to_arrow())
+        con.register(name, frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame)
     try:
         con.execute(read_sql("publish_candidates.sql"), {"run_id": run_id})
     finally:

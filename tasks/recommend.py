@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -45,10 +46,12 @@ class Evaluation:
 @dataclass
 class Recommendations:
     data: Dataset
-    candidates: CandidateSet
+    candidates: CandidateSet  # in memory; empty when they were staged to `candidate_files`
     fused: pl.DataFrame  # user_idx, item_idx, score, rank, contrib_*
     segments: pl.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
+    candidate_files: list[Path] = field(default_factory=list)  # Parquet, one per user block
+    n_candidates: int = 0
 
 
 def dataset_from(
@@ -189,23 +192,36 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
 
 
 def recommend(
-    snapshot: Snapshot, full: Dataset, params: RunParameters, plan: FusionPlan | None
+    snapshot: Snapshot,
+    full: Dataset,
+    params: RunParameters,
+    plan: FusionPlan | None,
+    staging: Path | None = None,
 ) -> Recommendations:
     """Fit every modality on all data once, then score and fuse users a block at a time.
 
     Fusion (the stacker's features above all) needs several values per candidate; doing it for
-    `fusion_block_users` users at a time bounds that memory whatever the number of users.
+    `fusion_block_users` users at a time bounds that memory whatever the number of users. With
+    `staging`, each block's candidates (users × sources × N rows, the run's largest output) go
+    to a Parquet file there instead of staying in memory until publishing.
     """
     start = time.perf_counter()
     fitted = fit_modalities(full, params)
     segments = user_segments(full, params.fusion.cold_history_max)
     blocks: list[CandidateSet] = []
     fused: list[pl.DataFrame] = []
+    files: list[Path] = []
+    n_candidates = 0
     for lo in range(0, full.n_users, params.fusion_block_users):
         users = np.arange(lo, min(lo + params.fusion_block_users, full.n_users))
         cands = score_candidates(fitted, params, users)
         plan = plan or _fixed_plan(params, cands.modalities)
         fused.append(apply_plan(cands.candidates, plan, params.top_k, segments, data=full))
+        n_candidates += cands.candidates.height
+        if staging is not None:
+            files.append(staging / f"candidates-{len(files):05d}.parquet")
+            cands.candidates.write_parquet(files[-1])
+            cands.candidates = cands.candidates.clear()
         blocks.append(cands)
     if not blocks:  # no users at all: the empty frames of one (empty) block
         blocks.append(score_candidates(fitted, params, np.arange(0)))
@@ -222,4 +238,4 @@ def recommend(
     seconds = dict(seconds)
     seconds["recommend_total"] = time.perf_counter() - start
     return Recommendations(full, cands, pl.concat(fused, how="diagonal_relaxed"), segments,
-                           seconds)
+                           seconds, files, n_candidates)

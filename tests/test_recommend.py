@@ -56,3 +56,23 @@ def test_fusing_users_block_by_block_changes_nothing(small_source: Path) -> None
         whole.candidates.candidates.sort("modality", "user_idx", "rank"),
         blocked.candidates.candidates.sort("modality", "user_idx", "rank"),
     )
+
+
+def test_staged_candidates_are_the_in_memory_ones(small_source: Path, tmp_path: Path) -> None:
+    snap = _snapshot(small_source)
+    params = RunParameters(
+        modalities=["behavior", "popularity"],
+        fusion=FusionParams(strategy="weighted"),
+        fusion_block_users=100,
+    )
+    full = dataset_from(snap, params)
+    held = recommend(snap, full, params, plan=None)
+    staged = recommend(snap, full, params, plan=None, staging=tmp_path)
+    assert len(staged.candidate_files) == len(range(0, full.n_users, 100)) > 1
+    assert staged.candidates.candidates.height == 0  # nothing kept in memory
+    assert staged.n_candidates == held.n_candidates == held.candidates.candidates.height
+    order = ["modality", "user_idx", "rank"]
+    assert_frame_equal(
+        pl.read_parquet(staged.candidate_files).sort(order),
+        held.candidates.candidates.sort(order),
+    )
