@@ -23,6 +23,7 @@ from tasks.warehouse import execute_script, read_sql
 
 FinalStatus = Literal["published", "rejected"]
 KEEP_ALL = 1_000_000_000
+PUBLISH_MEMORY_LIMIT = "1GB"  # DuckDB's working memory while publishing; the rest spills to disk
 
 
 @dataclass
@@ -74,6 +75,10 @@ def _insert_candidates(con: duckdb.DuckDBPyConnection, run_id: str, outputs: Run
     }
     for name, frame in staged.items():
         con.register(name, frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame)
+    # Row order in the table does not matter; without it DuckDB streams the insert and spills
+    # past its memory limit instead of buffering every staged row.
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET memory_limit = '{PUBLISH_MEMORY_LIMIT}'")
     try:
         con.execute(read_sql("publish_candidates.sql"), {"run_id": run_id})
     finally:
