@@ -214,7 +214,7 @@ def assemble_outputs(
     check_frame = pl.concat([c.results.drop("blocking") for c in check_outcomes])
     return RunOutputs(
         recommendations, candidates, metrics, check_frame, data.user_ids, data.item_ids,
-        recs.candidate_files,
+        recs.candidate_files, recs.n_candidates,
     )
 
 

@@ -79,18 +79,21 @@ def fit_modalities(
 def score_candidates(
     fitted: FittedModalities, params: RunParameters, users: np.ndarray | None = None
 ) -> CandidateSet:
-    """Each fitted modality's top-N unseen items for `users` (default: all), one long frame."""
+    """Each fitted modality's top-N unseen items for `users` (default: all), one long frame.
+
+    `seconds` holds the scoring time only; the fit time is `fitted.seconds`.
+    """
     data = fitted.data
     users = np.arange(data.n_users) if users is None else users
     seen = data.seen()
     n = max(params.candidates_per_modality, params.top_k)
-    out = CandidateSet(pl.DataFrame(), dict(fitted.skipped), dict(fitted.seconds))
+    out = CandidateSet(pl.DataFrame(), dict(fitted.skipped))
     frames = []
     for name, model in fitted.models.items():
         start = time.perf_counter()
         frame = top_n(model, users, n, seen=seen, block_size=params.block_size)
         frames.append(frame.with_columns(pl.lit(name).alias("modality")))
-        out.seconds[name] = out.seconds.get(name, 0.0) + time.perf_counter() - start
+        out.seconds[name] = time.perf_counter() - start
         log.info(
             "modality %s: %d candidates for %d users in %.1fs",
             name,
@@ -114,4 +117,7 @@ def generate_candidates(
     modalities: Sequence[str] | None = None,
 ) -> CandidateSet:
     """Fit every modality and keep each one's top-N unseen items for `users` (default: all)."""
-    return score_candidates(fit_modalities(data, params, modalities), params, users)
+    fitted = fit_modalities(data, params, modalities)
+    out = score_candidates(fitted, params, users)
+    out.seconds = {m: fit + out.seconds.get(m, 0.0) for m, fit in fitted.seconds.items()}
+    return out

@@ -16,7 +16,6 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from tasks.fault_injection import fault_point
 from tasks.warehouse import execute_script, read_sql
@@ -36,12 +35,8 @@ class RunOutputs:
     checks: pl.DataFrame  # suite, expectation, column_name, success, observed_value
     user_ids: np.ndarray  # user_idx -> user_id, for the candidates
     item_ids: np.ndarray  # item_idx -> item_id
-    candidate_files: list[Path] = field(default_factory=list)  # staged candidates, if any
-
-    @property
-    def n_candidates(self) -> int:
-        staged = sum(pq.ParquetFile(f).metadata.num_rows for f in self.candidate_files)
-        return self.candidates.height + staged
+    candidate_files: list[Path] = field(default_factory=list)  # staged instead, if any
+    n_candidates: int = 0  # rows in `candidates` or in the staged files
 
 
 def _insert(
@@ -54,6 +49,14 @@ def _insert(
     con.unregister("staged_output")
 
 
+def _id_table(kind: str, ids: np.ndarray) -> Any:
+    """Arrow table index -> string id, for joining ids onto integer-coded rows in SQL."""
+    return pl.DataFrame(
+        {f"{kind}_idx": np.arange(len(ids), dtype=np.int32),
+         f"{kind}_id": pl.Series(ids, dtype=pl.String)}
+    ).to_arrow()
+
+
 def _insert_candidates(con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs) -> None:
     """Candidates are the run's largest output (users × modalities × N rows): their string ids
     are joined on inside DuckDB, which streams, instead of being materialised in Polars."""
@@ -64,22 +67,18 @@ def _insert_candidates(con: duckdb.DuckDBPyConnection, run_id: str, outputs: Run
         if outputs.candidate_files
         else outputs.candidates.to_arrow()
     )
-    if outputs.candidate_files and outputs.candidates.height:
-        raise ValueError("candidates are either staged to files or held in memory, not both")
     staged: dict[str, Any] = {
         "staged_candidates": candidates,
-        "staged_users": pl.DataFrame({"user_idx": np.arange(len(outputs.user_ids), dtype=np.int32),
-                                      "user_id": pl.Series(outputs.user_ids, dtype=pl.String)}),
-        "staged_items": pl.DataFrame({"item_idx": np.arange(len(outputs.item_ids), dtype=np.int32),
-                                      "item_id": pl.Series(outputs.item_ids, dtype=pl.String)}),
+        "staged_users": _id_table("user", outputs.user_ids),
+        "staged_items": _id_table("item", outputs.item_ids),
     }
-    for name, frame in staged.items():
-        con.register(name, frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame)
     # Row order in the table does not matter; without it DuckDB streams the insert and spills
     # past its memory limit instead of buffering every staged row.
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET memory_limit = '{PUBLISH_MEMORY_LIMIT}'")
     try:
+        for name, frame in staged.items():
+            con.register(name, frame)
         con.execute(read_sql("publish_candidates.sql"), {"run_id": run_id})
     finally:
         for name in staged:

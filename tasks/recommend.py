@@ -227,10 +227,8 @@ def recommend(
         blocks.append(score_candidates(fitted, params, np.arange(0)))
         plan = plan or _fixed_plan(params, list(fitted.models))
         fused.append(apply_plan(blocks[0].candidates, plan, params.top_k, segments, data=full))
-    # each block's seconds = fit + its scoring: count the fit once
-    seconds = {
-        m: fit + sum(b.seconds.get(m, fit) - fit for b in blocks)
-        for m, fit in fitted.seconds.items()
+    seconds = {  # fit once + every block's scoring
+        m: fit + sum(b.seconds.get(m, 0.0) for b in blocks) for m, fit in fitted.seconds.items()
     }
     cands = CandidateSet(
         pl.concat([b.candidates for b in blocks]), dict(fitted.skipped), seconds

@@ -30,7 +30,7 @@ def _product_rows(
                 o[r_indices[q]] += w * r_data[q]
         if not zero_as_neg_inf:
             continue
-        for j in range(o.shape[0]):  # a select, not a branch: ~40 % zeros mispredict
+        for j in range(o.shape[0]):
             v = o[j]
             o[j] = neg_inf if v == 0.0 else v
 
