@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +50,9 @@ CONTEXT_FEATURES = ("n_modalities", "sum_norm", "blend_norm", "sum_rrf", "item_l
                     "user_log_degree", "item_age_days")
 KEY_COLUMNS = ("user_idx", "item_idx")
 BLEND_K = 10  # list length the blend weights are tuned for (NDCG@K)
+# Users whose feature rows exist at once (≈ 40 float64 columns × users × candidates per user):
+# 1,000 users × 600 candidates is about 0.2 GB, whatever the number of users in the run.
+FEATURE_BLOCK_USERS = 1_000
 #: The fused shape shared with tasks.fusion (plus one contrib_<modality> column per modality).
 FUSED_SCHEMA = {"user_idx": pl.Int32, "item_idx": pl.Int32, "score": pl.Float64, "rank": pl.Int32}
 
@@ -276,36 +279,58 @@ class StackingModel:
         Raises StackingUnavailable when the labels have no positives or no negatives (nothing to
         learn); the caller then falls back to weighted fusion.
         """
+        return self.fit_blocks([(features, labels)])
+
+    def fit_blocks(self, blocks: Iterable[tuple[pl.DataFrame, np.ndarray]]) -> StackingModel:
+        """`fit` over (features, labels) blocks that each hold whole users, in user order.
+
+        Every block is subsampled (every positive, capped negatives per user) as it arrives, so
+        only the kept rows stay in memory: feature rows grow with users × candidates, kept rows
+        with positives. Each bag's random draws continue one stream across blocks, so the model
+        is the one `fit` would give on the concatenated blocks.
+        """
         start = time.perf_counter()
-        y = np.asarray(labels).astype(bool)
-        if len(y) != features.height:
-            raise ValueError(f"{len(y)} labels for {features.height} feature rows")
-        n_pos = int(y.sum())
-        if n_pos == 0 or n_pos == len(y):
-            raise StackingUnavailable(
-                f"need positive and negative labels, got {n_pos} of {len(y)} positive")
         learner = self.params.learner
+        # Draw for every bag the learner may use; "auto" picks the learner after the last block.
+        n_draws = max(1, self.params.n_bags) if learner in ("auto", "hgb") else 1
+        streams = [np.random.default_rng(self.seed + bag) for bag in range(n_draws)]
+        kept: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in streams]
+        n_pos = n_rows = 0
+        for features, labels in blocks:
+            y = np.asarray(labels).astype(bool)
+            if len(y) != features.height:
+                raise ValueError(f"{len(y)} labels for {features.height} feature rows")
+            n_pos, n_rows = n_pos + int(y.sum()), n_rows + len(y)
+            users = features["user_idx"].to_numpy()
+            x = features.select(self.columns).to_numpy().astype(np.float64)
+            for bag, stream in enumerate(streams):
+                keep = self._subsample(users, y, stream)
+                kept[bag].append((x[keep], y[keep]))
+        if n_pos == 0 or n_pos == n_rows:
+            raise StackingUnavailable(
+                f"need positive and negative labels, got {n_pos} of {n_rows} positive")
         if learner == "auto":
             learner = "hgb" if n_pos >= self.params.min_positives_for_hgb else "logistic"
-        users = features["user_idx"].to_numpy()
-        x_all = features.select(self.columns).to_numpy().astype(np.float64)
-        self.estimators, self.n_train_rows = [], 0
         # A linear model on all rows is deterministic: bagging only pays for subsampled trees.
         bags = max(1, self.params.n_bags) if learner == "hgb" else 1
+        self.estimators, self.n_train_rows = [], 0
         for bag in range(bags):
-            keep = self._subsample(users, y, self.seed + bag)
+            x_bag = np.concatenate([x for x, _ in kept[bag]])
+            y_bag = np.concatenate([y for _, y in kept[bag]])
+            kept[bag] = []  # free the parts before the estimator copies the matrix
             estimator = self._hgb(self.seed + bag) if learner == "hgb" else make_pipeline(
                 StandardScaler(), LogisticRegression(C=self.params.logistic_c, max_iter=2000))
-            estimator.fit(x_all[keep], y[keep])
+            estimator.fit(x_bag, y_bag)
             self.estimators.append(estimator)
-            self.n_train_rows += int(keep.sum())
+            self.n_train_rows += len(y_bag)
         self.learner, self.n_train_positives = learner, n_pos
         self.fit_seconds = time.perf_counter() - start
         log.info("stacker %s×%d fit on %d rows (%d positive) in %.1fs", learner, bags,
                  self.n_train_rows, n_pos, self.fit_seconds)
         return self
 
-    def _subsample(self, users: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    def _subsample(self, users: np.ndarray, y: np.ndarray, draws: np.random.Generator
+                   ) -> np.ndarray:
         """Rows to train on: every positive; per user at most `negatives_per_positive` × its
         positives negatives (seeded); users without a positive carry no ranking signal and go."""
         ratio = self.params.negatives_per_positive
@@ -316,8 +341,7 @@ class StackingModel:
             rate = np.where(pos > 0, 1.0, 0.0)
         else:
             rate = np.where(pos > 0, np.minimum(1.0, ratio * pos / np.maximum(neg, 1.0)), 0.0)
-        draw = np.random.default_rng(seed).random(len(y))
-        return y | (draw < rate[inverse])
+        return y | (draws.random(len(y)) < rate[inverse])
 
     def _hgb(self, seed: int) -> HistGradientBoostingClassifier:
         p = self.params
@@ -363,6 +387,14 @@ def label_pairs(features: pl.DataFrame, truth: pl.DataFrame) -> np.ndarray:
     return labelled["_label"].fill_null(0).to_numpy().astype(np.int8)
 
 
+def user_blocks(candidates: pl.DataFrame, block_users: int) -> Iterator[pl.DataFrame]:
+    """The candidates of at most `block_users` users at a time, in user order."""
+    users = np.unique(candidates["user_idx"].to_numpy())
+    for start in range(0, len(users), block_users):
+        lo, hi = int(users[start]), int(users[min(start + block_users, len(users)) - 1])
+        yield candidates.filter(pl.col("user_idx").is_between(lo, hi))
+
+
 def fit_stacker(candidates: pl.DataFrame, truth: pl.DataFrame, data: Dataset,
                 modalities: Sequence[str], seed: int = 7,
                 params: StackingParams | None = None,
@@ -385,8 +417,14 @@ def fit_stacker(candidates: pl.DataFrame, truth: pl.DataFrame, data: Dataset,
     if params.tune_blend and truth.height:
         tuned, _ = tune_weights(candidate_table(known), truth, BLEND_K)
         model.blend_weights = {m: float(tuned.get(m, 0.0)) for m in modalities}
-    features = model.features(known, data)
-    return model.fit(features, label_pairs(features, truth))
+    context = _Context.of(data)
+
+    def labelled_blocks() -> Iterator[tuple[pl.DataFrame, np.ndarray]]:
+        for block in user_blocks(known, FEATURE_BLOCK_USERS):
+            features = model.features(block, data, context)
+            yield features, label_pairs(features, truth)
+
+    return model.fit_blocks(labelled_blocks())
 
 
 def _fused_schema(modalities: Sequence[str]) -> dict[str, Any]:
@@ -395,7 +433,7 @@ def _fused_schema(modalities: Sequence[str]) -> dict[str, Any]:
 
 def fuse_stacking(candidates: pl.DataFrame, data: Dataset, model: StackingModel, k: int,
                   modalities: Sequence[str] | None = None,
-                  block_users: int = 20_000) -> pl.DataFrame:
+                  block_users: int = FEATURE_BLOCK_USERS) -> pl.DataFrame:
     """Rank each user's candidate union by the stacker; the fused shape of `tasks.fusion`.
 
     Returns user_idx, item_idx, score (stacker probability), rank (1..k, contiguous per user,
@@ -414,11 +452,8 @@ def fuse_stacking(candidates: pl.DataFrame, data: Dataset, model: StackingModel,
     if candidates.height == 0:
         return pl.DataFrame(schema=schema)
     context = _Context.of(data)
-    users = np.unique(candidates["user_idx"].to_numpy())
     parts: list[pl.DataFrame] = []
-    for start in range(0, len(users), block_users):
-        lo, hi = int(users[start]), int(users[min(start + block_users, len(users)) - 1])
-        block = candidates.filter(pl.col("user_idx").is_between(lo, hi))
+    for block in user_blocks(candidates, block_users):
         features = model.features(block, data, context)
         scored = features.with_columns(pl.Series("score", model.predict(features)))
         best = top_k(scored, k)

@@ -202,3 +202,29 @@ def test_degenerate_labels_raise_stacking_unavailable():
         fit_stacker(c.clear(), truth, data, MODS, params=FAST)  # no candidates
     labels = label_pairs(features, truth)
     assert labels.sum() == truth.height
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        StackingParams(negatives_per_positive=2.0),
+        StackingParams(learner="hgb", n_bags=2, negatives_per_positive=2.0, max_iter=10,
+                       min_samples_leaf=5, early_stopping=False),
+    ],
+    ids=["logistic", "hgb-bagged"],
+)
+def test_fit_in_user_blocks_gives_the_one_shot_model(
+    params: StackingParams, monkeypatch: pytest.MonkeyPatch
+):
+    """Features are built and negatives sampled a user block at a time (bounded memory); the
+    sampled rows, and so the model, must not depend on the block size."""
+    import tasks.stacking as stacking
+
+    c, truth, data = planted(n_users=90)
+    one_shot = fit_stacker(c, truth, data, MODS, seed=4, params=params)
+    monkeypatch.setattr(stacking, "FEATURE_BLOCK_USERS", 7)
+    blocked = fit_stacker(c, truth, data, MODS, seed=4, params=params)
+    assert 0 < blocked.n_train_rows < c.height  # negatives were capped
+    assert blocked.n_train_rows == one_shot.n_train_rows
+    features = blocked.features(c, data)
+    assert np.array_equal(blocked.predict(features), one_shot.predict(features))
