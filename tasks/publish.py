@@ -7,6 +7,8 @@ COMMIT below succeeds, analysts keep seeing the previous run — also if this pr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,6 @@ from typing import Any, Literal
 import duckdb
 import numpy as np
 import polars as pl
-import pyarrow.dataset as ds
 
 from tasks.fault_injection import fault_point
 from tasks.warehouse import execute_script, read_sql
@@ -44,9 +45,25 @@ def _insert(
 ) -> None:
     if frame.height == 0:
         return
-    con.register("staged_output", frame.to_arrow())
-    con.execute(f"INSERT INTO {table} {select_sql}")
-    con.unregister("staged_output")
+    with _staged(con, {"staged_output": frame.to_arrow()}):
+        con.execute(f"INSERT INTO {table} {select_sql}")
+
+
+@contextmanager
+def _staged(con: duckdb.DuckDBPyConnection, frames: Mapping[str, Any]) -> Iterator[None]:
+    """Register frames under names for the statements inside.
+
+    A failed statement aborts the transaction, which then refuses even `unregister`; ROLLBACK
+    drops the names anyway, so that refusal must not replace the statement's own error.
+    """
+    try:
+        for name, frame in frames.items():
+            con.register(name, frame)
+        yield
+    finally:
+        with suppress(duckdb.TransactionException):
+            for name in frames:
+                con.unregister(name)
 
 
 def _id_table(kind: str, ids: np.ndarray) -> Any:
@@ -62,27 +79,21 @@ def _insert_candidates(con: duckdb.DuckDBPyConnection, run_id: str, outputs: Run
     are joined on inside DuckDB, which streams, instead of being materialised in Polars."""
     if outputs.n_candidates == 0:
         return
-    candidates: Any = (
-        ds.dataset([str(f) for f in outputs.candidate_files], format="parquet")
-        if outputs.candidate_files
-        else outputs.candidates.to_arrow()
-    )
     staged: dict[str, Any] = {
-        "staged_candidates": candidates,
         "staged_users": _id_table("user", outputs.user_ids),
         "staged_items": _id_table("item", outputs.item_ids),
+        # DuckDB's own Parquet reader streams within its memory limit; an Arrow dataset scan
+        # held ~1.4 GB outside it at 100k users.
+        "staged_candidates": con.read_parquet([str(f) for f in outputs.candidate_files])
+        if outputs.candidate_files
+        else outputs.candidates.to_arrow(),
     }
     # Row order in the table does not matter; without it DuckDB streams the insert and spills
     # past its memory limit instead of buffering every staged row.
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET memory_limit = '{PUBLISH_MEMORY_LIMIT}'")
-    try:
-        for name, frame in staged.items():
-            con.register(name, frame)
+    with _staged(con, staged):
         con.execute(read_sql("publish_candidates.sql"), {"run_id": run_id})
-    finally:
-        for name in staged:
-            con.unregister(name)
 
 
 def publish_run(

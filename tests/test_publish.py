@@ -1,0 +1,106 @@
+"""Publishing into a real DuckDB file: staged candidate files; a failure keeps its cause."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from tasks.publish import RunOutputs, publish_run
+from tasks.runs import start_run
+from tasks.warehouse import apply_schema
+
+USERS = np.array(["ann", "bob", "cy"], dtype=object)
+ITEMS = np.array(["i0", "i1", "i2", "i3"], dtype=object)
+CANDIDATE_SCHEMA = {
+    "modality": pl.String,
+    "user_idx": pl.Int32,
+    "item_idx": pl.Int32,
+    "score": pl.Float32,
+    "rank": pl.Int32,
+}
+
+
+def candidates(rows: list[tuple[str, int, int, float | None, int]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA, orient="row")
+
+
+BLOCKS = [
+    candidates([("behavior", 0, 1, 0.9, 1), ("behavior", 0, 2, 0.5, 2), ("content", 1, 3, 0.7, 1)]),
+    candidates([("behavior", 2, 0, 0.4, 1), ("popularity", 2, 3, 12.0, 1)]),
+]
+
+
+def outputs(staged: list[Path] | None = None, in_memory: pl.DataFrame | None = None) -> RunOutputs:
+    recs = pl.DataFrame(
+        {
+            "user_id": ["ann", "bob", "cy"],
+            "rank": [1, 1, 1],
+            "item_id": ["i1", "i3", "i0"],
+            "score": [0.9, 0.7, 0.4],
+            "contributions": ['{"behavior": 1.0}', '{"content": 1.0}', '{"behavior": 1.0}'],
+            "reason": ["because", "because", "because"],
+            "segment": ["warm", "cold", "warm"],
+        }
+    )
+    cands = pl.DataFrame(schema=CANDIDATE_SCHEMA) if in_memory is None else in_memory
+    n = sum(pl.read_parquet(f).height for f in staged) if staged else cands.height
+    empty_metrics = pl.DataFrame(
+        schema={"model": pl.String, "metric": pl.String, "k": pl.Int32, "segment": pl.String,
+                "value": pl.Float64}
+    )
+    empty_checks = pl.DataFrame(
+        schema={"suite": pl.String, "expectation": pl.String, "column_name": pl.String,
+                "success": pl.Boolean, "observed_value": pl.String}
+    )
+    return RunOutputs(recs, cands, empty_metrics, empty_checks, USERS, ITEMS, staged or [], n)
+
+
+def fresh_db(path: Path, run_id: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path))
+    apply_schema(con)
+    start_run(con, run_id, {}, "test", "nightly", None, "test")
+    return con
+
+
+def stage(blocks: list[pl.DataFrame], folder: Path) -> list[Path]:
+    files = []
+    for n, block in enumerate(blocks):
+        files.append(folder / f"candidates-{n:05d}.parquet")
+        block.write_parquet(files[-1])
+    return files
+
+
+def published_candidates(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return con.execute(
+        "SELECT run_id, modality, user_id, item_id, score, rank FROM candidates ORDER BY ALL"
+    ).fetchall()
+
+
+def test_staged_candidate_files_publish_the_rows_in_memory_candidates_do(tmp_path: Path):
+    with fresh_db(tmp_path / "files.duckdb", "r1") as con:
+        publish_run(con, "r1", outputs(staged=stage(BLOCKS, tmp_path)), "published", "w", {})
+        from_files = published_candidates(con)
+    with fresh_db(tmp_path / "memory.duckdb", "r1") as con:
+        publish_run(con, "r1", outputs(in_memory=pl.concat(BLOCKS)), "published", "w", {})
+        from_memory = published_candidates(con)
+    assert from_files == from_memory
+    assert from_files[0] == ("r1", "behavior", "ann", "i1", pytest.approx(0.9), 1)  # ids joined
+    assert ("r1", "popularity", "cy", "i3", 12.0, 1) in from_files
+    assert len(from_files) == 5
+
+
+def test_a_failed_insert_raises_its_own_error_and_publishes_nothing(tmp_path: Path):
+    broken = [BLOCKS[0], candidates([("behavior", 2, 0, None, 1)])]  # score is NOT NULL
+    with fresh_db(tmp_path / "rf.duckdb", "r1") as con:
+        with pytest.raises(duckdb.ConstraintException, match="score"):
+            publish_run(con, "r1", outputs(staged=stage(broken, tmp_path)), "published", "w", {})
+        assert published_candidates(con) == []
+        assert con.execute("SELECT count(*) FROM recommendations").fetchone() == (0,)
+        assert con.execute("SELECT status FROM runs WHERE run_id = 'r1'").fetchone() == ("running",)
+        # the connection is usable again: the same run publishes once its input is sound
+        publish_run(con, "r1", outputs(staged=stage(BLOCKS, tmp_path)), "published", "w", {})
+        assert len(published_candidates(con)) == 5
