@@ -220,7 +220,7 @@ def assemble_outputs(
 
 @task(name="check-recommendations", cache_policy=NO_CACHE)
 def check_output_task(outputs: RunOutputs, data: Dataset, k: int) -> checks.CheckOutcome:
-    seen = data.with_ids(data.events.select("user_idx", "item_idx").unique())
+    seen = data.already_seen(outputs.recommendations)  # the only seen pairs the rule can meet
     return checks.check_recommendations(outputs.recommendations, seen, k)
 
 

@@ -85,6 +85,29 @@ class Dataset:
             ).rename({"item_idx": "item_id"})
         return out
 
+    def already_seen(self, pairs: pl.DataFrame) -> pl.DataFrame:
+        """The distinct (user_id, item_id) of `pairs` that have events in this snapshot.
+
+        Matched on integer codes: giving every event its string ids instead held ~0.3 GB more
+        at 5M events, for a result that is normally empty.
+        """
+        codes = pairs.select("user_id", "item_id").join(
+            self._codes("user"), on="user_id"
+        ).join(self._codes("item"), on="item_id")
+        return (
+            codes.join(self.events.select("user_idx", "item_idx"), on=["user_idx", "item_idx"],
+                       how="semi")
+            .select("user_id", "item_id")
+            .unique()
+        )
+
+    def _codes(self, kind: str) -> pl.DataFrame:
+        ids = self.user_ids if kind == "user" else self.item_ids
+        return pl.DataFrame(
+            {f"{kind}_id": pl.Series(ids.astype(str), dtype=pl.String),
+             f"{kind}_idx": np.arange(len(ids), dtype=np.int32)}
+        )
+
     def user_index(self, user_ids: pl.Series | list[str]) -> np.ndarray:
         """Indexes for ids, -1 for ids this snapshot does not know."""
         lookup = pl.DataFrame({"user_id": self.user_ids, "idx": np.arange(self.n_users)})

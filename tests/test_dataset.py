@@ -71,3 +71,21 @@ def test_social_edges_map_to_user_indexes_keep_max_weight_and_drop_self_loops() 
     assert list(data.user_ids) == ["u1", "u2", "u3"]  # friends join the user space
     assert data.social is not None
     assert data.social.toarray().tolist() == [[0, 3, 0], [0, 0, 0], [1, 0, 0]]
+
+
+def test_already_seen_finds_exactly_the_pairs_with_events(small_source) -> None:
+    events = pl.read_parquet(small_source / "events.parquet")
+    data = build_dataset(events)
+    rng = np.random.default_rng(0)
+    had = events.select("user_id", "item_id").unique().sample(50, seed=1)
+    guesses = pl.DataFrame(
+        {
+            "user_id": rng.choice(data.user_ids.astype(str), 400).tolist() + ["nobody"],
+            "item_id": rng.choice(data.item_ids.astype(str), 400).tolist() + ["x"],
+        }
+    )
+    pairs = pl.concat([had, guesses, had.head(5)])  # duplicates come back once
+    truth = set(events.select("user_id", "item_id").iter_rows())
+    expected = {p for p in pairs.iter_rows() if p in truth}
+    found = data.already_seen(pairs)
+    assert set(found.iter_rows()) == expected and found.height == len(expected) >= 50
