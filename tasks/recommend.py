@@ -132,6 +132,28 @@ def _restrict(truth: pl.DataFrame, users: np.ndarray) -> pl.DataFrame:
     return truth.filter(pl.col("user_idx").is_in(pl.Series(users, dtype=pl.Int32)))
 
 
+def _validation_plan(
+    snapshot: Snapshot, outer: Holdout, full: Dataset, params: RunParameters
+) -> FusionPlan | None:
+    """The fusion plan tuned on the window before the test window (None: too little data)."""
+    inner = holdout_split(
+        outer.train, params.holdout_days, params.holdout_fraction, params.seed + 1
+    )
+    if not (inner.truth.height and inner.train.height):
+        return None
+    valid = dataset_from(snapshot, params, inner.train, like=full)
+    valid_truth = _truth_idx(inner.truth, valid)
+    valid_users = sample_users(valid_truth, params.max_eval_users, params.seed + 1)
+    valid_cands = generate_candidates(valid, params, users=valid_users)
+    return _plan(
+        valid_cands,
+        _restrict(valid_truth, valid_users),
+        user_segments(valid, params.fusion.cold_history_max),
+        valid,
+        params,
+    )
+
+
 def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -> Evaluation | None:
     """Fit on the past, score the hold-out window; None when there is too little data for it.
 
@@ -145,10 +167,10 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
     if outer.truth.height == 0 or outer.train.height == 0:
         log.warning("evaluation skipped: not enough events to hold out a test window")
         return None
-    inner = holdout_split(
-        outer.train, params.holdout_days, params.holdout_fraction, params.seed + 1
-    )
     k = params.top_k
+    # Validation runs first, in its own function: its dataset, fitted models and candidates are
+    # freed before the test part builds its own, so the two never share memory.
+    eval_plan = _validation_plan(snapshot, outer, full, params)
 
     train = dataset_from(snapshot, params, outer.train, like=full)
     test_truth = _truth_idx(outer.truth, train)
@@ -156,21 +178,7 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
     test_truth = _restrict(test_truth, test_users)
     train_segments = user_segments(train, params.fusion.cold_history_max)
     train_cands = generate_candidates(train, params, users=test_users)
-
-    if inner.truth.height and inner.train.height:
-        valid = dataset_from(snapshot, params, inner.train, like=full)
-        valid_truth = _truth_idx(inner.truth, valid)
-        valid_users = sample_users(valid_truth, params.max_eval_users, params.seed + 1)
-        valid_cands = generate_candidates(valid, params, users=valid_users)
-        eval_plan = _plan(
-            valid_cands,
-            _restrict(valid_truth, valid_users),
-            user_segments(valid, params.fusion.cold_history_max),
-            valid,
-            params,
-        )
-    else:
-        eval_plan = _fixed_plan(params, train_cands.modalities)
+    eval_plan = eval_plan or _fixed_plan(params, train_cands.modalities)
 
     lists = modality_lists(train_cands, k)
     tables: dict[str, CandidateTable] = {}
