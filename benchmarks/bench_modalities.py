@@ -33,6 +33,18 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is KiB on Linux
 
 
+def _gemm_gflops() -> float:
+    """This machine's float32 matrix-product speed (4096² × 4096²), the ceiling for scoring."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((4096, 4096), dtype=np.float32)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    return 3 * 2 * 4096**3 / (time.perf_counter() - start) / 1e9
+
+
 def _load(source: Path) -> Any:
     import polars as pl
 
@@ -69,6 +81,7 @@ def _run_ours(name: str, source: Path, k: int, block: int) -> dict[str, float]:
         "recommend_s": score,
         "users": data.n_users,
         "served": recs["user_idx"].n_unique(),
+        "items": data.n_items,
         "rss_gb": _peak_rss_gb(),
         "rss_after_load_gb": after_load,
     }
@@ -204,6 +217,19 @@ def main() -> int:
                 f"{name:12s} users/s ratio {speed:6.2f}   fit ratio {fit:5.2f}   "
                 f"RSS {r['rss_gb']:.2f} GB   {'OK' if ok else 'MISS'}"
             )
+    behavior = results.get("behavior", {})
+    if behavior and "error" not in behavior:
+        # ALS scores a user as one row of a (users × factors) @ (factors × items) product.
+        from tasks.parameters import RunParameters
+
+        factors = RunParameters().behavior.factors
+        flops = 2.0 * behavior["served"] * behavior["items"] * factors  # conservative: served only
+        gflops, peak = flops / behavior["recommend_s"] / 1e9, _gemm_gflops()
+        print(
+            f"behavior scoring end to end (product, seen filter, top-{args.k}): "
+            f"{gflops:.0f} GFLOP/s = {gflops / peak:.0%} of this machine's float32 matrix product "
+            f"({peak:.0f} GFLOP/s)"
+        )
     whole = results.get("all")
     if whole and "error" not in whole:
         print(
