@@ -7,6 +7,7 @@ and a failed run never changes what `recommendations_latest` returns.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -97,6 +98,15 @@ def prepare_source(params: RunParameters) -> Path:
     return folder
 
 
+def _staging_prefix(run_id: str) -> str:
+    return f"recfusion-{run_id}-"
+
+
+def staging_dirs(run_id: str) -> list[Path]:
+    """The temporary folders where a run stages its candidates until they are published."""
+    return sorted(Path(tempfile.gettempdir()).glob(_staging_prefix(run_id) + "*"))
+
+
 @io_task("open-run")
 def open_run(params: RunParameters, run_id: str, source: Path) -> None:
     ctx = get_run_context()
@@ -108,7 +118,9 @@ def open_run(params: RunParameters, run_id: str, source: Path) -> None:
         apply_schema(con)
         stale = runs.abandon_stale_runs(con)
         if stale:
-            get_run_logger().warning("marked %d abandoned run(s) as failed", stale)
+            get_run_logger().warning(
+                "marked %d abandoned run(s) as failed: %s", len(stale), ", ".join(stale)
+            )
         runs.start_run(
             con,
             run_id,
@@ -118,6 +130,9 @@ def open_run(params: RunParameters, run_id: str, source: Path) -> None:
             flow_run_id or None,
             params.triggered_by,
         )
+    for stale_run in stale:  # a killed run's staged candidates would otherwise stay in /tmp
+        for folder in staging_dirs(stale_run):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @io_task("ingest")
@@ -413,7 +428,7 @@ def _run(
     lap("evaluate")
     fault_point("after_evaluate")
     # The run's candidates are staged as Parquet here until published, then removed.
-    with tempfile.TemporaryDirectory(prefix=f"recfusion-{run_id}-") as staging:
+    with tempfile.TemporaryDirectory(prefix=_staging_prefix(run_id)) as staging:
         recs = recommend_task(snap, data, params, evaluation, Path(staging))
         lap("recommend")
         outputs = assemble_outputs(recs, evaluation, [input_check])

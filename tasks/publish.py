@@ -134,7 +134,7 @@ def publish_run(
             "SELECT run_id, suite, expectation, column_name, success, observed_value, checked_at "
             "FROM staged_output",
         )
-        con.execute(
+        flipped = con.execute(
             read_sql("publish_run.sql"),
             {
                 "run_id": run_id,
@@ -145,7 +145,9 @@ def publish_run(
                 "timings": json.dumps(timings),
                 "message": message or None,
             },
-        )
+        ).fetchall()
+        if not flipped:
+            raise RuntimeError(f"run {run_id} is not an open run in this database: not published")
         if keep_recommendations or keep_candidates:
             execute_script(
                 con,

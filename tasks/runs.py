@@ -14,14 +14,17 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
-def abandon_stale_runs(con: duckdb.DuckDBPyConnection) -> int:
-    """Runs still 'running' while we hold the run lock died mid-way (killed): mark them failed."""
+def abandon_stale_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Runs still 'running' while we hold the run lock died mid-way (killed): mark them failed.
+
+    Returns their run ids, so what they left on disk can be removed too.
+    """
     rows = con.execute(
         "UPDATE runs SET status = 'failed', finished_at = now(), "
         "message = 'abandoned: the process stopped before finishing' "
         "WHERE status = 'running' RETURNING run_id"
     ).fetchall()
-    return len(rows)
+    return sorted(str(r[0]) for r in rows)
 
 
 def start_run(

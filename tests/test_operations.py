@@ -14,6 +14,7 @@ import yaml
 from support import query, run_nightly
 
 from flows.cli import main as cli
+from flows.nightly import staging_dirs
 from tasks.fault_injection import FAULT_ENV
 from tasks.parameters import RunParameters
 from tasks.queries import query_parameters, run_query
@@ -150,6 +151,7 @@ def test_killed_run_leaves_latest_exactly_as_before(
     )
     assert first.returncode == 0, first.stderr[-2000:]
     before = latest(db)
+    assert len(before) > 0
     counts_before = query(
         db,
         "SELECT (SELECT count(*) FROM recommendations), "
@@ -179,12 +181,16 @@ def test_killed_run_leaves_latest_exactly_as_before(
         )
         == counts_before
     )
-    assert query(db, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0] == 1
+    [(killed_run,)] = query(db, "SELECT run_id FROM runs WHERE status = 'running'")
+    left_behind = staging_dirs(killed_run)
+    if point.startswith("publish:"):  # killed after staging its candidates
+        assert len(left_behind) == 1 and any(left_behind[0].glob("*.parquet"))
 
     after = run_nightly(small_source, db, evaluate=False)  # the lock died with the process
     assert after.status == "published"
     statuses = sorted(s for (s,) in query(db, "SELECT status FROM runs"))
     assert statuses == ["failed", "published", "published"]  # the killed run is marked abandoned
+    assert staging_dirs(killed_run) == []  # and what it staged is gone
 
 
 def test_second_run_exits_clearly_while_another_holds_the_database(

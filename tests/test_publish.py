@@ -104,3 +104,14 @@ def test_a_failed_insert_raises_its_own_error_and_publishes_nothing(tmp_path: Pa
         # the connection is usable again: the same run publishes once its input is sound
         publish_run(con, "r1", outputs(staged=stage(BLOCKS, tmp_path)), "published", "w", {})
         assert len(published_candidates(con)) == 5
+
+
+def test_only_an_open_run_is_published(tmp_path: Path):
+    with fresh_db(tmp_path / "rf.duckdb", "r1") as con:
+        with pytest.raises(RuntimeError, match="r2 is not an open run"):
+            publish_run(con, "r2", outputs(in_memory=pl.concat(BLOCKS)), "published", "w", {})
+        assert published_candidates(con) == []  # rolled back with the rest
+        publish_run(con, "r1", outputs(in_memory=pl.concat(BLOCKS)), "published", "w", {})
+        with pytest.raises(RuntimeError, match="r1 is not an open run"):  # not twice either
+            publish_run(con, "r1", outputs(in_memory=pl.concat(BLOCKS)), "published", "w", {})
+        assert len(published_candidates(con)) == 5
