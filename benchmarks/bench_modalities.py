@@ -20,6 +20,7 @@ import multiprocessing as mp
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,35 +60,8 @@ def _load(source: Path) -> Any:
     )
 
 
-def _run_ours(name: str, source: Path, k: int, block: int) -> dict[str, float]:
-    import numpy as np
-
-    from tasks.candidate_generation import build_modality
-    from tasks.candidates import top_n
-    from tasks.parameters import RunParameters
-
-    data = _load(source)
-    after_load = _peak_rss_gb()
-    model = build_modality(name, RunParameters())
-    start = time.perf_counter()
-    model.fit(data)
-    fit = time.perf_counter() - start
-    seen = data.seen()
-    start = time.perf_counter()
-    recs = top_n(model, np.arange(data.n_users), k, seen=seen, block_size=block)
-    score = time.perf_counter() - start
-    return {
-        "fit_s": fit,
-        "recommend_s": score,
-        "users": data.n_users,
-        "served": recs["user_idx"].n_unique(),
-        "items": data.n_items,
-        "rss_gb": _peak_rss_gb(),
-        "rss_after_load_gb": after_load,
-    }
-
-
-def _run_all(source: Path, k: int, block: int) -> dict[str, float]:
+def _run_ours(names: Sequence[str], source: Path, k: int, block: int) -> dict[str, float]:
+    """Fit `names` side by side, then let each recommend for every user (times are totals)."""
     import numpy as np
 
     from tasks.candidate_generation import build_modality
@@ -97,7 +71,7 @@ def _run_all(source: Path, k: int, block: int) -> dict[str, float]:
     data = _load(source)
     after_load = _peak_rss_gb()
     start = time.perf_counter()
-    models = [build_modality(name, RunParameters()).fit(data) for name in OURS]
+    models = [build_modality(name, RunParameters()).fit(data) for name in names]
     fit = time.perf_counter() - start
     seen, users = data.seen(), np.arange(data.n_users)
     start = time.perf_counter()
@@ -110,6 +84,7 @@ def _run_all(source: Path, k: int, block: int) -> dict[str, float]:
         "recommend_s": score,
         "users": data.n_users,
         "served": served,
+        "items": data.n_items,
         "rss_gb": _peak_rss_gb(),
         "rss_after_load_gb": after_load,
     }
@@ -152,10 +127,8 @@ def _child(name: str, source: str, k: int, block: int, queue: Any) -> None:
     try:
         if name.startswith("implicit"):
             queue.put(_run_implicit(name, Path(source), k))
-        elif name == "all":
-            queue.put(_run_all(Path(source), k, block))
         else:
-            queue.put(_run_ours(name, Path(source), k, block))
+            queue.put(_run_ours(OURS if name == "all" else [name], Path(source), k, block))
     except Exception as exc:  # report, don't hang the parent
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
