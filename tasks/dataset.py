@@ -85,18 +85,23 @@ class Dataset:
             ).rename({"item_idx": "item_id"})
         return out
 
+    def with_codes(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Add user_idx/item_idx to rows keyed by user_id/item_id (the inverse of `with_ids`);
+        rows whose ids this snapshot does not know are dropped."""
+        return frame.join(self._codes("user"), on="user_id").join(
+            self._codes("item"), on="item_id"
+        )
+
     def already_seen(self, pairs: pl.DataFrame) -> pl.DataFrame:
         """The distinct (user_id, item_id) of `pairs` that have events in this snapshot.
 
         Matched on integer codes: giving every event its string ids instead held ~0.3 GB more
         at 5M events, for a result that is normally empty.
         """
-        codes = pairs.select("user_id", "item_id").join(
-            self._codes("user"), on="user_id"
-        ).join(self._codes("item"), on="item_id")
         return (
-            codes.join(self.events.select("user_idx", "item_idx"), on=["user_idx", "item_idx"],
-                       how="semi")
+            self.with_codes(pairs.select("user_id", "item_id"))
+            .join(self.events.select("user_idx", "item_idx"), on=["user_idx", "item_idx"],
+                  how="semi")
             .select("user_id", "item_id")
             .unique()
         )

@@ -74,13 +74,7 @@ def dataset_from(
 
 
 def _truth_idx(truth: pl.DataFrame, data: Dataset) -> pl.DataFrame:
-    users = pl.DataFrame(
-        {"user_id": data.user_ids.astype(str), "user_idx": np.arange(data.n_users, dtype=np.int32)}
-    )
-    items = pl.DataFrame(
-        {"item_id": data.item_ids.astype(str), "item_idx": np.arange(data.n_items, dtype=np.int32)}
-    )
-    return truth.join(users, on="user_id").join(items, on="item_id").select("user_idx", "item_idx")
+    return data.with_codes(truth).select("user_idx", "item_idx")
 
 
 def _fixed_plan(params: RunParameters, modalities: list[str]) -> FusionPlan:
