@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from polars.testing import assert_frame_equal
@@ -19,13 +20,16 @@ def _snapshot(source: Path) -> Snapshot:
     return Snapshot(read("events"), read("items"), read("social"), None, None)
 
 
+def _weighted(*modalities: str, **extra: Any) -> RunParameters:
+    """Run parameters with weighted fusion: cheap, and the same lists whatever the blocks."""
+    return RunParameters(
+        modalities=list(modalities), fusion=FusionParams(strategy="weighted"), **extra
+    )
+
+
 def test_evaluation_scores_a_seeded_sample_of_hold_out_users(small_source: Path) -> None:
     snap = _snapshot(small_source)
-    params = RunParameters(
-        modalities=["behavior", "popularity"],
-        fusion=FusionParams(strategy="weighted"),
-        max_eval_users=120,
-    )
+    params = _weighted("behavior", "popularity", max_eval_users=120)
     full = dataset_from(snap, params)
     sampled = evaluate_holdout(snap, full, params)
     again = evaluate_holdout(snap, full, params)
@@ -41,9 +45,7 @@ def test_evaluation_scores_a_seeded_sample_of_hold_out_users(small_source: Path)
 
 def test_fusing_users_block_by_block_changes_nothing(small_source: Path) -> None:
     snap = _snapshot(small_source)
-    params = RunParameters(
-        modalities=["behavior", "social", "popularity"], fusion=FusionParams(strategy="weighted")
-    )
+    params = _weighted("behavior", "social", "popularity")
     full = dataset_from(snap, params)
     whole = recommend(snap, full, params, plan=None)
     blocked = recommend(
@@ -60,11 +62,7 @@ def test_fusing_users_block_by_block_changes_nothing(small_source: Path) -> None
 
 def test_staged_candidates_are_the_in_memory_ones(small_source: Path, tmp_path: Path) -> None:
     snap = _snapshot(small_source)
-    params = RunParameters(
-        modalities=["behavior", "popularity"],
-        fusion=FusionParams(strategy="weighted"),
-        fusion_block_users=100,
-    )
+    params = _weighted("behavior", "popularity", fusion_block_users=100)
     full = dataset_from(snap, params)
     held = recommend(snap, full, params, plan=None)
     staged = recommend(snap, full, params, plan=None, staging=tmp_path)
