@@ -6,6 +6,7 @@ function, per segment, so lifts are comparisons of like with like.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -39,6 +40,7 @@ METRIC_SCHEMA = {
     "k": pl.Int32,
     "segment": pl.String,
     "value": pl.Float64,
+    "std_error": pl.Float64,  # of a per-user mean (sd / sqrt(n)); null for whole-list metrics
 }
 
 
@@ -64,9 +66,17 @@ def user_segments(data: Dataset, cold_history_max: int) -> pl.DataFrame:
     )
 
 
-def _long(model: str, k: int, segment: str, values: Mapping[str, float]) -> list[dict[str, object]]:
+def _long(
+    model: str,
+    k: int,
+    segment: str,
+    values: Mapping[str, float],
+    errors: Mapping[str, float] | None = None,
+) -> list[dict[str, object]]:
+    errors = errors or {}
     return [
-        {"model": model, "metric": m, "k": k, "segment": segment, "value": float(v)}
+        {"model": model, "metric": m, "k": k, "segment": segment, "value": float(v),
+         "std_error": errors.get(m)}
         for m, v in values.items()
     ]
 
@@ -78,17 +88,25 @@ def evaluate_lists(
     k: int,
     segments: pl.DataFrame,
     pool: pl.DataFrame | None = None,
+    cold_pool: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """Metrics at k of each named list (user_idx, item_idx, rank) against truth pairs.
 
-    Ranking metrics per segment (all, cold, warm, with_friends); beyond-accuracy metrics (coverage,
-    novelty, intra-list diversity) and pool accuracy on all evaluated users.
+    Ranking metrics (means with their standard errors and `n_users`) per segment: `all` (the
+    evaluated users outside the cold pool: the headline, comparable with the yardstick splits),
+    `cold_pool`, `cold`, `warm`, `with_friends`; beyond-accuracy metrics (coverage, novelty,
+    intra-list diversity) and pool accuracy on the users of `all`.
     """
     truth = truth.rename({"user_idx": "user_id", "item_idx": "item_id"})
-    evaluated = truth.select("user_id").unique()
+    evaluated = truth.select("user_id").unique().sort("user_id")
+    pooled = pl.Series("user_id", [] if cold_pool is None else cold_pool, dtype=pl.Int32)
+    main = evaluated.filter(~pl.col("user_id").is_in(pooled.implode()))
+    if main.height == 0:
+        main = evaluated
     seg = segments.rename({"user_idx": "user_id"})
     slices = {
-        "all": evaluated["user_id"],
+        "all": main["user_id"],
+        "cold_pool": evaluated.filter(pl.col("user_id").is_in(pooled.implode()))["user_id"],
         "cold": seg.filter(pl.col("segment") == "cold")["user_id"],
         "warm": seg.filter(pl.col("segment") == "warm")["user_id"],
         "with_friends": seg.filter(pl.col("with_friends"))["user_id"],
@@ -105,23 +123,28 @@ def evaluate_lists(
         recs = frame.select(
             pl.col("user_idx").alias("user_id"), pl.col("item_idx").alias("item_id"), "rank"
         ).filter(pl.col("user_id").is_in(evaluated["user_id"].implode()))
+        main_recs = recs.filter(pl.col("user_id").is_in(main["user_id"].implode()))
         per_user = per_user_metrics(recs, truth, k)
         for name, members in slices.items():
             part = per_user.filter(pl.col("user_id").is_in(members.implode()))
             if part.height == 0:
                 continue
             means = part.select([pl.col(m).mean() for m in RANKING_METRICS]).row(0, named=True)
-            rows += _long(model, k, name, {**means, "n_users": part.height})
+            errors = part.select(
+                [(pl.col(m).std(ddof=1) / math.sqrt(part.height)) for m in RANKING_METRICS]
+            ).row(0, named=True) if part.height > 1 else {}
+            rows += _long(model, k, name, {**means, "n_users": part.height}, errors)
         extra = {
-            "coverage": catalog_coverage(recs, catalog, k),
-            "novelty": novelty(recs, popularity, max(1, data.n_users), k),
+            "coverage": catalog_coverage(main_recs, catalog, k),
+            "novelty": novelty(main_recs, popularity, max(1, data.n_users), k),
             "diversity": intra_list_diversity(
-                recs.rename({"item_id": "item_idx"}), item_vectors, k
+                main_recs.rename({"item_id": "item_idx"}), item_vectors, k
             ),
         }
         if pool is not None:
             extra["accuracy"] = pool_accuracy(
-                recs, truth, pool.rename({"user_idx": "user_id", "item_idx": "item_id"}), k
+                main_recs, truth.filter(pl.col("user_id").is_in(main["user_id"].implode())),
+                pool.rename({"user_idx": "user_id", "item_idx": "item_id"}), k,
             )
         rows += _long(model, k, "all", extra)
     return pl.DataFrame(rows, schema=METRIC_SCHEMA)

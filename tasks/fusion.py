@@ -104,7 +104,7 @@ def _weight_columns(
     return frame.with_columns(exprs)
 
 
-def _terms(strategy: str, m: str) -> pl.Expr:
+def fusion_terms(strategy: str, m: str) -> pl.Expr:
     """Per-modality evidence before weighting; 0 where the modality did not propose the item."""
     rank, norm, n = pl.col(f"rank_{m}").cast(pl.Float64), pl.col(f"norm_{m}"), pl.col(f"len_{m}")
     if strategy in ("weighted", "combsum", "combmnz"):
@@ -130,7 +130,8 @@ def fuse_table(
         weights = {DEFAULT_SEGMENT: dict.fromkeys(table.modalities, 1.0)}
     frame = _weight_columns(table, weights, segments)
     contrib = [
-        (pl.col(f"w_{m}") * _terms(strategy, m)).alias(f"contrib_{m}") for m in table.modalities
+        (pl.col(f"w_{m}") * fusion_terms(strategy, m)).alias(f"contrib_{m}")
+        for m in table.modalities
     ]
     frame = frame.with_columns(contrib)
     if strategy == "combmnz":

@@ -1,113 +1,28 @@
-"""Learn how to fuse on a validation window, then apply that plan to fresh candidates.
+"""Tune a fuser's per-modality weights on validation labels, fast.
 
-Tuning only ever sees candidates from models fitted strictly before the validation window, so the
-plan it returns can be evaluated on a later window without leakage. With `auto`, every strategy
-is fitted on half of the validation users and compared on the other half (so a learned stacker
-is not judged on its own training labels); the winner is then refitted on all of them.
+Coordinate ascent over a weight grid; every trial is scored by `_FastNdcg`, which lays one
+fixed candidate pool out as a padded users × slots block, so a trial is one matrix product and
+a row-wise partial sort instead of a global sort.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
 
-from tasks.dataset import Dataset
-from tasks.fusion import (
-    DEFAULT_SEGMENT,
-    CandidateTable,
-    Normalisation,
-    candidate_table,
-    fuse_table,
-)
-
-log = logging.getLogger(__name__)
+from tasks.fusion import CandidateTable, fusion_terms
 
 WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-RANK_STRATEGIES = ("rrf", "combsum", "combmnz", "borda")
 
 
-@dataclass
-class FusionPlan:
-    """A chosen strategy with its per-segment weights, recorded with every run."""
-
-    strategy: str
-    normalisation: Normalisation = "minmax"
-    weights: dict[str, dict[str, float]] = field(default_factory=dict)
-    validation_ndcg: dict[str, float] = field(default_factory=dict)
-    alternatives: list[FusionPlan] = field(default_factory=list)  # every plan that was compared
-    stacker: Any = field(default=None, repr=False)  # a fitted tasks.stacking.StackingModel
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "strategy": self.strategy,
-            "normalisation": self.normalisation,
-            "weights": self.weights,
-            "validation_ndcg": self.validation_ndcg,
-        }
-
-
-def apply_plan(
-    candidates: pl.DataFrame | CandidateTable,
-    plan: FusionPlan,
-    k: int,
-    segments: pl.DataFrame | None,
-    data: Dataset | None = None,
-) -> pl.DataFrame:
-    """Fuse with a plan; pass a CandidateTable built with the plan's normalisation to reuse it.
-
-    Stacking needs the raw candidate frame and the Dataset the candidates came from.
-    """
-    if plan.strategy == "stacking":
-        from tasks.stacking import fuse_stacking
-
-        if not isinstance(candidates, pl.DataFrame) or data is None:
-            raise ValueError("stacking needs the candidate frame and its Dataset")
-        return fuse_stacking(candidates, data, plan.stacker, k)
-    normalisation = plan.normalisation if plan.strategy == "weighted" else "minmax"
-    if isinstance(candidates, CandidateTable):
-        if candidates.normalisation != normalisation:
-            raise ValueError(
-                f"candidate table is {candidates.normalisation}, plan needs {normalisation}"
-            )
-        table = candidates
-    else:
-        table = candidate_table(candidates, normalisation)
-    return fuse_table(table, plan.strategy, k, plan.weights or None, segments)
-
-
-def apply_plans(
-    candidates: pl.DataFrame,
-    plans: Sequence[FusionPlan],
-    k: int,
-    segments: pl.DataFrame | None,
-    tables: dict[str, CandidateTable] | None = None,
-    data: Dataset | None = None,
-) -> dict[str, pl.DataFrame]:
-    """Fuse with several plans, building each normalisation's candidate table only once."""
-    tables = {} if tables is None else tables
-    out = {}
-    for plan in plans:
-        if plan.strategy == "stacking":
-            out[plan.strategy] = apply_plan(candidates, plan, k, segments, data)
-            continue
-        normalisation = plan.normalisation if plan.strategy == "weighted" else "minmax"
-        if normalisation not in tables:
-            tables[normalisation] = candidate_table(candidates, normalisation)
-        out[plan.strategy] = apply_plan(tables[normalisation], plan, k, segments)
-    return out
-
-
-def _wide_norms(table: CandidateTable) -> pl.DataFrame:
-    # A modality that did not propose an item gives it its floor (0 after min-max).
+def _wide_terms(table: CandidateTable, strategy: str) -> pl.DataFrame:
+    """Each modality's evidence for the strategy (0 where it did not propose the item)."""
     return table.frame.select(
         "user_idx",
         "item_idx",
-        *[pl.col(f"norm_{m}").fill_null(0.0).alias(m) for m in table.modalities],
+        *[fusion_terms(strategy, m).alias(m) for m in table.modalities],
     ).sort("user_idx")
 
 
@@ -159,13 +74,15 @@ class _FastNdcg:
 
 
 def tune_weights(
-    table: CandidateTable, truth: pl.DataFrame, k: int, passes: int = 2
+    table: CandidateTable, truth: pl.DataFrame, k: int, passes: int = 2,
+    strategy: str = "weighted",
 ) -> tuple[dict[str, float], float]:
-    """Coordinate ascent over a weight grid, maximising validation NDCG@k."""
+    """Coordinate ascent over a weight grid, maximising validation NDCG@k of `strategy`'s sum
+    (weighted/combsum: normalised scores; rrf: 1/(60+rank); borda: positions)."""
     modalities = list(table.modalities)
     if not modalities or truth.height == 0:
         return dict.fromkeys(modalities, 1.0), 0.0
-    wide = _wide_norms(table)
+    wide = _wide_terms(table, strategy)
     ndcg = _FastNdcg(wide, truth, modalities, k)
     weights = np.ones(len(modalities))
     best = ndcg(weights)
@@ -183,129 +100,3 @@ def tune_weights(
         if not improved:
             break
     return dict(zip(modalities, weights.tolist(), strict=True)), best
-
-
-def tune_segment_weights(
-    table: CandidateTable, truth: pl.DataFrame, k: int, segments: pl.DataFrame
-) -> dict[str, dict[str, float]]:
-    """Weights per user segment (cold users get their own blend), each tuned on its own users."""
-    seg_of = segments.select(pl.col("user_idx").cast(pl.Int32), "segment")
-    tuned: dict[str, dict[str, float]] = {}
-    for segment in sorted(seg_of["segment"].unique().to_list()):
-        users = seg_of.filter(pl.col("segment") == segment).select("user_idx")
-        seg_truth = truth.join(users, on="user_idx", how="semi")
-        if seg_truth.height == 0:
-            continue
-        seg_table = CandidateTable(
-            table.frame.join(users, on="user_idx", how="semi"),
-            table.modalities,
-            table.normalisation,
-        )
-        tuned[segment], score = tune_weights(seg_table, seg_truth, k)
-        log.info("tuned weights for %s users: %s (ndcg %.4f)", segment, tuned[segment], score)
-    return tuned or {DEFAULT_SEGMENT: dict.fromkeys(table.modalities, 1.0)}
-
-
-def fit_plan(
-    strategy: str,
-    candidates: pl.DataFrame,
-    truth: pl.DataFrame,
-    k: int,
-    segments: pl.DataFrame,
-    data: Dataset | None,
-    normalisation: Normalisation = "minmax",
-    fixed_weights: Mapping[str, float] | None = None,
-    seed: int = 7,
-) -> FusionPlan | None:
-    """Fit one strategy on (candidates, truth); None when it cannot be fitted (e.g. stacking)."""
-    fixed = {DEFAULT_SEGMENT: dict(fixed_weights)} if fixed_weights else None
-    if strategy == "weighted":
-        weights = fixed or tune_segment_weights(
-            candidate_table(candidates, normalisation), truth, k, segments
-        )
-        return FusionPlan("weighted", normalisation, {s: dict(w) for s, w in weights.items()})
-    if strategy in RANK_STRATEGIES:
-        return FusionPlan(strategy, weights=fixed or {})
-    if strategy == "stacking":
-        from tasks.stacking import StackingUnavailable, fit_stacker
-
-        if data is None:
-            return None
-        modalities = sorted(candidates["modality"].unique().to_list())
-        try:
-            stacker = fit_stacker(candidates, truth, data, modalities, seed=seed)
-        except StackingUnavailable as exc:
-            log.warning("stacking unavailable: %s", exc)
-            return None
-        return FusionPlan("stacking", stacker=stacker)
-    raise ValueError(f"unknown fusion strategy {strategy!r}")
-
-
-def _ndcg(fused: pl.DataFrame, truth: pl.DataFrame, k: int) -> float:
-    from tasks.metrics import ranking_metrics
-
-    recs = fused.select(
-        pl.col("user_idx").alias("user_id"), pl.col("item_idx").alias("item_id"), "rank"
-    )
-    return ranking_metrics(recs, truth.rename({"user_idx": "user_id", "item_idx": "item_id"}), k)[
-        "ndcg"
-    ]
-
-
-def choose_plan(
-    candidates: pl.DataFrame,
-    truth: pl.DataFrame,
-    k: int,
-    segments: pl.DataFrame,
-    strategy: str = "auto",
-    normalisation: Normalisation = "minmax",
-    fixed_weights: Mapping[str, float] | None = None,
-    data: Dataset | None = None,
-    seed: int = 7,
-) -> FusionPlan:
-    """Fit the requested strategy, or for `auto` pick the best one on held-apart users.
-
-    `auto`: validation users are split in two halves; every strategy is fitted on one half and
-    scored (NDCG@k) on the other; the winner is refitted on all users. A strategy that cannot be
-    fitted falls back to `weighted`. The returned plan lists every refitted alternative.
-    """
-    strategies = ["weighted", *RANK_STRATEGIES, "stacking"] if strategy == "auto" else [strategy]
-
-    def fit(name: str, cands: pl.DataFrame, labels: pl.DataFrame) -> FusionPlan | None:
-        return fit_plan(name, cands, labels, k, segments, data, normalisation, fixed_weights, seed)
-
-    scores: dict[str, float] = {}
-    half_fitted: dict[str, FusionPlan] = {}
-    if len(strategies) > 1 and truth.height:
-        users = truth.select("user_idx").unique().sort("user_idx")
-        rng = np.random.default_rng(seed)
-        half = users.filter(pl.Series(rng.random(users.height) < 0.5))
-        fit_c = candidates.join(half, on="user_idx", how="semi")
-        fit_t = truth.join(half, on="user_idx", how="semi")
-        held_c = candidates.join(half, on="user_idx", how="anti")
-        held_t = truth.join(half, on="user_idx", how="anti")
-        for name in strategies:
-            plan = fit(name, fit_c, fit_t)
-            if plan is not None:
-                half_fitted[name] = plan
-                scores[name] = _ndcg(apply_plan(held_c, plan, k, segments, data), held_t, k)
-        log.info("fusion strategies on held-apart validation users: %s", scores)
-    best = max(scores, key=lambda n: scores[n]) if scores else None
-    finals = []
-    for name in strategies:
-        # A learned stacker is costly: refit it on all users only when it is the winner.
-        expensive_loser = name == "stacking" and name != best and name in half_fitted
-        plan = half_fitted[name] if expensive_loser else fit(name, candidates, truth)
-        if plan is not None:
-            finals.append(plan)
-    if not finals:
-        finals = [fit("weighted", candidates, truth) or FusionPlan("weighted")]
-    if not scores:
-        scores = {
-            p.strategy: _ndcg(apply_plan(candidates, p, k, segments, data), truth, k)
-            for p in finals
-        }
-    winner = max(finals, key=lambda p: scores.get(p.strategy, float("-inf")))
-    winner.validation_ndcg = scores
-    winner.alternatives = finals
-    return winner

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tasks.dataset import DEFAULT_EVENT_WEIGHTS, InteractionWeighting
+from tasks.holdout import EvaluationParams
 from tasks.modalities.behavior import BehaviorParams
 from tasks.modalities.content import ContentParams
 from tasks.modalities.hybrid import HybridParams
@@ -45,8 +46,13 @@ class FusionParams(BaseModel):
         description="Override per-modality weights (e.g. {'behavior': 1, 'social': 0.3}); "
         "when empty they are tuned on a validation window.",
     )
-    cold_history_max: int = Field(
-        2, ge=0, description="Users with at most this many items get the cold-start blend."
+    cold_history_max: int | None = Field(
+        None,
+        ge=0,
+        description="Users with at most this many items may get their own recipe (cold start). "
+        "Empty = the threshold and the recipe are learned on validation (and kept only when they "
+        "beat the default recipe on those users by more than its standard error); "
+        "0 = no cold rule.",
     )
 
 
@@ -92,16 +98,10 @@ class RunParameters(BaseModel):
     evaluate: bool = Field(
         True, description="Hold out recent events, score every list, log metrics."
     )
-    max_eval_users: int | None = Field(
-        5_000,
-        ge=100,
-        description="Evaluate and tune fusion on at most this many hold-out users (a seeded "
-        "sample; NDCG@10 then has a standard error near 0.004); bounds the evaluation's time and "
-        "memory on large data. Empty = all.",
-    )
-    holdout_days: float = Field(7.0, gt=0, description="Temporal hold-out window (days).")
-    holdout_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Per-user hold-out share when timestamps do not vary."
+    evaluation: EvaluationParams = Field(
+        default_factory=EvaluationParams,
+        description="Hold-out protocol, sample size and selection margin of the run's own "
+        "evaluation.",
     )
     seed: int = Field(7, description="Seed for random splits.")
     block_size: int = Field(2048, ge=1, description="Users scored per block (bounds memory).")

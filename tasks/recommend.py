@@ -23,24 +23,29 @@ from tasks.candidate_generation import (
 )
 from tasks.dataset import Dataset, build_dataset
 from tasks.evaluation import evaluate_lists, user_segments
-from tasks.fusion import DEFAULT_SEGMENT, CandidateTable
-from tasks.fusion_tuning import FusionPlan, apply_plan, apply_plans, choose_plan
+from tasks.fusion_plan import CandidatePool, FusionPlan, Recipe, apply_plan, apply_recipe, top_up
 from tasks.holdout import Holdout, holdout_split
+from tasks.modalities.popularity import PopularityParams, make_popularity
 from tasks.parameters import RunParameters
+from tasks.plan_selection import per_user_ndcg, refit_plan, select_plan
 from tasks.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = {"behavior": 1.0, "content": 0.3, "social": 0.3, "popularity": 0.1}
+#: Users with at most this many items are reported as "cold" when the plan has no cold rule.
+REPORT_COLD_MAX = 2
 
 
 @dataclass
 class Evaluation:
     metrics: pl.DataFrame
-    plan: FusionPlan  # tuned on the most recent window: what gets published
-    eval_plan: FusionPlan  # tuned before the test window: what the metrics describe
+    plan: FusionPlan  # chosen on the most recent split: what gets published
+    eval_plan: FusionPlan  # chosen before the test split: what the metrics describe
     split_kind: str
-    n_test_users: int
+    n_test_users: int  # main (non cold-pool) users the headline metrics average over
+    protocol: dict[str, object] = field(default_factory=dict)  # how it was split and sampled
+    per_user: dict[str, np.ndarray] = field(default_factory=dict)  # test NDCG@K, main users
 
 
 @dataclass
@@ -78,32 +83,13 @@ def _truth_idx(truth: pl.DataFrame, data: Dataset) -> pl.DataFrame:
 
 
 def _fixed_plan(params: RunParameters, modalities: list[str]) -> FusionPlan:
+    """The plan when nothing could be evaluated: the given (or default) weights, no cold rule."""
     weights = params.fusion.weights or {m: DEFAULT_WEIGHTS.get(m, 0.1) for m in modalities}
     strategy = (
         "weighted" if params.fusion.strategy in ("auto", "stacking") else params.fusion.strategy
     )
-    return FusionPlan(strategy, params.fusion.normalisation, {DEFAULT_SEGMENT: dict(weights)})
-
-
-def _plan(
-    cands: CandidateSet,
-    truth: pl.DataFrame,
-    segments: pl.DataFrame,
-    data: Dataset,
-    params: RunParameters,
-    strategy: str | None = None,
-) -> FusionPlan:
-    return choose_plan(
-        cands.candidates,
-        truth,
-        params.top_k,
-        segments,
-        strategy or params.fusion.strategy,
-        params.fusion.normalisation,
-        params.fusion.weights,
-        data=data,
-        seed=params.seed,
-    )
+    return FusionPlan(Recipe(strategy, weights=dict(weights),
+                             normalisation=params.fusion.normalisation))
 
 
 def modality_lists(cands: CandidateSet, k: int) -> dict[str, pl.DataFrame]:
@@ -126,71 +112,134 @@ def _restrict(truth: pl.DataFrame, users: np.ndarray) -> pl.DataFrame:
     return truth.filter(pl.col("user_idx").is_in(pl.Series(users, dtype=pl.Int32)))
 
 
+@dataclass
+class Stage:
+    """One side of a hold-out: models fitted on its past, candidates and truth for its users."""
+
+    data: Dataset
+    truth: pl.DataFrame  # user_idx, item_idx of the sampled users
+    cold_pool: np.ndarray  # sampled user indexes of the cold pool
+    candidates: CandidateSet
+    split: dict[str, object]
+
+
+def build_stage(
+    snapshot: Snapshot, split: Holdout, full: Dataset, params: RunParameters, seed: int
+) -> Stage:
+    """Fit every modality on the split's past and score its (sampled) hold-out users.
+
+    The main users and the cold pool are sampled separately (at most `max_users` and half of
+    a fifth of that), so a data set of mostly newcomers still has enough main users to decide on.
+    """
+    data = dataset_from(snapshot, params, split.train, like=full)
+    truth = _truth_idx(split.truth, data)
+    most = params.evaluation.max_users
+    pool_ids = split.cold_users if split.cold_users is not None else pl.Series([], dtype=pl.String)
+    pool_idx = data.user_index(pool_ids)
+    pool_idx = pool_idx[pool_idx >= 0]
+    in_pool = truth["user_idx"].is_in(pl.Series(pool_idx, dtype=pl.Int32).implode())
+    main_users = sample_users(truth.filter(~in_pool), most, seed)
+    pool_users = sample_users(truth.filter(in_pool), None if most is None else most // 5, seed)
+    users = np.union1d(main_users, pool_users)
+    cands = generate_candidates(data, params, users=users)
+    described = split.describe() | {"sampled_users": len(main_users),
+                                    "sampled_cold_pool_users": len(pool_users)}
+    return Stage(data, _restrict(truth, users), pool_users, cands, described)
+
+
+def _select(stage: Stage, params: RunParameters) -> FusionPlan:
+    f = params.fusion
+    return select_plan(
+        stage.candidates.candidates,
+        stage.truth,
+        stage.data,
+        params.top_k,
+        strategy=f.strategy,
+        z=params.evaluation.selection_z,
+        cold_history_max=f.cold_history_max,
+        cold_users=stage.cold_pool,
+        normalisation=f.normalisation,
+        fixed_weights=f.weights,
+        seed=params.seed,
+    )
+
+
+def report_cold_max(plan: FusionPlan, params: RunParameters) -> int:
+    """History length up to which a user is reported (and served) as cold."""
+    if plan.cold is not None:
+        return plan.cold_max
+    return params.fusion.cold_history_max or REPORT_COLD_MAX
+
+
 def _validation_plan(
     snapshot: Snapshot, outer: Holdout, full: Dataset, params: RunParameters
-) -> FusionPlan | None:
-    """The fusion plan tuned on the window before the test window (None: too little data)."""
-    inner = holdout_split(
-        outer.train, params.holdout_days, params.holdout_fraction, params.seed + 1
-    )
+) -> tuple[FusionPlan | None, dict[str, object]]:
+    """The fusion plan chosen on the window before the test window (None: too little data)."""
+    inner = holdout_split(outer.train, params.evaluation, params.seed + 1, kind=outer.kind)
     if not (inner.truth.height and inner.train.height):
-        return None
-    valid = dataset_from(snapshot, params, inner.train, like=full)
-    valid_truth = _truth_idx(inner.truth, valid)
-    valid_users = sample_users(valid_truth, params.max_eval_users, params.seed + 1)
-    valid_cands = generate_candidates(valid, params, users=valid_users)
-    return _plan(
-        valid_cands,
-        _restrict(valid_truth, valid_users),
-        user_segments(valid, params.fusion.cold_history_max),
-        valid,
-        params,
-    )
+        return None, inner.describe()
+    stage = build_stage(snapshot, inner, full, params, params.seed + 1)
+    return _select(stage, params), stage.split
 
 
 def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -> Evaluation | None:
-    """Fit on the past, score the hold-out window; None when there is too little data for it.
+    """Fit on the past, score the hold-out; None when there is too little data for it.
 
-    Lists are built, fused and scored only for hold-out users (at most `max_eval_users` of
-    them): metrics average over users, so a large sample estimates them well, and every
-    candidate set stays bounded whatever the number of users.
+    The plan scored here was chosen on a validation split cut from the training part only, with
+    the same protocol; the plan that gets published is chosen the same way on the latest split
+    (train → test), since nothing is evaluated after it. Lists are built, fused and scored only
+    for hold-out users (at most `max_users` of them), so every candidate set stays bounded.
     """
-    outer: Holdout = holdout_split(
-        snapshot.events, params.holdout_days, params.holdout_fraction, params.seed
-    )
+    ev = params.evaluation
+    outer: Holdout = holdout_split(snapshot.events, ev, params.seed)
     if outer.truth.height == 0 or outer.train.height == 0:
-        log.warning("evaluation skipped: not enough events to hold out a test window")
+        log.warning("evaluation skipped: not enough events to hold out")
         return None
     k = params.top_k
     # Validation runs first, in its own function: its dataset, fitted models and candidates are
     # freed before the test part builds its own, so the two never share memory.
-    eval_plan = _validation_plan(snapshot, outer, full, params)
+    eval_plan, valid_split = _validation_plan(snapshot, outer, full, params)
 
-    train = dataset_from(snapshot, params, outer.train, like=full)
-    test_truth = _truth_idx(outer.truth, train)
-    test_users = sample_users(test_truth, params.max_eval_users, params.seed)
-    test_truth = _restrict(test_truth, test_users)
-    train_segments = user_segments(train, params.fusion.cold_history_max)
-    train_cands = generate_candidates(train, params, users=test_users)
-    eval_plan = eval_plan or _fixed_plan(params, train_cands.modalities)
+    test = build_stage(snapshot, outer, full, params, params.seed)
+    cands = test.candidates
+    eval_plan = eval_plan or _fixed_plan(params, cands.modalities)
+    segments = user_segments(test.data, report_cold_max(eval_plan, params))
 
-    lists = modality_lists(train_cands, k)
-    tables: dict[str, CandidateTable] = {}
-    lists |= apply_plans(
-        train_cands.candidates,
-        eval_plan.alternatives or [eval_plan],
-        k,
-        train_segments,
-        tables,
-        data=train,
-    )
-    lists["fused"] = lists[eval_plan.strategy]
-    pool = train_cands.candidates.select("user_idx", "item_idx").unique()
-    metrics = evaluate_lists(lists, test_truth, train, k, train_segments, pool=pool)
+    lists = modality_lists(cands, k)
+    pool_ = CandidatePool(cands.candidates)
+    for recipe in eval_plan.alternatives:
+        lists[recipe.name] = top_up(apply_recipe(recipe, pool_, k, test.data), pool_, k)
+    lists["fused"] = apply_plan(pool_, eval_plan, k, test.data)
+    if "popularity" not in lists:  # the floor every list is checked against
+        lists["popularity_baseline"] = popularity_baseline(test.data, test.truth, k)
+    pool = cands.candidates.select("user_idx", "item_idx").unique()
+    metrics = evaluate_lists(lists, test.truth, test.data, k, segments, pool=pool,
+                             cold_pool=test.cold_pool)
+    users = np.unique(test.truth["user_idx"].to_numpy())
+    main = ~np.isin(users, test.cold_pool) if len(test.cold_pool) else np.ones(len(users), bool)
+    if not main.any():
+        main[:] = True
+    per_user = {name: per_user_ndcg(frame, test.truth, users, k)[main]
+                for name, frame in lists.items()}
 
-    # The strategy was chosen on validation; the plan to publish refits it on the latest window.
-    plan = _plan(train_cands, test_truth, train_segments, train, params, eval_plan.strategy)
-    return Evaluation(metrics, plan, eval_plan, outer.kind, test_truth["user_idx"].n_unique())
+    # The plan to publish: the one evaluated here, learned again on the latest split.
+    f = params.fusion
+    plan = refit_plan(eval_plan, pool_, test.truth, test.data, k, f.normalisation, f.weights,
+                      params.seed)
+    protocol: dict[str, object] = {
+        "kind": outer.kind, "validation": valid_split, "test": test.split, "k": k,
+        "seed": params.seed,
+    }
+    return Evaluation(metrics, plan, eval_plan, outer.kind, int(main.sum()), protocol, per_user)
+
+
+def popularity_baseline(data: Dataset, truth: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Most-interacted unseen items for the truth users: the floor a useful list must clear."""
+    from tasks.candidates import top_n
+
+    model = make_popularity(PopularityParams(half_life_days=None, category_blend=0.0)).fit(data)
+    users = np.unique(truth["user_idx"].to_numpy())
+    return top_n(model, users, k, seen=data.seen()).select("user_idx", "item_idx", "rank")
 
 
 def recommend(
@@ -209,7 +258,10 @@ def recommend(
     """
     start = time.perf_counter()
     fitted = fit_modalities(full, params)
-    segments = user_segments(full, params.fusion.cold_history_max)
+    plan = plan or _fixed_plan(params, list(fitted.models))
+    segments = user_segments(full, report_cold_max(plan, params)).with_columns(
+        pl.Series("segment", plan.segment_of(full.history_lengths()), dtype=pl.String)
+    )
     blocks: list[CandidateSet] = []
     fused: list[pl.DataFrame] = []
     files: list[Path] = []
@@ -217,8 +269,7 @@ def recommend(
     for lo in range(0, full.n_users, params.fusion_block_users):
         users = np.arange(lo, min(lo + params.fusion_block_users, full.n_users))
         cands = score_candidates(fitted, params, users)
-        plan = plan or _fixed_plan(params, cands.modalities)
-        fused.append(apply_plan(cands.candidates, plan, params.top_k, segments, data=full))
+        fused.append(apply_plan(cands.candidates, plan, params.top_k, full))
         n_candidates += cands.candidates.height
         if staging is not None:
             files.append(staging / f"candidates-{len(files):05d}.parquet")
@@ -227,8 +278,7 @@ def recommend(
         blocks.append(cands)
     if not blocks:  # no users at all: the empty frames of one (empty) block
         blocks.append(score_candidates(fitted, params, np.arange(0)))
-        plan = plan or _fixed_plan(params, list(fitted.models))
-        fused.append(apply_plan(blocks[0].candidates, plan, params.top_k, segments, data=full))
+        fused.append(apply_plan(blocks[0].candidates, plan, params.top_k, full))
     seconds = {  # fit once + every block's scoring
         m: fit + sum(b.seconds.get(m, 0.0) for b in blocks) for m, fit in fitted.seconds.items()
     }

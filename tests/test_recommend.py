@@ -8,6 +8,7 @@ from typing import Any
 import polars as pl
 from polars.testing import assert_frame_equal
 
+from tasks.holdout import EvaluationParams
 from tasks.parameters import FusionParams, RunParameters
 from tasks.recommend import dataset_from, evaluate_holdout, recommend
 from tasks.snapshot import Snapshot
@@ -29,11 +30,13 @@ def _weighted(*modalities: str, **extra: Any) -> RunParameters:
 
 def test_evaluation_scores_a_seeded_sample_of_hold_out_users(small_source: Path) -> None:
     snap = _snapshot(small_source)
-    params = _weighted("behavior", "popularity", max_eval_users=120)
+    params = _weighted("behavior", "popularity", evaluation=EvaluationParams(max_users=120))
     full = dataset_from(snap, params)
     sampled = evaluate_holdout(snap, full, params)
     again = evaluate_holdout(snap, full, params)
-    everyone = evaluate_holdout(snap, full, params.model_copy(update={"max_eval_users": None}))
+    everyone = evaluate_holdout(
+        snap, full, params.model_copy(update={"evaluation": EvaluationParams(max_users=None)})
+    )
     assert sampled is not None and again is not None and everyone is not None
     assert sampled.n_test_users == 120 < everyone.n_test_users
     assert_frame_equal(sampled.metrics, again.metrics)  # the sample is seeded

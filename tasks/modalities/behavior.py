@@ -31,6 +31,7 @@ from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
 from tasks.modalities.als_solver import cg_half_sweep
 from tasks.modalities.base import Modality
+from tasks.modalities.sparse_scores import sparse_gram
 
 InputWeighting = Literal["binary", "confidence"]
 Similarity = Literal["cosine", "asymmetric_cosine", "euclidean", "manhattan"]
@@ -217,7 +218,7 @@ class EaseModel:
         counts = np.diff(x.tocsc().indptr)
         self.items_ = ease_item_subset(counts, self.max_items)
         sub = x[:, self.items_].tocsr()
-        gram = (sub.T @ sub).toarray().astype(np.float64)
+        gram = sparse_gram(sub)
         self.weights_ = ease_weights(gram, self.l2).astype(np.float32)
         self.history_ = sub
         self.n_items_ = data.n_items

@@ -22,6 +22,7 @@ from tasks.dataset import Dataset
 from tasks.modalities.base import Modality
 from tasks.modalities.behavior import ease_item_subset, ease_weights
 from tasks.modalities.content import ContentParams, MissingModalityInput, item_features
+from tasks.modalities.sparse_scores import sparse_gram
 
 NEG_INF = np.float32(-np.inf)
 
@@ -66,7 +67,7 @@ class _Ease:
         self.n_items_ = 0
 
     def _fit_gram(self, samples: sp.csr_matrix, extra_gram: np.ndarray | None, l2: float) -> None:
-        gram = (samples.T @ samples).toarray().astype(np.float64)
+        gram = sparse_gram(samples)
         if extra_gram is not None:
             gram += extra_gram
         self.weights_ = ease_weights(gram, l2).astype(np.float32)
@@ -92,7 +93,7 @@ class FeatureFusionModel(_Ease):
         if data.items is not None and self.params.feature_weight > 0:
             sparse_f, dense_f = item_features(data.items, ContentParams())
             f, d = sparse_f[self.items_], dense_f[self.items_]
-            extra = self.params.feature_weight * ((f @ f.T).toarray() + d @ d.T)
+            extra = self.params.feature_weight * (sparse_gram(f.T) + d @ d.T)
         self._fit_gram(sub, extra, self.params.features_l2)
         self.queries_ = sub
         self.n_items_ = data.n_items

@@ -114,3 +114,25 @@ def add_sparse_dense_product(
     columns = np.zeros(0, dtype=np.int64) if blank_columns is None else blank_columns
     _add_product_rows(left.indptr, left.indices, left.data.astype(np.float32, copy=False),
                       right, out, start, rows, columns.astype(np.int64, copy=False))
+
+
+def sparse_gram(left: sp.spmatrix, right: sp.spmatrix | None = None) -> np.ndarray:
+    """Dense float64 `leftᵀ @ right` (default `leftᵀ @ left`) for item×item Gram matrices.
+
+    scipy builds a sparse result and densifies it (single-threaded, ~1 min for 6,000 Yelp items
+    pooled with friends' histories); this adds each user's row pairs straight into dense rows,
+    on every core. Cost: Σ over users of nnz(left row) × nnz(right row).
+    """
+    from tasks.candidates import parallel_chunks
+
+    lt = _csr32(sp.csr_matrix(left).T)
+    r = _csr32(left if right is None else right)
+    out = np.empty((lt.shape[0], r.shape[1]), dtype=np.float32)
+
+    def chunk(a: int, b: int) -> None:
+        block = lt[a:b]
+        _product_rows(block.indptr, block.indices, block.data, r.indptr, r.indices, r.data,
+                      out[a:b], False)
+
+    parallel_chunks(chunk, lt.shape[0], chunk=256)
+    return out.astype(np.float64)
