@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -24,6 +24,9 @@ from tasks.fusion import (
     candidate_table,
     fuse_table,
 )
+
+if TYPE_CHECKING:
+    from tasks.stacking import StackingParams
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +219,7 @@ def fit_plan(
     normalisation: Normalisation = "minmax",
     fixed_weights: Mapping[str, float] | None = None,
     seed: int = 7,
+    stacking: StackingParams | None = None,
 ) -> FusionPlan | None:
     """Fit one strategy on (candidates, truth); None when it cannot be fitted (e.g. stacking)."""
     fixed = {DEFAULT_SEGMENT: dict(fixed_weights)} if fixed_weights else None
@@ -233,7 +237,7 @@ def fit_plan(
             return None
         modalities = sorted(candidates["modality"].unique().to_list())
         try:
-            stacker = fit_stacker(candidates, truth, data, modalities, seed=seed)
+            stacker = fit_stacker(candidates, truth, data, modalities, seed=seed, params=stacking)
         except StackingUnavailable as exc:
             log.warning("stacking unavailable: %s", exc)
             return None
@@ -262,6 +266,7 @@ def choose_plan(
     fixed_weights: Mapping[str, float] | None = None,
     data: Dataset | None = None,
     seed: int = 7,
+    stacking: StackingParams | None = None,
 ) -> FusionPlan:
     """Fit the requested strategy, or for `auto` pick the best one on held-apart users.
 
@@ -272,7 +277,9 @@ def choose_plan(
     strategies = ["weighted", *RANK_STRATEGIES, "stacking"] if strategy == "auto" else [strategy]
 
     def fit(name: str, cands: pl.DataFrame, labels: pl.DataFrame) -> FusionPlan | None:
-        return fit_plan(name, cands, labels, k, segments, data, normalisation, fixed_weights, seed)
+        return fit_plan(
+            name, cands, labels, k, segments, data, normalisation, fixed_weights, seed, stacking
+        )
 
     scores: dict[str, float] = {}
     half_fitted: dict[str, FusionPlan] = {}

@@ -103,6 +103,7 @@ def _plan(
         params.fusion.weights,
         data=data,
         seed=params.seed,
+        stacking=params.fusion.stacking,
     )
 
 
