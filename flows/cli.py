@@ -414,12 +414,11 @@ def _add_run_flags(parser: argparse.ArgumentParser, as_of: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error, not one line"
-    )
+    debug_help = "show the traceback of an error instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     # --debug is also accepted after the command; SUPPRESS keeps the global one when absent.
     common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as above")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:

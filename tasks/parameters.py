@@ -239,7 +239,9 @@ class RunParameters(BaseModel):
         repeated = sorted({m for m in modalities if modalities.count(m) > 1})
         if repeated:
             raise PydanticCustomError(
-                "duplicate_modality", "lists {repeated} more than once", {"repeated": repeated}
+                "duplicate_modality",
+                "lists {repeated} more than once",
+                {"repeated": ", ".join(repeated)},
             )
         return modalities
 

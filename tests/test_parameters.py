@@ -81,7 +81,7 @@ BAD = [
     ({"top_k": 0}, "top_k: must be >= 1 (got 0)"),
     ({"top_k": 1001}, "top_k: must be <= 1000"),
     ({"modalities": []}, "modalities: List should have at least 1 item"),
-    ({"modalities": ["social", "behavior", "social"]}, "modalities: lists ['social'] more than"),
+    ({"modalities": ["social", "behavior", "social"]}, "modalities: lists social more than once"),
     ({"modalities": ["behaviour"]}, "modalities[0]: Input should be 'behavior'"),
     ({"fusion": {"weights": {"popularty": 1.0}}},
      "fusion.weights.popularty: unknown modality (known: behavior, content, social, popularity,"),
