@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from flows.nightly import RunSummary, nightly
+from tasks.modalities.base import PARAMETER_CONFIG
 from tasks.parameters import RunParameters
 from tasks.warehouse import connect
 
@@ -15,10 +17,43 @@ from tasks.warehouse import connect
 class BackfillParameters(BaseModel):
     """A date range to (re)build; each day is one nightly run as of that day's end (UTC)."""
 
+    model_config = PARAMETER_CONFIG
+
     start: date = Field(description="First day (inclusive).")
-    end: date = Field(description="Last day (inclusive).")
+    end: date = Field(description="Last day (inclusive), on or after start.")
     force: bool = Field(False, description="Run days that already have a published run again.")
-    run: RunParameters = Field(default_factory=RunParameters, description="Parameters of each run.")
+    run: RunParameters = Field(
+        default_factory=RunParameters,
+        description="Parameters of each run; leave as_of empty (each day sets its own).",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> BackfillParameters:
+        problems = []
+        if self.end < self.start:
+            problems.append(
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "end_before_start", f"is before start ({self.start.isoformat()})"
+                    ),
+                    loc=("end",),
+                    input=self.end.isoformat(),
+                )
+            )
+        if self.run.as_of is not None:
+            problems.append(
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "as_of_in_backfill",
+                        "must be empty: a backfill runs as of each day's end in turn",
+                    ),
+                    loc=("run", "as_of"),
+                    input=self.run.as_of.isoformat(),
+                )
+            )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
 
 
 def end_of_day(day: date) -> datetime:

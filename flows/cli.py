@@ -1,4 +1,9 @@
-"""The `recfusion` command line: run, ingest, demo-data, evaluate, query, backfill, serve."""
+"""The `recfusion` command line: run, ingest, demo-data, evaluate, query, backfill, serve.
+
+A mistake by the user (a flag, a parameter, a params file, a query parameter, a source folder or
+database that is not there) is one line on stderr, `recfusion: <what is wrong>`, never a
+traceback; `--debug` shows the traceback instead. Exit codes are defined once, below.
+"""
 
 from __future__ import annotations
 
@@ -6,50 +11,215 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # A cold Prefect home needs time to migrate its SQLite database on first start.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # No network here or on many production boxes: don't let telemetry add errors to the log.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-DEFAULT_DB = "recfusion.duckdb"
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-
-def _params(args: argparse.Namespace) -> Any:
     from tasks.parameters import RunParameters
 
-    overrides: dict[str, Any] = {"db": args.db, "triggered_by": "cli"}
-    if getattr(args, "source", None):
-        overrides["source"] = str(Path(args.source).resolve())
-    if getattr(args, "top_k", None):
-        overrides["top_k"] = args.top_k
-    if getattr(args, "as_of", None):
-        overrides["as_of"] = datetime.fromisoformat(args.as_of)
-    if getattr(args, "strategy", None):
-        overrides["fusion"] = {"strategy": args.strategy}
-    if getattr(args, "no_evaluate", False):
-        overrides["evaluate"] = False
-    if getattr(args, "allow_regression", False):
-        overrides["allow_regression"] = True
-    if getattr(args, "lock_timeout", None) is not None:
-        overrides["lock_timeout_seconds"] = args.lock_timeout
-    if getattr(args, "params", None):
-        overrides.update(json.loads(Path(args.params).read_text()))
-    return RunParameters(**overrides)
+DEFAULT_DB = "recfusion.duckdb"
+
+#: Exit codes: the run published (or the command did its job) …
+EXIT_OK = 0
+#: … a run failed or was rejected, a source file is unusable, the database is busy, or an
+#: unexpected error (a bug: rerun with --debug) …
+EXIT_FAILED = 1
+#: … the command line, a parameter, a params file or a query parameter is wrong …
+EXIT_USAGE = 2
+#: … interrupted (Ctrl-C), as shells report SIGINT.
+EXIT_INTERRUPTED = 130
+
+PROG = "recfusion"
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in a file it names: one line per problem, exit 2."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = list(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (it prints usage + error)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# --------------------------------------------------------------------------- run parameters
+
+#: Command-line flags that set a run parameter: argparse dest -> (flag, parameter path).
+RUN_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "source": ("--source", ("source",)),
+    "db": ("--db", ("db",)),
+    "top_k": ("--top-k", ("top_k",)),
+    "as_of": ("--as-of", ("as_of",)),
+    "strategy": ("--strategy", ("fusion", "strategy")),
+    "evaluate": ("--no-evaluate", ("evaluate",)),
+    "allow_regression": ("--allow-regression", ("allow_regression",)),
+    "lock_timeout": ("--lock-timeout", ("lock_timeout_seconds",)),
+}
+PATH_PARAMETERS = {("source",), ("db",)}
+
+
+def read_params_file(path: str) -> dict[str, Any]:
+    """A `--params` file's JSON object; anything else is one line naming the file."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise UsageError(f"params file {path}: key {', '.join(repeated)} given twice")
+        return dict(pairs)
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"cannot read params file {path}: {reason}") from None
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"params file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"params file {path} must hold a JSON object of run parameters "
+            f'(e.g. {{"top_k": 20}}), not a JSON {type(data).__name__}'
+        )
+    return data
+
+
+def _flag_values(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[str, Any]]:
+    """Run parameters given as flags on this command line: path -> (flag as typed, value)."""
+    out = {}
+    for dest, (flag, path) in RUN_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if path == ("source",):
+            value = str(_resolved(value))
+        shown = flag if isinstance(value, bool) else f"{flag} {getattr(args, dest)}"
+        out[path] = (shown, value)
+    return out
+
+
+def _resolved(path: str) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _same(path: tuple[str, ...], flag_value: Any, file_value: Any) -> bool:
+    """Do a flag and a params-file value mean the same parameter value?"""
+    from pydantic import TypeAdapter, ValidationError
+
+    from tasks.parameters import FusionParams, RunParameters
+
+    if path in PATH_PARAMETERS and isinstance(file_value, str):
+        return _resolved(flag_value) == _resolved(file_value)
+    fields = FusionParams.model_fields if path[0] == "fusion" else RunParameters.model_fields
+    adapter: TypeAdapter[Any] = TypeAdapter(fields[path[-1]].annotation or Any)
+    try:
+        a, b = adapter.validate_python(flag_value), adapter.validate_python(file_value)
+    except ValidationError:
+        return False
+    if isinstance(a, datetime) and isinstance(b, datetime):  # no zone = UTC, as in the model
+        a, b = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (a, b))
+    return bool(a == b)
+
+
+def _nested(data: Mapping[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+    for part in path[:-1]:
+        inner = data.get(part)
+        if not isinstance(inner, Mapping):
+            return False, None
+        data = inner
+    return (path[-1] in data), data.get(path[-1])
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def validated(model: type[BaseModel], data: Any, origins: Mapping[str, str] | None = None) -> Any:
+    """`model` from `data`, or a UsageError with one line per invalid parameter."""
+    from pydantic import ValidationError
+
+    from tasks.parameters import parameter_errors
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(*parameter_errors(exc, model, origins)) from None
+
+
+def run_parameters(args: argparse.Namespace) -> RunParameters:
+    """Run parameters from the flags and `--params`: they merge; where both set one, they agree.
+
+    A flag that disagrees with the params file is an error naming both, not a silent winner.
+    """
+    from tasks.parameters import RunParameters
+
+    params_file = getattr(args, "params", None)
+    data: dict[str, Any] = read_params_file(params_file) if params_file else {}
+    flags = _flag_values(args)
+    conflicts = []
+    for path, (shown, value) in flags.items():
+        present, file_value = _nested(data, path)
+        if present and not _same(path, value, file_value):
+            conflicts.append(
+                f"{shown} and params file {params_file} key {'.'.join(path)}="
+                f"{_shown(file_value)} disagree"
+            )
+    if conflicts:
+        raise UsageError(*conflicts)
+    for path, (_, value) in flags.items():
+        target = data
+        for part in path[:-1]:
+            inner = target.setdefault(part, {})
+            if not isinstance(inner, dict):  # invalid; validation names it
+                break
+            target = inner
+        else:
+            target[path[-1]] = value
+    data.setdefault("triggered_by", "cli")
+    origins = {".".join(path): shown.split(" ")[0] for path, (shown, _) in flags.items()}
+    params: RunParameters = validated(RunParameters, data, origins)
+    return params
+
+
+def _folder(path: str | None, label: str) -> None:
+    """A source folder that is not there is the user's mistake: say so before any run starts."""
+    if path is not None and not Path(path).expanduser().is_dir():
+        what = "is not a folder" if Path(path).expanduser().exists() else "does not exist"
+        raise UsageError(f"{label} {path}: {what}")
+
+
+def _source_label(args: argparse.Namespace) -> str:
+    return "--source" if getattr(args, "source", None) else "source (from --params)"
+
+
+# --------------------------------------------------------------------------- commands
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    params = run_parameters(args)
+    _folder(params.source, _source_label(args))
     from flows.nightly import RunSummary, nightly
 
-    params = _params(args)
     state = nightly(params=params, return_state=True)
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, RunSummary):
-        print(f"recfusion: run failed: {state.message or summary}", file=sys.stderr)
-        return 1
+        print(f"{PROG}: run failed: {_one_line(state.message or summary)}", file=sys.stderr)
+        return EXIT_FAILED
     if summary.status == "published":
         metrics = ", ".join(
             f"{k}={v:.4f}"
@@ -60,32 +230,33 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"published run {summary.run_id}: {summary.n_recommendations} recommendations "
             f"(fusion {summary.fusion_strategy}{'; ' + metrics if metrics else ''}) -> {params.db}"
         )
-        return 0
-    print(f"recfusion: run {summary.run_id} {summary.status}: {summary.message}", file=sys.stderr)
-    return 1
+        return EXIT_OK
+    print(
+        f"{PROG}: run {summary.run_id} {summary.status}: {_one_line(summary.message)}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    params = run_parameters(args)  # checks --db and --lock-timeout like a run's
+    _folder(params.source, "--source")
     from tasks.ingest import load_source, read_source
     from tasks.runs import new_run_id
-    from tasks.source_files import SourceError
     from tasks.warehouse import apply_schema, connect, run_lock
 
+    assert params.source is not None  # --source is required
     run_id = new_run_id()
-    try:
-        validated = read_source(Path(args.source))
-        with run_lock(args.db), connect(args.db) as con:
-            apply_schema(con)
-            report = load_source(con, validated, run_id)
-    except SourceError as exc:
-        print(f"recfusion: ingest failed: {exc}", file=sys.stderr)
-        return 1
+    validated_source = read_source(Path(params.source))
+    with run_lock(params.db, params.lock_timeout_seconds), connect(params.db) as con:
+        apply_schema(con)
+        report = load_source(con, validated_source, run_id)
     for table in report.read:
         print(
             f"{table}: read {report.read[table]}, added {report.added[table]}, "
             f"quarantined {report.quarantined[table]}"
         )
-    return 0
+    return EXIT_OK
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -95,40 +266,53 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         Path(args.out), users=args.users, items=args.items, events=args.events, seed=args.seed
     )
     print(", ".join(f"{table}: {n}" for table, n in counts.items()) + f" -> {args.out}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_lastfm(args: argparse.Namespace) -> int:
+    _folder(args.src, "--src")
     from tasks.lastfm_adapter import convert_hetrec_lastfm
 
     counts = convert_hetrec_lastfm(Path(args.src), Path(args.out))
     print(", ".join(f"{table}: {n}" for table, n in counts.items()) + f" -> {args.out}")
-    return 0
+    return EXIT_OK
+
+
+def _query_params(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param {pair}: expected KEY=VALUE, e.g. --param user_id=u0001")
+        if key in out:
+            raise UsageError(f"--param {key} given twice")
+        out[key] = value
+    return out
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    import polars as pl
-
-    from tasks.queries import QueryError, run_query
-    from tasks.warehouse import read_sql, sql_query_names
+    from tasks.warehouse import sql_query_names
 
     if args.list or not args.name:
+        from tasks.queries import describe
+
         for name in sql_query_names():
-            first = read_sql(f"queries/{name}.sql").splitlines()[0].lstrip("- ")
-            print(f"{name:32s} {first}")
-        return 0
-    params = dict(p.split("=", 1) for p in args.param)
-    try:
-        frame = run_query(args.db, args.name, params)
-    except QueryError as exc:
-        print(f"recfusion: {exc}", file=sys.stderr)
-        return 2
+            print(f"{name:32s} {describe(name)}")
+        return EXIT_OK
+    params = _query_params(args.param)
+    import polars as pl
+
+    from tasks.queries import run_query
+
+    frame = run_query(args.db, args.name, params)
     with pl.Config(tbl_rows=args.limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
         print(frame)
-    return 0
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if not Path(args.db).is_file():
+        raise UsageError(f"--db {args.db}: no database file there")
     import polars as pl
 
     from tasks.offline_evaluation import evaluate_published, read_truth
@@ -136,118 +320,234 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         truth = read_truth(Path(args.test))
     except (ValueError, OSError) as exc:
-        print(f"recfusion: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--test {args.test}: {_one_line(exc)}") from None
     results = evaluate_published(args.db, truth, args.k)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
+        return EXIT_OK
     table = pl.DataFrame([{"list": name, **values} for name, values in results.items()])
     with pl.Config(tbl_rows=-1, tbl_cols=-1, float_precision=4, tbl_width_chars=200):
         print(table)
-    return 0
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    _folder(args.source, "--source")
     from flows.serve import serve_all
 
     source = str(Path(args.source).resolve()) if args.source else None
     serve_all(str(Path(args.db).resolve()), source, args.cron, args.timezone)
-    return 0
+    return EXIT_OK
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from datetime import date
-
+    run = run_parameters(args)
+    _folder(run.source, _source_label(args))
     from flows.backfill import BackfillParameters, backfill
 
-    params = BackfillParameters(
-        start=date.fromisoformat(args.start),
-        end=date.fromisoformat(args.end),
-        force=args.force,
-        run=_params(args),
+    params = validated(
+        BackfillParameters,
+        {"start": args.start, "end": args.end, "force": args.force, "run": run},
+        {"start": "--start", "end": "--end"},
     )
     summaries = backfill(params=params)
     failed = [s for s in summaries if s.status != "published"]
     for s in summaries:
         print(f"{s.run_id}: {s.status} {s.message}")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, as_of: bool = True) -> None:
+    """The run-parameter flags; their help names the limits RunParameters enforces."""
+    parser.add_argument("--source", help="source folder in the data contract (default: demo data)")
+    parser.add_argument("--db", help=f"DuckDB file (default: {DEFAULT_DB})")
+    parser.add_argument("--top-k", type=int, help="list length K, 1-1000 (default 10)")
+    if as_of:
+        parser.add_argument(
+            "--as-of", help="build the data as of this ISO timestamp (no zone = UTC)"
+        )
+    parser.add_argument(
+        "--strategy",
+        help="fusion strategy: auto, weighted, rrf, combsum, combmnz, borda, stacking "
+        "(stacking needs evaluation; default auto)",
+    )
+    parser.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_false",
+        default=None,
+        help="skip the hold-out evaluation",
+    )
+    parser.add_argument(
+        "--allow-regression",
+        action="store_true",
+        default=None,
+        help="publish even if the regression gate fails",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        help="seconds (>= 0) to wait for a run holding the database (default 0)",
+    )
+    parser.add_argument(
+        "--params",
+        help="JSON file with an object of more run parameters (see tasks/parameters.py); "
+        "a flag and the file may not disagree",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recfusion", description=__doc__)
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    debug_help = "show the traceback of an error instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # --debug is also accepted after the command; SUPPRESS keeps the global one when absent.
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the nightly flow once (ingest → … → publish)")
-    run.add_argument("--source", help="source folder in the data contract (default: demo data)")
-    run.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default: {DEFAULT_DB})")
-    run.add_argument("--top-k", type=int, help="list length K (default 10)")
-    run.add_argument("--as-of", help="build the data as of this ISO timestamp")
-    run.add_argument(
-        "--strategy",
-        help="fusion strategy (auto, weighted, rrf, combsum, combmnz, borda, stacking)",
-    )
-    run.add_argument("--no-evaluate", action="store_true", help="skip the hold-out evaluation")
-    run.add_argument(
-        "--allow-regression", action="store_true", help="publish even if the regression gate fails"
-    )
-    run.add_argument("--lock-timeout", type=float, help="seconds to wait for a running run")
-    run.add_argument("--params", help="JSON file with more run parameters")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    run = command("run", help="run the nightly flow once (ingest → … → publish)")
+    _add_run_flags(run)
     run.set_defaults(func=cmd_run)
 
-    ing = sub.add_parser("ingest", help="ingest a source folder only")
-    ing.add_argument("--source", required=True)
-    ing.add_argument("--db", default=DEFAULT_DB)
+    ing = command("ingest", help="ingest a source folder only")
+    ing.add_argument("--source", required=True, help="source folder in the data contract")
+    ing.add_argument("--db", help=f"DuckDB file (default: {DEFAULT_DB})")
+    ing.add_argument(
+        "--lock-timeout",
+        type=float,
+        help="seconds (>= 0) to wait for a run holding the database (default 0)",
+    )
     ing.set_defaults(func=cmd_ingest)
 
-    demo = sub.add_parser("demo-data", help="write a synthetic source in the data contract")
+    demo = command("demo-data", help="write a synthetic source in the data contract")
     demo.add_argument("--out", required=True)
-    demo.add_argument("--users", type=int, default=2000)
-    demo.add_argument("--items", type=int, default=1500)
-    demo.add_argument("--events", type=int, default=120_000)
-    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--users", type=_at_least(2), default=2000, help=">= 2 (default 2000)")
+    demo.add_argument("--items", type=_at_least(2), default=1500, help=">= 2 (default 1500)")
+    demo.add_argument("--events", type=_at_least(0), default=120_000, help=">= 0")
+    demo.add_argument("--seed", type=_at_least(0), default=42, help=">= 0 (default 42)")
     demo.set_defaults(func=cmd_demo_data)
 
-    lfm = sub.add_parser("convert-lastfm", help="convert HetRec 2011 Last.fm files to a source")
+    lfm = command("convert-lastfm", help="convert HetRec 2011 Last.fm files to a source")
     lfm.add_argument("--src", required=True)
     lfm.add_argument("--out", required=True)
     lfm.set_defaults(func=cmd_lastfm)
-    ev = sub.add_parser("evaluate", help="score the published lists against a held-out file")
+
+    ev = command("evaluate", help="score the published lists against a held-out file")
     ev.add_argument("--db", default=DEFAULT_DB)
     ev.add_argument("--test", required=True, help="Parquet or CSV with user_id, item_id")
-    ev.add_argument("--k", type=int, default=10)
+    ev.add_argument("--k", type=_at_least(1), default=10, help="list length, >= 1 (default 10)")
     ev.add_argument("--json", action="store_true", help="one JSON object: list -> metric -> value")
     ev.set_defaults(func=cmd_evaluate)
 
-    srv = sub.add_parser("serve", help="serve the nightly schedule and manual deployments")
+    srv = command("serve", help="serve the nightly schedule and manual deployments")
     srv.add_argument("--db", default=DEFAULT_DB)
     srv.add_argument("--source", help="source folder (default: demo data)")
     srv.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default 02:00)")
     srv.add_argument("--timezone", default="UTC")
     srv.set_defaults(func=cmd_serve)
 
-    bf = sub.add_parser("backfill", help="run the nightly flow as of each day in a range")
+    bf = command("backfill", help="run the nightly flow as of each day in a range")
     bf.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
-    bf.add_argument("--end", required=True, help="last day, YYYY-MM-DD")
+    bf.add_argument("--end", required=True, help="last day, YYYY-MM-DD (>= --start)")
     bf.add_argument("--force", action="store_true", help="rerun days already published")
-    bf.add_argument("--source")
-    bf.add_argument("--db", default=DEFAULT_DB)
-    bf.add_argument("--no-evaluate", action="store_true")
+    _add_run_flags(bf, as_of=False)
     bf.set_defaults(func=cmd_backfill)
 
-    qry = sub.add_parser("query", help="run a ready-made analyst query from sql/queries/")
+    qry = command("query", help="run a ready-made analyst query from sql/queries/")
     qry.add_argument("name", nargs="?", help="query name (omit or --list to see them)")
     qry.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     qry.add_argument("--db", default=DEFAULT_DB)
-    qry.add_argument("--limit", type=int, default=50, help="rows to print")
+    qry.add_argument("--limit", type=int, default=50, help="rows to print (-1 = all)")
     qry.add_argument("--list", action="store_true")
     qry.set_defaults(func=cmd_query)
     return parser
 
 
+# --------------------------------------------------------------------------- errors
+
+
+def _one_line(value: object, limit: int = 400) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+#: The product's own errors for a user's situation (module, class): one line and EXIT_FAILED.
+#: Looked up only if their module is loaded: an error cannot come from a module never imported.
+FAILURES = (
+    ("tasks.source_files", "SourceError"),
+    ("tasks.warehouse", "RunLockTimeout"),
+    ("flows.nightly", "RunFailed"),
+)
+#: … and those that mean the request itself is wrong: EXIT_USAGE.
+USAGE = (("tasks.queries", "QueryError"),)
+
+
+def _is(exc: BaseException, kinds: tuple[tuple[str, str], ...]) -> bool:
+    for module, name in kinds:
+        kind = getattr(sys.modules.get(module), name, None)
+        if isinstance(kind, type) and isinstance(exc, kind):
+            return True
+    return False
+
+
+def explain(exc: BaseException) -> tuple[list[str], int]:
+    """The lines to print and the exit code for an error that reached `main`."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, UsageError):
+        return exc.lines, EXIT_USAGE
+    if isinstance(exc, ValidationError):  # a model validated outside `validated`
+        from tasks.parameters import parameter_errors
+
+        return parameter_errors(exc), EXIT_USAGE
+    if _is(exc, USAGE):
+        return [_one_line(exc)], EXIT_USAGE
+    if _is(exc, FAILURES):
+        return [_one_line(exc)], EXIT_FAILED
+    return [
+        f"unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+        "(run again with --debug for the traceback)"
+    ], EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # known even when parsing fails
+    try:
+        args = build_parser().parse_args(argv)
+        debug = bool(getattr(args, "debug", False))
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if debug:
+            raise
+        lines, code = explain(exc)
+        for line in lines:
+            print(f"{PROG}: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

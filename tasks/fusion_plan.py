@@ -23,7 +23,13 @@ import polars as pl
 from tasks.dataset import Dataset
 from tasks.fusion import RRF_K, CandidateTable, Normalisation, candidate_table, fuse_table
 from tasks.fusion_tuning import tune_weights
-from tasks.stacking import StackingModel, StackingUnavailable, fit_stacker, fuse_stacking
+from tasks.stacking import (
+    StackingModel,
+    StackingParams,
+    StackingUnavailable,
+    fit_stacker,
+    fuse_stacking,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +113,7 @@ class FitContext:
     seed: int = 7
     normalisation: Normalisation = "minmax"
     fixed_weights: Mapping[str, float] | None = None
+    stacking: StackingParams | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,8 @@ def _equal(strategy: str) -> Callable[[CandidatePool, pl.DataFrame, FitContext],
 def _fit_stacking(pool: CandidatePool, truth: pl.DataFrame, ctx: FitContext) -> Recipe | None:
     cands = pool.candidates
     try:
-        model = fit_stacker(cands, truth, ctx.data, _modalities(cands), seed=ctx.seed)
+        model = fit_stacker(cands, truth, ctx.data, _modalities(cands), seed=ctx.seed,
+                            params=ctx.stacking)
     except StackingUnavailable as exc:
         log.info("stacking unavailable: %s", exc)
         return None

@@ -28,7 +28,9 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG
 
 SplitKind = Literal["user_temporal", "user_random", "global_time"]
 Protocol = Literal["auto", "user_temporal", "user_random", "global_time"]
@@ -37,7 +39,7 @@ Protocol = Literal["auto", "user_temporal", "user_random", "global_time"]
 class EvaluationParams(BaseModel):
     """How a run holds out data to evaluate itself and to choose its fusion plan."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = PARAMETER_CONFIG
 
     protocol: Protocol = Field(
         "auto",
@@ -59,8 +61,9 @@ class EvaluationParams(BaseModel):
         "report cold-start rules on really cold users.",
     )
     holdout_days: float = Field(
-        7.0, ge=1 / 24, le=3650,
-        description="Window of the global_time protocol (days, 1 hour to 10 years).",
+        7.0, ge=MIN_DAYS, le=3650,
+        description="Window of the global_time protocol (days), from 1/24 (one hour: less holds "
+        "out almost nothing on daily data) to 3650 (ten years: more is a unit mistake).",
     )
     min_users: int = Field(
         1000, ge=1,

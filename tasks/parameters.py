@@ -1,50 +1,86 @@
-"""Run parameters: one pydantic model, which is also the Prefect UI form for every deployment."""
+"""Run parameters: one pydantic model, which is also the Prefect UI form for every deployment.
+
+Every check lives on the models, so the command line, a `--params` file and the Prefect form
+reject the same mistakes with the same message; `parameter_errors` turns a ValidationError into
+one line per problem, naming the parameter's path.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+import difflib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tasks.dataset import DEFAULT_EVENT_WEIGHTS, InteractionWeighting
 from tasks.holdout import EvaluationParams
+from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG
 from tasks.modalities.behavior import BehaviorParams
 from tasks.modalities.content import ContentParams
 from tasks.modalities.hybrid import HybridParams
 from tasks.modalities.popularity import PopularityParams
 from tasks.modalities.social import SocialParams
+from tasks.stacking import StackingParams
 
 ModalityName = Literal[
     "behavior", "content", "social", "popularity", "hybrid_features", "hybrid_samples"
 ]
-ALL_MODALITIES: list[ModalityName] = [
-    "behavior",
-    "content",
-    "social",
-    "popularity",
-    "hybrid_features",
-    "hybrid_samples",
-]
+ALL_MODALITIES: list[ModalityName] = list(get_args(ModalityName))
 #: The four single-evidence modalities; hybrids are fusions below the model level.
 SINGLE_MODALITIES = ("behavior", "content", "social", "popularity")
 FusionStrategy = Literal["auto", "weighted", "rrf", "combsum", "combmnz", "borda", "stacking"]
+
+#: Limits shared with the command line's help (tests/test_cli.py keeps the two in step).
+TOP_K_MAX = 1000
+
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+def _known_modality(name: str) -> str:
+    if name not in ALL_MODALITIES:
+        raise PydanticCustomError(
+            "unknown_modality",
+            "unknown modality (known: {known})",
+            {"known": ", ".join(ALL_MODALITIES)},
+        )
+    return name
+
+
+def _event_type(name: str) -> str:
+    if not name.strip():
+        raise PydanticCustomError("empty_event_type", "event type must not be empty")
+    return name
 
 
 class FusionParams(BaseModel):
     """How modality lists become one list; `auto` picks the best strategy on validation."""
 
+    model_config = PARAMETER_CONFIG
+
     strategy: FusionStrategy = Field(
         "auto",
-        description="Fusion strategy; 'auto' tries all on a validation window, keeps the best.",
+        description="Fusion strategy; 'auto' tries all on a validation window, keeps the best. "
+        "'stacking' is learned on the hold-out window, so it needs evaluate=true.",
     )
     normalisation: Literal["minmax", "zscore", "rank"] = Field(
         "minmax", description="Score normalisation before weighted fusion."
     )
-    weights: dict[str, float] | None = Field(
+    weights: dict[Annotated[str, AfterValidator(_known_modality)], NonNegative] | None = Field(
         None,
-        description="Override per-modality weights (e.g. {'behavior': 1, 'social': 0.3}); "
-        "when empty they are tuned on a validation window.",
+        description="Override per-modality weights (e.g. {'behavior': 1, 'social': 0.3}); keys "
+        "are enabled modalities, values finite and >= 0 (a missing modality weighs 0), not all "
+        "0. Empty = tuned on a validation window.",
     )
     cold_history_max: int | None = Field(
         None,
@@ -54,46 +90,90 @@ class FusionParams(BaseModel):
         "beat the default recipe on those users by more than its standard error); "
         "0 = no cold rule.",
     )
+    stacking: StackingParams = Field(
+        default_factory=StackingParams,
+        description="The learned fusion ('stacking', and a candidate of 'auto').",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _not_all_zero(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if not weights:
+            return None  # empty = tune them
+        if not any(w > 0 for w in weights.values()):
+            raise PydanticCustomError(
+                "all_zero_weights",
+                "all weights are 0, so every fused score would be 0; give at least one modality "
+                "a positive weight, or leave weights empty to tune them",
+            )
+        return weights
 
 
 class RunParameters(BaseModel):
     """Everything one nightly run needs. Defaults run the demo end to end."""
 
+    model_config = PARAMETER_CONFIG
+
     source: str | None = Field(
         None, description="Source folder in the data contract; empty = the built-in demo data."
     )
-    db: str = Field("recfusion.duckdb", description="DuckDB database file to read and publish to.")
-    top_k: int = Field(10, ge=1, le=1000, description="Length of each user's published list (K).")
+    db: str = Field(
+        "recfusion.duckdb",
+        min_length=1,
+        description="DuckDB database file to read and publish to.",
+    )
+    top_k: int = Field(
+        10, ge=1, le=TOP_K_MAX, description="Length of each user's published list (K), 1-1000."
+    )
     candidates_per_modality: int = Field(
-        100, ge=1, description="Top-N candidates each modality keeps per user (N >= K)."
+        100,
+        ge=1,
+        description="Top-N candidates each modality keeps per user. Must be >= top_k; when "
+        "left at its default it is raised to top_k.",
     )
     as_of: datetime | None = Field(
         None,
-        description="Build the data as of this time (events after it are ignored); "
-        "empty = latest event.",
+        description="Build the data as of this time (events after it are ignored); a time "
+        "without a zone is UTC, as in the data contract. Empty = latest event.",
     )
     modalities: list[ModalityName] = Field(
         default_factory=lambda: list(ALL_MODALITIES),
-        description="Candidate sources to run: the four modalities, plus the feature-level "
-        "(hybrid_features) and sample-level (hybrid_samples) fusion models.",
+        min_length=1,
+        description="Candidate sources to run (at least one, each once): the four modalities, "
+        "plus the feature-level (hybrid_features) and sample-level (hybrid_samples) fusion "
+        "models.",
     )
-    behavior: BehaviorParams = Field(default_factory=BehaviorParams)
-    content: ContentParams = Field(default_factory=ContentParams)
-    social: SocialParams = Field(default_factory=SocialParams)
-    popularity: PopularityParams = Field(default_factory=PopularityParams)
+    behavior: BehaviorParams = Field(
+        default_factory=BehaviorParams, description="Collaborative filtering on interactions."
+    )
+    content: ContentParams = Field(
+        default_factory=ContentParams, description="Similarity of item attributes."
+    )
+    social: SocialParams = Field(
+        default_factory=SocialParams, description="What the user's friends interacted with."
+    )
+    popularity: PopularityParams = Field(
+        default_factory=PopularityParams, description="What is popular now (cold start)."
+    )
     hybrid: HybridParams = Field(
         default_factory=HybridParams, description="Feature-level and sample-level fusion models."
     )
-    fusion: FusionParams = Field(default_factory=FusionParams)
-    event_weights: dict[str, float] = Field(
+    fusion: FusionParams = Field(
+        default_factory=FusionParams, description="How the candidate lists become one list."
+    )
+    event_weights: dict[Annotated[str, AfterValidator(_event_type)], NonNegative] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
-        description="Weight per event type (purchase > like > click > view).",
+        description="Weight per event type (purchase > like > click > view); finite, >= 0 "
+        "(0 ignores the type), not all 0. Types not listed weigh 1.",
     )
     value_transform: Literal["log1p", "raw", "binary"] = Field(
         "log1p", description="How an event's value (count, rating) becomes confidence."
     )
     half_life_days: float | None = Field(
-        None, gt=0, description="Optional recency decay of interactions (days); empty = none."
+        None,
+        ge=MIN_DAYS,
+        description="Optional recency decay of interactions (days, at least 1/24 = one hour: "
+        "shorter rounds older events' weight to 0); empty = none.",
     )
     evaluate: bool = Field(
         True, description="Hold out recent events, score every list, log metrics."
@@ -103,7 +183,7 @@ class RunParameters(BaseModel):
         description="Hold-out protocol, sample size and selection margin of the run's own "
         "evaluation.",
     )
-    seed: int = Field(7, description="Seed for random splits.")
+    seed: int = Field(7, ge=0, description="Seed for random splits (>= 0, as NumPy needs).")
     block_size: int = Field(2048, ge=1, description="Users scored per block (bounds memory).")
     fusion_block_users: int = Field(
         5_000, ge=1, description="Users whose candidates are fused at once (bounds memory)."
@@ -111,7 +191,8 @@ class RunParameters(BaseModel):
     regression_tolerance: float = Field(
         0.05,
         ge=0,
-        description="Reject the run when fused NDCG@K drops more than this share "
+        le=1,
+        description="Reject the run when fused NDCG@K drops more than this share (0-1) "
         "below the last published run on the same data.",
     )
     allow_regression: bool = Field(False, description="Publish even if the regression gate fails.")
@@ -119,9 +200,87 @@ class RunParameters(BaseModel):
         None, ge=1, description="Keep recommendations of this many latest runs; metrics are kept."
     )
     lock_timeout_seconds: float = Field(
-        0.0, ge=0, description="Wait this long for another run on the same database to finish."
+        0.0,
+        ge=0,
+        description="Wait this long (seconds, >= 0) for another run on the same database to "
+        "finish.",
     )
-    triggered_by: str = Field("cli", description="Who or what started the run.")
+    triggered_by: str = Field("cli", min_length=1, description="Who or what started the run.")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _blank_source_is_demo(cls, source: Any) -> Any:
+        # The Prefect form sends "" for a cleared text box; it means the demo data.
+        return None if isinstance(source, str) and not source.strip() else source
+
+    @field_validator("as_of")
+    @classmethod
+    def _as_of_in_utc(cls, as_of: datetime | None) -> datetime | None:
+        if as_of is None:
+            return None
+        if as_of.tzinfo is None:
+            return as_of.replace(tzinfo=UTC)
+        return as_of.astimezone(UTC)
+
+    @field_validator("modalities")
+    @classmethod
+    def _each_modality_once(cls, modalities: list[ModalityName]) -> list[ModalityName]:
+        repeated = sorted({m for m in modalities if modalities.count(m) > 1})
+        if repeated:
+            raise PydanticCustomError(
+                "duplicate_modality",
+                "lists {repeated} more than once",
+                {"repeated": ", ".join(repeated)},
+            )
+        return modalities
+
+    @field_validator("event_weights")
+    @classmethod
+    def _some_event_counts(cls, weights: dict[str, float]) -> dict[str, float]:
+        if not any(w > 0 for w in weights.values()):
+            raise PydanticCustomError(
+                "all_zero_weights",
+                "needs at least one event type with a positive weight "
+                "(leave it out for the defaults)",
+            )
+        return weights
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunParameters:
+        problems: list[InitErrorDetails] = []
+
+        def problem(loc: tuple[str, ...], kind: str, message: str, value: Any) -> None:
+            problems.append(
+                InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+            )
+
+        if self.candidates_per_modality < self.top_k:
+            if "candidates_per_modality" in self.model_fields_set:
+                problem(
+                    ("candidates_per_modality",),
+                    "too_few_candidates",
+                    f"must be >= top_k ({self.top_k}): lists are fused from these candidates",
+                    self.candidates_per_modality,
+                )
+            else:
+                self.candidates_per_modality = self.top_k
+        for name in sorted(set(self.fusion.weights or {}) - set(self.modalities)):
+            problem(
+                ("fusion", "weights", name),
+                "weight_for_disabled_modality",
+                f"modality {name} is not enabled in modalities ({', '.join(self.modalities)})",
+                (self.fusion.weights or {})[name],
+            )
+        if self.fusion.strategy == "stacking" and not self.evaluate:
+            problem(
+                ("fusion", "strategy"),
+                "stacking_needs_evaluation",
+                "stacking is learned on the hold-out window, so it needs evaluate=true",
+                self.fusion.strategy,
+            )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
 
     def weighting(self) -> InteractionWeighting:
         return InteractionWeighting(
@@ -129,3 +288,87 @@ class RunParameters(BaseModel):
             value_transform=self.value_transform,
             half_life_days=self.half_life_days,
         )
+
+
+# --------------------------------------------------------------------------- error lines
+
+
+def _fields_of(kind: Any) -> dict[str, Any]:
+    # Models and pydantic dataclasses both keep their fields here.
+    return dict(getattr(kind, "__pydantic_fields__", None) or {})
+
+
+def _field_names(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    """The parameter names a (nested) model takes at `path`; [] when it is not a model."""
+    fields = _fields_of(model)
+    for part in path:
+        field = fields.get(str(part))
+        if field is None:
+            return []
+        fields = _fields_of(field.annotation)
+    return list(fields)
+
+
+def _path(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(parameters)"
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = str(value) if isinstance(value, float) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+#: Bounds in plain words and numbers (pydantic prints 1/24 as 0.041666666666666664).
+_BOUNDS = {
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+    "less_than_equal": ("le", "<="),
+    "less_than": ("lt", "<"),
+}
+_UNKNOWN_KEY = ("extra_forbidden", "unexpected_keyword_argument")
+
+
+def _message(error: Any) -> str:
+    if error["type"] in _BOUNDS:
+        key, sign = _BOUNDS[error["type"]]
+        return f"must be {sign} {error['ctx'][key]:.4g}"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def parameter_errors(
+    exc: ValidationError,
+    model: type[BaseModel] = RunParameters,
+    origins: Mapping[str, str] | None = None,
+) -> list[str]:
+    """One line per problem: 'invalid parameter <path>: <what is wrong> (got <value>)'.
+
+    `origins` maps a parameter path to where its value came from (e.g. 'top_k' -> '--top-k'),
+    so a command-line user sees the flag they typed. A misspelt key gets the closest real name.
+    """
+    origins = origins or {}
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        path = _path(loc)
+        origin = origins.get(path)
+        if error["type"] in _UNKNOWN_KEY:
+            names = _field_names(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.7)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(names)}"
+            lines.append(f"invalid parameter {path}: unknown parameter ({hint})")
+            continue
+        # A key that is wrong is named by the path; a whole object as the value is noise.
+        value = error.get("input")
+        quiet = error["type"] == "missing" or "[key]" in loc or isinstance(value, dict)
+        got = [] if quiet else [f"got {_shown(value)}"]
+        if origin:
+            got.append(f"from {origin}")
+        lines.append(
+            f"invalid parameter {path}: {_message(error)}" + (f" ({' '.join(got)})" if got else "")
+        )
+    return lines

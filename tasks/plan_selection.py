@@ -32,6 +32,7 @@ from tasks.fusion_plan import (
     single,
     top_up,
 )
+from tasks.stacking import StackingParams
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ def select_plan(
     fixed_weights: Mapping[str, float] | None = None,
     seed: int = 7,
     references: Mapping[str, pl.DataFrame] | None = None,
+    stacking: StackingParams | None = None,
 ) -> FusionPlan:
     """The plan for these validation candidates and labels (user_idx, item_idx).
 
@@ -193,7 +195,7 @@ def select_plan(
     fusers = list(FUSERS) if strategy == "auto" else [strategy]
     if strategy != "auto" and strategy not in FUSERS:
         raise ValueError(f"unknown fusion strategy {strategy!r}")
-    ctx = FitContext(data, k, seed, normalisation, fixed_weights)
+    ctx = FitContext(data, k, seed, normalisation, fixed_weights, stacking)
     pool = CandidatePool.of(candidates)
     if len(users) == 0 or pool.height == 0:
         return FusionPlan(Recipe(fusers[0] if strategy != "auto" else "weighted",
@@ -254,6 +256,7 @@ def refit_plan(
     normalisation: Normalisation = "minmax",
     fixed_weights: Mapping[str, float] | None = None,
     seed: int = 7,
+    stacking: StackingParams | None = None,
 ) -> FusionPlan:
     """The plan chosen on validation, its learned recipes refitted on a later split.
 
@@ -261,7 +264,7 @@ def refit_plan(
     on the most recent data, since nothing is evaluated after it.
     """
     pool = CandidatePool.of(candidates)
-    ctx = FitContext(data, k, seed, normalisation, fixed_weights)
+    ctx = FitContext(data, k, seed, normalisation, fixed_weights, stacking)
     return FusionPlan(
         refit_recipe(plan.default, pool, truth, ctx),
         refit_recipe(plan.cold, pool, truth, ctx) if plan.cold else None,

@@ -161,6 +161,7 @@ def _select(stage: Stage, params: RunParameters) -> FusionPlan:
         normalisation=f.normalisation,
         fixed_weights=f.weights,
         seed=params.seed,
+        stacking=f.stacking,
     )
 
 
@@ -225,7 +226,7 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
     # The plan to publish: the one evaluated here, learned again on the latest split.
     f = params.fusion
     plan = refit_plan(eval_plan, pool_, test.truth, test.data, k, f.normalisation, f.weights,
-                      params.seed)
+                      params.seed, f.stacking)
     protocol: dict[str, object] = {
         "kind": outer.kind, "validation": valid_split, "test": test.split, "k": k,
         "seed": params.seed,

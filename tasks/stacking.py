@@ -25,10 +25,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
+from pydantic import AfterValidator, ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import PydanticCustomError
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -216,28 +219,53 @@ def candidate_features(candidates: pl.DataFrame, data: Dataset,
     ).select(*KEY_COLUMNS, *feature_columns(mods))
 
 
-@dataclass
+def _known_feature(name: str) -> str:
+    kinds = (*MODALITY_FEATURES, *CONTEXT_FEATURES)
+    if name in kinds or any(name.endswith(f"_{s}") and len(name) > len(s) + 1
+                            for s in MODALITY_FEATURES):
+        return name
+    raise PydanticCustomError(
+        "unknown_feature", "unknown feature (kinds: {kinds}; or <modality>_<kind>)",
+        {"kinds": ", ".join(kinds)})
+
+
+# A pydantic dataclass: the run parameters validate it like their other models (and the Prefect
+# form shows it), while `dataclasses.replace` and keyword construction keep working.
+@pydantic_dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class StackingParams:
     """Learner settings; the defaults were chosen on the Last.fm validation protocol."""
 
-    learner: Learner = "logistic"  # "auto": boosted trees when there are enough positives
-    min_positives_for_hgb: int = 200  # "auto" with fewer positives: logistic regression
-    # Per-user cap on negatives (× the user's positives); None keeps all. Training rows grow with
-    # users × candidates, so the cap bounds memory at scale; on Last.fm it keeps almost all.
-    negatives_per_positive: float | None = 100.0
-    n_bags: int = 3  # hgb: models on different negative samples/seeds, averaged (less variance)
-    # Tune `blend_norm` weights on the training labels in fit_stacker (helps trees, which
-    # approximate weighted sums poorly; a logistic model forms the blend itself).
-    tune_blend: bool = False
-    max_iter: int = 300
-    learning_rate: float = 0.05
-    max_leaf_nodes: int = 31
-    min_samples_leaf: int = 100
-    l2_regularization: float = 1.0
-    early_stopping: bool = True
-    monotonic: bool = True  # score/norm/presence/agreement can only help, rank only hurt
-    logistic_c: float = 1.0
-    drop_features: tuple[str, ...] = ()  # feature kinds/names to ignore (ablations)
+    learner: Learner = Field(
+        default="logistic",
+        description="'logistic', 'hgb' (boosted trees), or 'auto': trees when there are at "
+        "least min_positives_for_hgb positives.")
+    min_positives_for_hgb: int = Field(
+        default=200, ge=1, description="'auto' with fewer positives uses logistic regression.")
+    negatives_per_positive: float | None = Field(
+        default=100.0, gt=0,
+        description="Per-user cap on negatives (× the user's positives); empty keeps all. "
+        "Training rows grow with users × candidates, so the cap bounds memory at scale.")
+    n_bags: int = Field(
+        default=3, ge=1,
+        description="hgb: models on different negative samples/seeds, averaged (less variance).")
+    tune_blend: bool = Field(
+        default=False,
+        description="Tune the blend_norm feature's weights on the training labels first (helps "
+        "trees, which approximate weighted sums poorly).")
+    max_iter: int = Field(default=300, ge=1, description="hgb: boosting iterations.")
+    learning_rate: float = Field(default=0.05, gt=0, description="hgb: shrinkage per tree.")
+    max_leaf_nodes: int = Field(default=31, ge=2, description="hgb: leaves per tree.")
+    min_samples_leaf: int = Field(default=100, ge=1, description="hgb: rows per leaf, at least.")
+    l2_regularization: float = Field(default=1.0, ge=0, description="hgb: L2 on leaf values.")
+    early_stopping: bool = Field(
+        default=True, description="hgb: stop when a 10% validation split stops improving.")
+    monotonic: bool = Field(
+        default=True,
+        description="hgb: score/norm/presence/agreement can only help, rank only hurt.")
+    logistic_c: float = Field(
+        default=1.0, gt=0, description="logistic: inverse L2 strength (larger = weaker).")
+    drop_features: tuple[Annotated[str, AfterValidator(_known_feature)], ...] = Field(
+        default=(), description="Feature kinds or column names to ignore (ablations).")
 
 
 #: Monotonic constraint per feature kind when `StackingParams.monotonic` (0 = free).

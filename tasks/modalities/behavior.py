@@ -24,13 +24,13 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from scipy.linalg import lapack
 
 from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
 from tasks.modalities.als_solver import cg_half_sweep
-from tasks.modalities.base import Modality
+from tasks.modalities.base import PARAMETER_CONFIG, Modality
 from tasks.modalities.sparse_scores import sparse_gram
 
 InputWeighting = Literal["binary", "confidence"]
@@ -53,7 +53,7 @@ class BehaviorParams(BaseModel):
     weights.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = PARAMETER_CONFIG
 
     algorithm: Algorithm = Field(
         default="als",
@@ -93,7 +93,9 @@ class BehaviorParams(BaseModel):
     cg_steps: int = Field(
         default=3, gt=0, description="Conjugate-gradient steps per ALS half-sweep (warm start)."
     )
-    seed: int = Field(default=7, description="Random seed of the ALS initialisation.")
+    seed: int = Field(
+        default=7, ge=0, description="Random seed of the ALS initialisation (>= 0, as NumPy needs)."
+    )
     # item-kNN
     similarity: Similarity = Field(
         default="cosine", description="item-kNN similarity; distances d become 1/(1+d)."

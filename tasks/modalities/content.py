@@ -26,13 +26,14 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
-from tasks.modalities.base import Modality
+from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
 from tasks.modalities.sparse_scores import (
     add_sparse_dense_product,
     product_to_scores,
@@ -150,7 +151,7 @@ def sparse_product_scores(left: sp.csr_matrix, right: sp.csr_matrix) -> np.ndarr
 class ContentParams(BaseModel):
     """Knobs of the content modality; defaults were tuned on an inner split of Last.fm train."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = PARAMETER_CONFIG
 
     variant: Literal["profile", "item_knn"] = Field(
         default="profile",
@@ -223,10 +224,23 @@ class ContentParams(BaseModel):
     )
     half_life_days: float | None = Field(
         default=30.0,
-        gt=0.0,
-        description="Recency: an interaction's weight halves every half_life_days before "
-        "Dataset.as_of (None = no decay; constant timestamps make it a no-op).",
+        ge=MIN_DAYS,
+        description="Recency: an interaction's weight halves every half_life_days (at least "
+        "1/24 = one hour) before Dataset.as_of (None = no decay; constant timestamps make it a "
+        "no-op).",
     )
+
+    @model_validator(mode="after")
+    def _some_feature_counts(self) -> ContentParams:
+        blocks = (self.title_weight, self.text_weight, self.tags_weight, self.category_weight,
+                  self.embedding_weight)
+        if not any(w > 0 for w in blocks):
+            raise PydanticCustomError(
+                "all_zero_weights",
+                "title_weight, text_weight, tags_weight, category_weight and embedding_weight are "
+                "all 0, so no item would have features; give one of them a positive weight",
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- features

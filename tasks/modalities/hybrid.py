@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from tasks.dataset import Dataset
-from tasks.modalities.base import Modality
+from tasks.modalities.base import PARAMETER_CONFIG, Modality
 from tasks.modalities.behavior import ease_item_subset, ease_weights
 from tasks.modalities.content import ContentParams, MissingModalityInput, item_features
 from tasks.modalities.sparse_scores import sparse_gram
@@ -32,6 +32,8 @@ class HybridParams(BaseModel):
 
     Defaults measured on an inner split of Last.fm train (benchmarks/tune_hybrid.py).
     """
+
+    model_config = PARAMETER_CONFIG
 
     max_items: int = Field(
         default=6000, gt=0, description="Most-interacted items modelled (the Gram is items²)."

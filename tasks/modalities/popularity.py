@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sklearn.preprocessing import normalize
 
 from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
-from tasks.modalities.base import Modality
+from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
 from tasks.modalities.content import history_weights
 
 # Up to this many categories a block is one BLAS product (cost ∝ categories); beyond, a gather.
@@ -26,13 +26,13 @@ _MAX_MIX_CATEGORIES = 64
 class PopularityParams(BaseModel):
     """Knobs of the popularity modality; defaults tuned on an inner split of Last.fm train."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = PARAMETER_CONFIG
 
     half_life_days: float | None = Field(
         default=14.0,
-        gt=0.0,
-        description="A user's vote for an item halves every half_life_days before as_of, so "
-        "trends beat evergreens (None = plain distinct-user counts).",
+        ge=MIN_DAYS,
+        description="A user's vote for an item halves every half_life_days (at least 1/24 = "
+        "one hour) before as_of, so trends beat evergreens (None = plain distinct-user counts).",
     )
     category_blend: float = Field(
         default=0.9,

@@ -15,12 +15,12 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sklearn.preprocessing import normalize
 
 from tasks.candidates import block_array, parallel_chunks
 from tasks.dataset import Dataset
-from tasks.modalities.base import Modality
+from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
 from tasks.modalities.content import MissingModalityInput, history_weights
 from tasks.modalities.sparse_scores import product_to_scores
 
@@ -28,7 +28,7 @@ from tasks.modalities.sparse_scores import product_to_scores
 class SocialParams(BaseModel):
     """Knobs of the social modality; defaults tuned on an inner split of Last.fm train."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = PARAMETER_CONFIG
 
     propagation: Literal["direct", "two_hop", "ppr"] = Field(
         default="ppr", description="How far evidence travels over the social graph."
@@ -62,7 +62,10 @@ class SocialParams(BaseModel):
         default="confidence", description="A friend's item counts by confidence, or once."
     )
     half_life_days: float | None = Field(
-        default=30.0, gt=0.0, description="Recency decay of friends' interactions (None = none)."
+        default=30.0,
+        ge=MIN_DAYS,
+        description="Recency decay of friends' interactions (days, at least 1/24 = one hour; "
+        "None = none).",
     )
 
 
