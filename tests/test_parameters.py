@@ -44,6 +44,7 @@ def test_the_parameter_tree_is_the_one_expected() -> None:
     assert names == {
         "BackfillParameters", "RunParameters", "FusionParams", "StackingParams",
         "BehaviorParams", "ContentParams", "SocialParams", "PopularityParams", "HybridParams",
+        "EvaluationParams",
     }
 
 
@@ -98,7 +99,7 @@ BAD = [
     ({"evaluation": {"holdout_days": 1e6}},
      "evaluation.holdout_days: must be <= 3650 (got 1000000.0)"),
     ({"evaluation": {"max_users": 5}}, "evaluation.max_users: must be >= 100"),
-    ({"evaluation": {"protocol": "weekly"}}, "evaluation.protocol: must be one of"),
+    ({"evaluation": {"protocol": "weekly"}}, "evaluation.protocol: Input should be 'auto'"),
     ({"half_life_days": 1e-9}, "half_life_days: must be >= 0.04167"),
     ({"content": {"half_life_days": 0.001}}, "content.half_life_days: must be >= 0.04167"),
     ({"candidates_per_modality": 5, "top_k": 20},
@@ -213,7 +214,8 @@ def test_stacking_parameters_reach_the_learned_fusion(small_source: Path) -> Non
                       ("events", "items", "social")), None, None)
     evaluation = evaluate_holdout(snap, dataset_from(snap, params), params)
     assert evaluation is not None and evaluation.plan.strategy == "stacking"
-    used = evaluation.plan.stacker.params
+    assert evaluation.plan.default.stacker is not None
+    used = evaluation.plan.default.stacker.params
     assert isinstance(used, StackingParams)
     assert (used.logistic_c, used.negatives_per_positive) == (0.01, 5.0)
 
