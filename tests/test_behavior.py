@@ -81,7 +81,7 @@ def test_ease_zero_diagonal_and_matches_direct_constrained_solve() -> None:
         others = np.delete(np.arange(x.shape[1]), j)
         xo = x[:, others]
         direct = np.linalg.solve(xo.T @ xo + lam * np.eye(len(others)), xo.T @ x[:, j])
-        np.testing.assert_allclose(b[others, j], direct, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(b[others, j], direct, rtol=1e-4, atol=1e-6)  # float32 solve
 
 
 def test_ease_cap_keeps_most_interacted_items_and_scores_rest_neg_inf() -> None:

