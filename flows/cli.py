@@ -357,6 +357,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    run = run_parameters(args)
+    from flows.tune import TuneParameters, tune
+
+    data: dict[str, Any] = {"run": run, "trials": args.trials, "budget_seconds": args.budget,
+                            "max_users": args.max_users}
+    if args.modalities:
+        data["modalities"] = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    params = validated(TuneParameters, data, {"trials": "--trials", "budget_seconds": "--budget",
+                                              "max_users": "--max-users",
+                                              "modalities": "--modalities"})
+    summary = tune(params=params)
+    if not summary.improved:
+        print(f"tuning {summary.tuning_id}: the current values are the best found")
+    for name, (before, after) in summary.improved.items():
+        print(f"{name}: validation ndcg@{run.top_k} {before:.4f} -> {after:.4f}")
+    print(f"stored as tuning {summary.tuning_id} in {run.db}; the next run uses it")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -471,6 +491,17 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--force", action="store_true", help="rerun days already published")
     _add_run_flags(bf, as_of=False)
     bf.set_defaults(func=cmd_backfill)
+
+    tn = command("tune", help="search each modality's hyperparameters on this database's data")
+    tn.add_argument("--trials", type=_at_least(1), default=30,
+                    help="trials per modality, 1-1000 (default 30)")
+    tn.add_argument("--budget", type=float, default=1800.0,
+                    help="seconds for the whole search, > 0 (default 1800)")
+    tn.add_argument("--max-users", type=_at_least(100), default=2000,
+                    help="validation users per trial, >= 100 (default 2000)")
+    tn.add_argument("--modalities", help="comma-separated modalities (default: the run's)")
+    _add_run_flags(tn, as_of=False)
+    tn.set_defaults(func=cmd_tune)
 
     qry = command("query", help="run a ready-made analyst query from sql/queries/")
     qry.add_argument("name", nargs="?", help="query name (omit or --list to see them)")

@@ -178,6 +178,11 @@ class RunParameters(BaseModel):
     evaluate: bool = Field(
         True, description="Hold out recent events, score every list, log metrics."
     )
+    use_tuned: bool = Field(
+        True,
+        description="Use the latest `recfusion tune` result for this source (each modality's "
+        "tuned values replace these); off = exactly these values. Defaults when there is none.",
+    )
     evaluation: EvaluationParams = Field(
         default_factory=EvaluationParams,
         description="Hold-out protocol, sample size and selection margin of the run's own "
