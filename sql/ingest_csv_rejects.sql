@@ -1,0 +1,5 @@
+-- The rows the last CSV scan rejected. `line` counts the header as 1 and a quoted value spanning
+-- lines as one line, but also counts blank lines (which are not rows).
+SELECT line, column_name, error_type, csv_line, error_message
+FROM reject_errors
+ORDER BY line, byte_position;
