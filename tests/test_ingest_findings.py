@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 
@@ -168,6 +169,36 @@ def test_one_truncated_jsonl_line_is_quarantined_and_the_rest_land(tmp_path: Pat
         ("u1",),
         ("u3",),
     ]
+
+
+def test_a_huge_finite_value_under_raw_weighting_keeps_the_event_and_the_run_publishes(
+    prefect_harness: None, small_source: Path, tmp_path: Path
+):
+    from support import run_nightly
+
+    from tasks.parameters import RunParameters
+    from tasks.recommend import dataset_from
+    from tasks.snapshot import load_snapshot
+
+    src = tmp_path / "huge"
+    shutil.copytree(small_source, src)
+    events = pl.read_parquet(src / "events.parquet")
+    events.with_columns(
+        pl.when(pl.int_range(pl.len()) == 5).then(1e308).otherwise(pl.col("value")).alias("value")
+    ).write_parquet(src / "events.parquet")
+    social = pl.read_parquet(src / "social.parquet")
+    social.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(1e308).otherwise(pl.col("weight")).alias("weight")
+    ).write_parquet(src / "social.parquet")
+    db = tmp_path / "rf.duckdb"
+    summary = run_nightly(src, db, evaluate=False, value_transform="raw")
+    assert summary.status == "published", summary.message
+    assert _rows(db, "SELECT count(*) FROM raw.events WHERE value = 1e308") == [(1,)]
+    with connect(db, read_only=True) as con:
+        snap = load_snapshot(con, None)
+    data = dataset_from(snap, RunParameters(source=str(src), db=str(db), value_transform="raw"))
+    assert data.interactions.nnz > 0 and np.isfinite(data.interactions.data).all()
+    assert data.social is not None and np.isfinite(data.social.data).all()
 
 
 # --- finding 4: silent corruption ---------------------------------------------------------------
