@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-import duckdb
 import numpy as np
 import polars as pl
 from polars.datatypes import DataTypeClass
 
-from tasks.source_files import QUARANTINE_SCHEMA, ROW, RawTable, SourceError
+from tasks.source_files import QUARANTINE_SCHEMA, ROW, RawTable, SourceError, scratch_duckdb
 from tasks.warehouse import read_sql
 
 REQUIRED_COLUMNS = {
@@ -39,6 +38,7 @@ OPTIONAL_COLUMNS = {
 LIST_COLUMNS = ("tags", "embedding")
 FUTURE_TOLERANCE = timedelta(days=1)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+CHUNK_ROWS = 1_000_000  # rows validated at once (events, users, social)
 REASON = "\x00reason"
 
 
@@ -114,13 +114,19 @@ def json_object(columns: list[str], schema: pl.Schema) -> pl.Expr:
 # --- column checks and parsers ----------------------------------------------------------------
 
 
+def _without_objects(raw: RawTable, table: str) -> RawTable:
+    """A JSON Lines file without a single object has no columns: it has no rows to check either."""
+    if raw.columns or raw.frame.height:
+        return raw
+    required = list(REQUIRED_COLUMNS[table])
+    frame = raw.frame.with_columns(pl.lit(None, pl.String).alias(c) for c in required)
+    return replace(raw, frame=frame, columns=required)
+
+
 def _check_columns(raw: RawTable, table: str) -> list[str]:
     missing = [c for c in REQUIRED_COLUMNS[table] if c not in raw.columns]
     if missing:
         found = ", ".join(raw.columns) or "no columns"
-        if not raw.columns and raw.rejected.height:
-            first = raw.rejected.row(0, named=True)
-            found += f"; no row could be read, first: row {first['row_number']}: {first['reason']}"
         raise SourceError(
             f"{raw.path}: required column {', '.join(repr(c) for c in missing)} is missing "
             f"(found: {found})"
@@ -275,12 +281,37 @@ def _split(
     return Validated(table, str(raw.path), good, quarantine, raw.warnings + warnings, raw.encoding)
 
 
+def _in_chunks(raw: RawTable, validate: Callable[[RawTable], Validated]) -> Validated:
+    """Validate a big file a slice of rows at a time, so only one slice's derived columns (trimmed
+    ids, parsed times, reasons) are in memory at once; the outcome is the same as in one go."""
+    if raw.frame.height <= CHUNK_ROWS:
+        return validate(raw)
+    parts = [
+        validate(
+            replace(
+                raw,
+                frame=raw.frame.slice(offset, CHUNK_ROWS),
+                rejected=raw.rejected if offset == 0 else raw.rejected.clear(),
+            )
+        )
+        for offset in range(0, raw.frame.height, CHUNK_ROWS)
+    ]
+    first = parts[0]
+    good = pl.concat([p.good for p in parts], rechunk=False)
+    quarantine = pl.concat([p.quarantine for p in parts]).sort("row_number")
+    return replace(first, good=good, quarantine=quarantine)
+
+
 # --- tables -----------------------------------------------------------------------------------
 
 
 def validate_events(raw: RawTable, now: datetime | None = None) -> Validated:
-    warnings = _check_columns(raw, "events")
     now = now or datetime.now(UTC)
+    return _in_chunks(_without_objects(raw, "events"), lambda part: _validate_events(part, now))
+
+
+def _validate_events(raw: RawTable, now: datetime) -> Validated:
+    warnings = _check_columns(raw, "events")
     ts_dtype = raw.frame.schema["ts"]
     df = raw.frame.with_columns(
         _text(raw, "user_id").alias("\x00user_id"),
@@ -321,13 +352,9 @@ def validate_events(raw: RawTable, now: datetime | None = None) -> Validated:
 
 def _json_string_lists(text: pl.Series) -> pl.Series:
     """Each text that is a JSON array as a list of strings, else null (DuckDB parses per row)."""
-    con = duckdb.connect()
-    try:
-        frame = pl.DataFrame({"t": text}).with_row_index("i")
-        con.register("texts", frame.to_arrow())
+    with scratch_duckdb() as con:
+        con.register("texts", pl.DataFrame({"t": text}).with_row_index("i").to_arrow())
         return con.sql(read_sql("ingest_json_lists.sql")).pl().to_series()
-    finally:
-        con.close()
 
 
 def _tags(raw: RawTable) -> tuple[pl.Series | pl.Expr, pl.Expr]:
@@ -341,7 +368,7 @@ def _tags(raw: RawTable) -> tuple[pl.Series | pl.Expr, pl.Expr]:
         tags: pl.Series | pl.Expr = pl.col("tags").cast(pl.List(pl.String))
         problem = pl.lit(None, pl.String)
     else:
-        text = raw.frame.select(pl.col("tags").cast(pl.String).str.strip_chars()).to_series()
+        text = raw.frame.select(_text(raw, "tags")).to_series()
         as_json = _json_string_lists(text)
         split = text.str.split("|")
         tags = pl.Series("tags", as_json).fill_null(split)
@@ -388,6 +415,7 @@ def _embedding(raw: RawTable) -> pl.Expr:
 
 
 def validate_items(raw: RawTable) -> Validated:
+    raw = _without_objects(raw, "items")
     warnings = _check_columns(raw, "items")
     tags, tags_problem = _tags(raw)
     df = raw.frame.with_columns(
@@ -443,6 +471,10 @@ def _text_or_list(raw: RawTable, name: str) -> pl.Expr:
 
 
 def validate_users(raw: RawTable) -> Validated:
+    return _in_chunks(_without_objects(raw, "users"), _validate_users)
+
+
+def _validate_users(raw: RawTable) -> Validated:
     _check_columns(raw, "users")
     attributes = [c for c in raw.columns if c != "user_id"]
     df = raw.frame.with_columns(
@@ -455,6 +487,10 @@ def validate_users(raw: RawTable) -> Validated:
 
 
 def validate_social(raw: RawTable) -> Validated:
+    return _in_chunks(_without_objects(raw, "social"), _validate_social)
+
+
+def _validate_social(raw: RawTable) -> Validated:
     warnings = _check_columns(raw, "social")
     df = raw.frame.with_columns(
         _text(raw, "user_id").alias("\x00user_id"),

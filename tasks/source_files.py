@@ -7,8 +7,9 @@ used at all raises `SourceError` naming it and the problem, so a run stops befor
 anything.
 
 Row numbers are 1-based data rows: for CSV the records after the header (a quoted value spanning
-lines is one row, blank lines are not rows), for JSON Lines the line number in the file, for
-Parquet the row's position in the file.
+lines is one row; blank lines are not rows, except in a one-column file, where a blank line is an
+empty row), for JSON Lines the line number in the file, for Parquet the row's position in the
+file. A CSV row whose fields are all empty carries nothing and is skipped like a blank line.
 
 Text files are decoded per file and never lossily: UTF-8 (with or without a byte-order mark),
 UTF-16 with a byte-order mark, and anything else as Latin-1, a bijection, so distinct ids stay
@@ -25,6 +26,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +60,25 @@ JSON_KINDS = {
 BLANK_LINE = re.compile(rb"\n\r?\n[\r\n]*[^\r\n]")  # a blank line with data after it
 
 
+_SCRATCH: duckdb.DuckDBPyConnection | None = None
+_SCRATCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def scratch_duckdb() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A fresh connection to one in-memory DuckDB per process (opening a database costs ~60 ms,
+    a connection to it well under one); its temporary tables and views die with it."""
+    global _SCRATCH
+    with _SCRATCH_LOCK:
+        if _SCRATCH is None:
+            _SCRATCH = duckdb.connect(":memory:")
+        con = _SCRATCH.cursor()
+    try:
+        yield con
+    finally:
+        con.close()
+
+
 class SourceError(ValueError):
     """A source file or folder that is unusable as a whole; the message names it and the problem."""
 
@@ -73,10 +94,6 @@ class RawTable:
     json_types: dict[str, str] = field(default_factory=dict)  # column -> helper: JSON type
     encoding: str | None = None
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        return self.frame.height + self.rejected.height
 
 
 def _rejected(rows: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -104,7 +121,9 @@ def _check_table_file(path: Path) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
-        target = os.readlink(path) if path.is_symlink() else "?"
+        if not path.is_symlink():
+            raise SourceError(f"{path}: disappeared while the folder was read") from None
+        target = os.readlink(path)
         raise SourceError(f"{path}: is a symlink to {target}, which does not exist") from None
     except OSError as exc:
         raise SourceError(f"{path}: {_os_problem(exc)}") from None
@@ -243,13 +262,10 @@ def _csv_header(path: Path, shown: Path) -> list[str]:
 def _csv_scan(path: Path, width: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """DuckDB's CSV reader, every field as text: good rows in file order, and its rejects."""
     columns = {f"c{i}": "VARCHAR" for i in range(width)}
-    con = duckdb.connect()
-    try:
+    with scratch_duckdb() as con:
         params = {"path": str(path), "columns": columns}
         rows = con.sql(read_sql("ingest_read_csv.sql"), params=params).pl()
         rejects = con.sql(read_sql("ingest_csv_rejects.sql")).pl()
-    finally:
-        con.close()
     return rows, rejects.unique("line", keep="first", maintain_order=True)
 
 
@@ -266,75 +282,98 @@ def _has_blank_lines(path: Path) -> bool:
     return False
 
 
+def _row_numbers(reject_lines: np.ndarray, good: int) -> tuple[np.ndarray, np.ndarray]:
+    """Data-row numbers of the good rows and the rejected ones, from DuckDB's reject lines.
+
+    With no blank line before a reject, DuckDB's line is the data row + 1 (the header), and the
+    k-th good row is the k-th number that is not a rejected row's.
+    """
+    reject_rows = reject_lines - 1
+    before = reject_rows - np.arange(1, len(reject_rows) + 1)  # good rows before each reject
+    k = np.arange(1, good + 1)
+    return k + np.searchsorted(before, k, side="left"), reject_rows
+
+
 def _record_numbers(
     path: Path, width: int, reject_lines: np.ndarray, good: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Data-row numbers of good rows and of rejected lines when blank lines shift DuckDB's count.
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The same when blank lines (which DuckDB counts as lines) precede a reject.
 
     A second scan with one column more rejects every record the first scan kept; together the two
     scans' reject lines are the line numbers of all records, so a record's data-row number is its
-    rank among them.
+    rank among them. None if the scans disagree.
     """
     _, extra = _csv_scan(path, width + 1)
     lines = np.union1d(reject_lines, extra["line"].to_numpy())
     good_lines = np.setdiff1d(lines, reject_lines, assume_unique=True)
     if len(good_lines) != good:
-        raise SourceError(f"{path}: rows could not be numbered (the CSV scans disagree)")
+        return None
     return np.searchsorted(lines, good_lines) + 1, np.searchsorted(lines, reject_lines) + 1
 
 
-def _reject_reason(kind: str, column: str | None, message: str, header: list[str]) -> str:
-    found = re.search(r"Found: (\d+)", message)
-    fields = int(found.group(1)) if found else None
-    if kind == "MISSING COLUMNS":
-        missing = header[fields:] if fields is not None else [column or "?"]
-        return f"{', '.join(missing)}: no field (the row has {fields} of {len(header)} fields)"
-    if kind == "TOO MANY COLUMNS":
-        return f"row: {fields or 'more'} fields, the header has {len(header)}"
-    if kind == "UNQUOTED VALUE":
-        return (
-            f"{column or 'row'}: bad quoting (a quoted value must end with a quote followed by "
-            "a comma or the end of the row; an unclosed quote takes the rest of the file)"
+def _reject_reasons(rejects: pl.DataFrame, header: list[str]) -> pl.Expr:
+    """Why DuckDB rejected each row, naming the column(s) where it can."""
+    width = len(header)
+    fields = pl.col("error_message").str.extract(r"Found: (\d+)").cast(pl.Int64)
+    missing = pl.lit(pl.Series([", ".join(header[i:]) for i in range(width + 1)]))
+    column = pl.col("column_name").replace_strict(
+        {f"c{i}": name for i, name in enumerate(header)}, default="row", return_dtype=pl.String
+    )
+    first_line = pl.col("error_message").str.strip_chars().str.split("\n").list.first()
+    kind = pl.col("error_type")
+    return (
+        pl.when((kind == "MISSING COLUMNS") & fields.is_between(0, width - 1))
+        .then(
+            pl.format(
+                "{}: no field (the row has {} of {} fields)",
+                missing.get(fields.clip(0, width).fill_null(width)),  # evaluated on every row
+                fields,
+                pl.lit(width),
+            )
         )
-    if kind == "LINE SIZE OVER MAXIMUM":
-        return "row: longer than the 2,000,000-byte limit of a CSV row"
-    return f"{column or 'row'}: {message.strip().splitlines()[0] if message.strip() else kind}"
+        .when(kind == "TOO MANY COLUMNS")
+        .then(pl.format("row: {} fields, the header has {}", fields, pl.lit(width)))
+        .when(kind == "UNQUOTED VALUE")
+        .then(
+            pl.format(
+                "{}: bad quoting (a quoted value must end with a quote followed by a comma or "
+                "the end of the row; an unclosed quote takes the rest of the file)",
+                column,
+            )
+        )
+        .when(kind == "LINE SIZE OVER MAXIMUM")
+        .then(pl.lit("row: longer than the 2,000,000-byte limit of a CSV row"))
+        .otherwise(pl.format("{}: {}", column, pl.coalesce(first_line, kind)))
+    )
 
 
 def _read_csv(path: Path) -> RawTable:
     encoding = detect_encoding(path)
+    warnings = _encoding_warnings(path, encoding)
     with _as_utf8(path, encoding) as utf8:
         header = _csv_header(utf8, path)
         frame, rejects = _csv_scan(utf8, len(header))
         reject_lines = rejects["line"].to_numpy().astype(np.int64)
-        if len(reject_lines) and _has_blank_lines(utf8):
-            good_rows, reject_rows = _record_numbers(utf8, len(header), reject_lines, frame.height)
-        else:
-            reject_rows = reject_lines - 1  # DuckDB counts the header as line 1
-            before = reject_rows - np.arange(1, len(reject_rows) + 1)  # good rows before each
-            k = np.arange(1, frame.height + 1)
-            good_rows = k + np.searchsorted(before, k, side="left")
-    names = {f"c{i}": name for i, name in enumerate(header)}
-    frame = frame.rename(names).select(pl.Series(ROW, good_rows, dtype=pl.Int64), *header)
-    reasons = [
-        _reject_reason(kind, names.get(col) if col else None, message or "", header)
-        for kind, col, message in rejects.select(
-            "error_type", "column_name", "error_message"
-        ).rows()
-    ]  # one per rejected row (few), not per row of the file
+        numbers = _row_numbers(reject_lines, frame.height)
+        # One column: DuckDB keeps blank lines as (empty) rows, so its line count is exact.
+        if len(reject_lines) and len(header) > 1 and _has_blank_lines(utf8):
+            exact = _record_numbers(utf8, len(header), reject_lines, frame.height)
+            if exact is None:
+                warnings.append(f"{path}: row numbers after a blank line may be off by one or more")
+            numbers = exact or numbers
+    good_rows, reject_rows = numbers
+    frame = frame.rename({f"c{i}": name for i, name in enumerate(header)}).select(
+        pl.Series(ROW, good_rows, dtype=pl.Int64), *header
+    )
+    blank = pl.all_horizontal(pl.col(header).is_null())  # a row with no field at all
+    if frame.select(blank.any()).item():
+        frame = frame.filter(~blank)
     rejected = rejects.select(
         pl.Series("row_number", reject_rows, dtype=pl.Int64),
-        pl.Series("reason", reasons, dtype=pl.String),
+        _reject_reasons(rejects, header).alias("reason"),
         _raw_row_data(pl.col("csv_line").str.strip_chars("\r\n")).alias("row_data"),
     )
-    return RawTable(
-        path,
-        frame,
-        header,
-        _rejected(rejected),
-        encoding=encoding,
-        warnings=_encoding_warnings(path, encoding),
-    )
+    return RawTable(path, frame, header, _rejected(rejected), encoding=encoding, warnings=warnings)
 
 
 # --- JSON Lines -------------------------------------------------------------------------------
@@ -373,16 +412,13 @@ def _json_pointer(key: str) -> str:
 def _read_jsonl(path: Path) -> RawTable:
     encoding = detect_encoding(path)
     lines = _json_lines(path, encoding).rename({ROW: "row_number"})
-    con = duckdb.connect()
-    try:
+    with scratch_duckdb() as con:
         con.register("lines", lines.to_arrow())
         parsed = con.sql(read_sql("ingest_jsonl_parse.sql")).pl()
         con.register("parsed", parsed.filter(pl.col("kind") == "OBJECT").to_arrow())
         keys = [k for (k,) in con.execute(read_sql("ingest_jsonl_keys.sql")).fetchall()]
         paths = [_json_pointer(k) for k in keys] or ["/"]
         values = con.sql(read_sql("ingest_jsonl_values.sql"), params={"paths": paths}).pl()
-    finally:
-        con.close()
     types = {key: f"\x00type:{key}" for key in keys}
     frame = values.select(
         pl.col("row_number").alias(ROW),

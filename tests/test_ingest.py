@@ -156,3 +156,53 @@ def test_side_tables_are_normalised_and_upserted(tmp_path: Path):
         ("i1", "One again"),
         ("i4", "Four"),
     ]  # upsert: the newer file wins, nothing duplicated
+
+
+def test_validating_in_chunks_gives_the_same_outcome(tmp_path: Path, monkeypatch):
+    from tasks import contract
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [f"e{i % 7},u{i % 5},i{i},view,2024-01-{1 + i % 28:02d},{i}" for i in range(30)]
+    rows[3] = "e3,,i3,view,2024-01-04,1"  # bad rows in several slices
+    rows[17] = "e17,u2,i17,view,never,1"
+    rows[29] = "e29,u4,i29,view,2024-01-02,lots"
+    (src / "events.csv").write_text(
+        "event_id,user_id,item_id,event_type,ts,value\n" + "\n".join(rows)
+    )
+    (src / "social.csv").write_text(
+        "user_id,friend_id,weight\n" + "\n".join(f"u{i},u{i + 1},{i - 3}" for i in range(10))
+    )
+    whole = read_source(src)
+    monkeypatch.setattr(contract, "CHUNK_ROWS", 4)
+    sliced = read_source(src)
+    for table in ("events", "social"):
+        assert sliced[table].good.equals(whole[table].good)
+        assert sliced[table].quarantine.equals(whole[table].quarantine)
+        assert sliced[table].warnings == whole[table].warnings
+    assert whole["events"].quarantine["row_number"].to_list() == [4, 18, 30]
+    assert whole["social"].quarantine["row_number"].to_list() == [1, 2, 3]
+
+
+def test_an_empty_or_all_broken_jsonl_file_is_not_a_missing_column(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "events.jsonl").write_text("")
+    (src / "items.jsonl").write_text('{"item_id": \n[1]\n')
+    validated = read_source(src)
+    assert validated["events"].good.height == 0 and validated["events"].quarantine.height == 0
+    assert validated["items"].quarantine.select("row_number", "reason").rows() == [
+        (1, "row: not valid JSON (a truncated or malformed line)"),
+        (2, "row: a JSON list, not an object"),
+    ]
+
+
+def test_files_that_look_like_a_table_but_are_not_read_are_reported(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "events.csv").write_text("user_id,item_id,event_type,ts\nu1,i1,view,2024-01-01\n")
+    (src / "Items.CSV").write_text("item_id\ni1\n")
+    (src / "users.json").write_text('{"user_id": "u1"}\n')
+    (src / "notes.txt").write_text("not a table\n")
+    warnings = read_source(src)["events"].warnings
+    assert [w.split(":")[0] for w in warnings] == [str(src / "Items.CSV"), str(src / "users.json")]
