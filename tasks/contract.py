@@ -11,7 +11,7 @@ required column is missing, or a Parquet column holds lists where one value is e
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +39,7 @@ LIST_COLUMNS = ("tags", "embedding")
 FUTURE_TOLERANCE = timedelta(days=1)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 CHUNK_ROWS = 1_000_000  # rows validated at once (events, users, social)
-REASON = "\x00reason"
+BAD = "\x00bad"
 
 
 @dataclass
@@ -156,6 +156,14 @@ def _text(raw: RawTable, name: str) -> pl.Expr:
     return pl.when(col == "").then(None).otherwise(col)
 
 
+def _blank(raw: RawTable, name: str) -> pl.Expr:
+    """A value that is not there: null, or (text) empty; typed values are not cast to tell."""
+    dtype = raw.frame.schema[name] if name in raw.columns else pl.String()
+    if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+        return _text(raw, name).is_null()
+    return _column(raw, name).is_null()
+
+
 def _json_type(raw: RawTable, name: str) -> pl.Expr:
     """The JSON type of each value (JSON Lines only; null elsewhere)."""
     helper = raw.json_types.get(name)
@@ -171,12 +179,19 @@ def _quoted(raw: RawTable, name: str) -> pl.Expr:
     return pl.lit("'") + text.str.slice(0, 40) + pl.lit("'")
 
 
-def _reason(condition: pl.Expr, message: pl.Expr | str) -> pl.Expr:
-    msg = pl.lit(message) if isinstance(message, str) else message
-    return pl.when(condition).then(msg).otherwise(None)
+@dataclass(frozen=True)
+class Check:
+    """A rule a row can break: a cheap condition for every row, a message for the rows that do."""
+
+    condition: pl.Expr
+    message: pl.Expr
 
 
-def _one_value(raw: RawTable, name: str) -> pl.Expr:
+def _reason(condition: pl.Expr, message: pl.Expr | str) -> Check:
+    return Check(condition, pl.lit(message) if isinstance(message, str) else message)
+
+
+def _one_value(raw: RawTable, name: str) -> Check:
     """JSON Lines: a list or object where the contract wants one value."""
     return _reason(
         _nested(raw, name),
@@ -237,8 +252,8 @@ def _number(raw: RawTable, name: str) -> pl.Expr:
     return pl.col(name).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
 
 
-def _number_reasons(raw: RawTable, name: str, parsed: str) -> list[pl.Expr]:
-    blank = _text(raw, name).is_null()
+def _number_reasons(raw: RawTable, name: str, parsed: str) -> list[Check]:
+    blank = _blank(raw, name)
     return [
         _one_value(raw, name),
         _reason(
@@ -252,31 +267,33 @@ def _number_reasons(raw: RawTable, name: str, parsed: str) -> list[pl.Expr]:
     ]
 
 
-def _id_reasons(raw: RawTable, name: str, parsed: str) -> list[pl.Expr]:
+def _id_reasons(raw: RawTable, name: str, parsed: str) -> list[Check]:
     return [_reason(pl.col(parsed).is_null(), f"{name}: missing"), _one_value(raw, name)]
 
 
 def _split(
     raw: RawTable,
     df: pl.DataFrame,
-    reasons: list[pl.Expr],
+    checks: Sequence[Check | None],
     table: str,
     keep: list[pl.Expr],
     warnings: list[str],
 ) -> Validated:
-    """Rows with no reason are good; the others are quarantined with all their reasons."""
-    checked = df.with_columns(
-        pl.concat_list([r.cast(pl.String) for r in reasons])
-        .list.drop_nulls()
-        .list.join("; ")
-        .alias(REASON)
+    """Rows that break no check are good; the others are quarantined with every reason that
+    applies. Messages (text built from the values) are made for the bad rows only."""
+    rules = [c for c in checks if c is not None]
+    flagged = df.with_columns(
+        pl.any_horizontal([c.condition.fill_null(False) for c in rules]).alias(BAD)
     )
-    bad = checked.filter(pl.col(REASON) != "").select(
+    reasons = pl.concat_list(
+        [pl.when(c.condition).then(c.message.cast(pl.String)) for c in rules]
+    ).list.drop_nulls()
+    bad = flagged.filter(pl.col(BAD)).select(
         pl.col(ROW).alias("row_number"),
-        pl.col(REASON).alias("reason"),
+        reasons.list.join("; ").alias("reason"),
         json_object(raw.columns, raw.frame.schema).alias("row_data"),
     )
-    good = checked.filter(pl.col(REASON) == "").select(*keep, pl.col(ROW).alias("source_row"))
+    good = flagged.filter(~pl.col(BAD)).select(*keep, pl.col(ROW).alias("source_row"))
     quarantine = pl.concat([raw.rejected, bad.cast(QUARANTINE_SCHEMA)]).sort("row_number")
     return Validated(table, str(raw.path), good, quarantine, raw.warnings + warnings, raw.encoding)
 
@@ -321,12 +338,12 @@ def _validate_events(raw: RawTable, now: datetime) -> Validated:
         parse_timestamp("ts", ts_dtype).alias("\x00ts"),
         _number(raw, "value").alias("\x00value"),
     )
-    ts_given = _text(raw, "ts").is_not_null() & ~_nested(raw, "ts")
+    ts_given = ~_blank(raw, "ts") & ~_nested(raw, "ts")
     reasons = [
         *_id_reasons(raw, "user_id", "\x00user_id"),
         *_id_reasons(raw, "item_id", "\x00item_id"),
         *_id_reasons(raw, "event_type", "\x00event_type"),
-        _reason(_text(raw, "ts").is_null(), "ts: missing"),
+        _reason(_blank(raw, "ts"), "ts: missing"),
         _one_value(raw, "ts"),
         _reason(
             ts_given & pl.col("\x00ts").is_null(),
@@ -357,16 +374,16 @@ def _json_string_lists(text: pl.Series) -> pl.Series:
         return con.sql(read_sql("ingest_json_lists.sql")).pl().to_series()
 
 
-def _tags(raw: RawTable) -> tuple[pl.Series | pl.Expr, pl.Expr]:
+def _tags(raw: RawTable) -> tuple[pl.Series | pl.Expr, Check | None]:
     """Tags as a list of trimmed, non-empty strings, and the reason a row's tags are unusable."""
     if "tags" not in raw.columns:
-        return pl.lit(None, pl.List(pl.String)), pl.lit(None, pl.String)
+        return pl.lit(None, pl.List(pl.String)), None
     dtype = raw.frame.schema["tags"]
     if isinstance(dtype, pl.List | pl.Array):
         if isinstance(dtype.inner, pl.List | pl.Array | pl.Struct):
             raise SourceError(f"{raw.path}: column 'tags' holds {dtype}; expected a list of text")
         tags: pl.Series | pl.Expr = pl.col("tags").cast(pl.List(pl.String))
-        problem = pl.lit(None, pl.String)
+        problem: Check | None = None
     else:
         text = raw.frame.select(_text(raw, "tags")).to_series()
         as_json = _json_string_lists(text)
@@ -514,7 +531,7 @@ def _validate_social(raw: RawTable) -> Validated:
         ),
         _one_value(raw, "ts"),
         _reason(
-            _text(raw, "ts").is_not_null() & ~_nested(raw, "ts") & pl.col("\x00ts").is_null(),
+            ~_blank(raw, "ts") & ~_nested(raw, "ts") & pl.col("\x00ts").is_null(),
             pl.lit("ts: unparseable ") + _quoted(raw, "ts"),
         ),
     ]

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
+import pyarrow as pa
 
 from tasks.contract import SIDE_TABLE_VALIDATORS, Validated, validate_events
 from tasks.source_files import SourceError, find_table_files, read_table_file, unrecognised_files
@@ -61,11 +64,20 @@ def read_source(source_dir: Path, now: datetime | None = None) -> dict[str, Vali
     return validated
 
 
-def _changes(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, list[str]]]:
-    return {
-        change: (int(n), list(examples))
-        for change, n, examples in con.execute(read_sql("ingest_changes.sql")).fetchall()
-    }
+def _arrow_stream(frame: pl.DataFrame, rows: int = 500_000) -> pa.RecordBatchReader:
+    """A frame for DuckDB to scan once, converted to Arrow a slice at a time (a whole copy of a
+    5M-event frame is ~0.4 GB)."""
+    schema = frame.slice(0, 0).to_arrow().schema
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for offset in range(0, frame.height, rows):
+            yield from frame.slice(offset, rows).to_arrow().to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _changes(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    return {change: int(n) for change, n in con.execute(read_sql("ingest_changes.sql")).fetchall()}
 
 
 def load_source(
@@ -73,6 +85,7 @@ def load_source(
 ) -> IngestReport:
     """Write validated tables and quarantined rows in one transaction."""
     report = IngestReport({}, {}, {}, [], {})
+    execute_script(con, read_sql("ingest_memory.sql"))
     con.execute("BEGIN TRANSACTION")
     try:
         for table, v in validated.items():
@@ -82,27 +95,29 @@ def load_source(
                 "run_id": run_id,
                 "table_name": table,
             }
-            con.register(f"staged_{table}", v.good.to_arrow())
+            con.register(f"staged_{table}", _arrow_stream(v.good))
             execute_script(con, read_sql(f"ingest_{table}.sql"), params)
             con.unregister(f"staged_{table}")
             changes = _changes(con)
-            con.execute("DROP TABLE ingest_staged")
-            added, updated = changes.get("added", (0, [])), changes.get("updated", (0, []))
+            examples = [
+                k for (k,) in con.execute(read_sql("ingest_updated_examples.sql")).fetchall()
+            ]
+            con.execute(read_sql("ingest_done.sql"))
             report.read[table] = v.read
-            report.added[table] = added[0]
-            report.updated[table] = updated[0]
+            report.added[table] = changes.get("added", 0)
+            report.updated[table] = changes.get("updated", 0)
             report.quarantined[table] = v.quarantine.height
             report.warnings.extend(v.warnings)
-            repeated = v.good.height - sum(n for n, _ in changes.values())
+            repeated = v.good.height - sum(changes.values())
             if repeated:
                 report.warnings.append(
                     f"{v.source_file}: {repeated} row(s) share their key with a later row of the "
                     "file; the later row wins"
                 )
-            if updated[0]:
+            if report.updated[table]:
                 report.warnings.append(
-                    f"{v.source_file}: {updated[0]} {table} row(s) replace a stored row with the "
-                    f"same key and new content (newest wins), e.g. {', '.join(updated[1])}"
+                    f"{v.source_file}: {report.updated[table]} {table} row(s) replace a stored row "
+                    f"with the same key and new content (newest wins), e.g. {', '.join(examples)}"
                 )
             if v.quarantine.height:
                 con.register("staged_quarantine", v.quarantine.to_arrow())
@@ -112,6 +127,8 @@ def load_source(
     except Exception:
         con.execute("ROLLBACK")
         raise
+    finally:
+        execute_script(con, read_sql("ingest_memory_reset.sql"))
     for warning in report.warnings:
         log.warning(warning)
     return report
