@@ -99,9 +99,11 @@ def load_source(
             execute_script(con, read_sql(f"ingest_{table}.sql"), params)
             con.unregister(f"staged_{table}")
             changes = _changes(con)
-            examples = [
-                k for (k,) in con.execute(read_sql("ingest_updated_examples.sql")).fetchall()
-            ]
+            examples = (
+                [k for (k,) in con.execute(read_sql("ingest_updated_examples.sql")).fetchall()]
+                if changes.get("updated")
+                else []
+            )
             con.execute(read_sql("ingest_done.sql"))
             report.read[table] = v.read
             report.added[table] = changes.get("added", 0)

@@ -347,6 +347,32 @@ def _reject_reasons(rejects: pl.DataFrame, header: list[str]) -> pl.Expr:
     )
 
 
+CSV_LINE_CUT = 10_000  # DuckDB keeps this many bytes of a rejected row's text
+
+
+def _whole_row(path: Path, near: int) -> str:
+    """The full text of the CSV row that starts at byte `near` (give or take a byte): from the
+    newline before it to the first newline outside quotes. For the few rejected rows whose text
+    DuckDB cut short."""
+    with path.open("rb") as fh:
+        low = max(near - 4, 0)
+        fh.seek(low)
+        head = fh.read(near - low)
+        start = low + head.rfind(b"\n") + 1
+        fh.seek(start)
+        parts, quotes = [], 0
+        while chunk := fh.read(1 << 20):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            parity = (quotes + np.cumsum(data == ord('"'))) % 2
+            ends = np.flatnonzero((data == ord("\n")) & (parity == 0))
+            if len(ends):
+                parts.append(chunk[: ends[0]])
+                break
+            parts.append(chunk)
+            quotes += int((data == ord('"')).sum())
+    return b"".join(parts).decode("utf-8").removesuffix("\r")
+
+
 def _read_csv(path: Path) -> RawTable:
     encoding = detect_encoding(path)
     warnings = _encoding_warnings(path, encoding)
@@ -361,6 +387,11 @@ def _read_csv(path: Path) -> RawTable:
             if exact is None:
                 warnings.append(f"{path}: row numbers after a blank line may be off by one or more")
             numbers = exact or numbers
+        cut = (rejects["csv_line"].str.len_bytes() >= CSV_LINE_CUT - 4).arg_true()
+        if len(cut):  # rows over 10 kB: rare, so one at a time
+            starts = rejects["line_byte_position"].gather(cut).to_list()
+            whole = [_whole_row(utf8, int(start)) for start in starts]
+            rejects = rejects.with_columns(rejects["csv_line"].scatter(cut, whole))
     good_rows, reject_rows = numbers
     frame = frame.rename({f"c{i}": name for i, name in enumerate(header)}).select(
         pl.Series(ROW, good_rows, dtype=pl.Int64), *header

@@ -206,3 +206,28 @@ def test_files_that_look_like_a_table_but_are_not_read_are_reported(tmp_path: Pa
     (src / "notes.txt").write_text("not a table\n")
     warnings = read_source(src)["events"].warnings
     assert [w.split(":")[0] for w in warnings] == [str(src / "Items.CSV"), str(src / "users.json")]
+
+
+def test_a_stray_quote_or_an_overlong_csv_row_costs_that_row_only(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "events.csv").write_text(
+        "user_id,item_id,event_type,ts\n"
+        "u1,i1,view,2024-01-01\n"
+        'u2,"i2"x,view,2024-01-01\n'
+        f"u3,{'i' * 2_100_000},view,2024-01-01\n"
+        "u4,i4,view,2024-01-01\n"
+    )
+    with connect(tmp_path / "w.duckdb") as con:
+        apply_schema(con)
+        report = load_source(con, read_source(src), "r")
+        users = con.execute("SELECT user_id FROM raw.events ORDER BY 1").fetchall()
+        quarantined = con.execute(
+            "SELECT row_number, reason, length(row_data->>'_raw') FROM raw.quarantine ORDER BY 1"
+        ).fetchall()
+    assert report.added["events"] == 2 and users == [("u1",), ("u4",)]
+    assert [(n, reason.split(" (")[0]) for n, reason, _ in quarantined] == [
+        (2, "item_id: bad quoting"),
+        (3, "row: longer than the 2,000,000-byte limit of a CSV row"),
+    ]
+    assert quarantined[1][2] > 2_000_000  # the whole row is kept
