@@ -41,14 +41,14 @@ CREATE TABLE IF NOT EXISTS raw.social (
     ingest_run_id  VARCHAR
 );
 
--- Rows that broke the data contract, kept whole (as JSON) with the reason.
+-- Rows that broke the data contract, kept whole (as JSON) with the reason, once per file and row.
 CREATE TABLE IF NOT EXISTS raw.quarantine (
-    run_id         VARCHAR NOT NULL,
+    run_id         VARCHAR NOT NULL,  -- the run that first quarantined the row
     table_name     VARCHAR NOT NULL,
-    source_file    VARCHAR NOT NULL,
-    row_number     BIGINT,
-    reason         VARCHAR NOT NULL,
-    row_data       JSON,
+    source_file    VARCHAR NOT NULL,  -- absolute path
+    row_number     BIGINT,   -- 1-based: CSV data row after the header, JSON Lines line, Parquet row
+    reason         VARCHAR NOT NULL,  -- 'column: problem', '; '-separated ('row: ...' if unsplittable)
+    row_data       JSON,     -- the row's fields; {"_raw": "<text>"} for a row that could not be split
     quarantined_at TIMESTAMPTZ NOT NULL
 );
 

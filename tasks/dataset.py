@@ -7,6 +7,7 @@ ever see a `Dataset`, never DuckDB, so they are plain functions over arrays and 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +17,12 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+log = logging.getLogger(__name__)
+
 ValueTransform = Literal["log1p", "raw", "binary"]
+#: Cap on one event's confidence and one tie's weight. Ingest keeps any finite value (1e308
+#: included); the float32 matrices, their squares and sums over many events stay finite below it.
+MAX_CONFIDENCE = 1e9
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
@@ -164,7 +170,7 @@ def event_confidence(
             pl.lit(as_of).dt.replace_time_zone("UTC") - pl.col("ts")
         ).dt.total_seconds() / 86400.0
         conf = conf * (0.5 ** (age_days.clip(lower_bound=0.0) / weighting.half_life_days))
-    return events.with_columns(confidence=conf)
+    return events.with_columns(confidence=conf.clip(upper_bound=MAX_CONFIDENCE))
 
 
 def _codes(column: str, ids: np.ndarray) -> pl.Expr:
@@ -217,6 +223,13 @@ def build_dataset(
         weighting,
         as_of,
     ).select("user_idx", "item_idx", "ts", "confidence").collect()
+    capped = int((indexed["confidence"] >= MAX_CONFIDENCE).sum())
+    if capped:
+        log.warning(
+            "%d event(s) weigh more than %g (huge values?); their confidence is capped there",
+            capped,
+            MAX_CONFIDENCE,
+        )
     # COO → CSR sums the events of a (user, item) pair: no hash group-by over millions of rows.
     matrix = sp.coo_matrix(
         (
@@ -244,7 +257,7 @@ def build_dataset(
             .select(
                 _codes("user_id", user_ids).alias("user_idx"),
                 _codes("friend_id", user_ids).alias("friend_idx"),
-                "weight",
+                pl.col("weight").clip(upper_bound=MAX_CONFIDENCE),
             )
             .drop_nulls(["user_idx", "friend_idx"])
             .filter(pl.col("user_idx") != pl.col("friend_idx"))

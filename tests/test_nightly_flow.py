@@ -98,9 +98,9 @@ def test_bad_rows_are_quarantined_and_the_run_still_publishes(small_source: Path
     assert summary.status == "published", summary.message
     rows = query(db, "SELECT row_number, reason FROM raw.quarantine ORDER BY row_number")
     assert rows == [
-        (3001, "missing user_id"),
-        (3002, "unparseable ts 'yesterday'"),
-        (3003, "non-numeric value 'lots'"),
+        (3001, "user_id: missing"),
+        (3002, "ts: unparseable 'yesterday'"),
+        (3003, "value: not a number 'lots'"),
     ]
     assert query(db, "SELECT count(*) FROM raw.events")[0][0] == good.unique().height
 
