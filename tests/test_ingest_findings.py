@@ -315,5 +315,5 @@ def test_an_unreadable_table_file_is_a_source_error(tmp_path: Path):
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"recfusion: ingest failed: {src / 'items.csv'}: cannot be read: permission denied"
+        f"recfusion: {src / 'items.csv'}: cannot be read: permission denied"
     ]
