@@ -117,7 +117,9 @@ def evaluate_lists(
         {"item_id": np.arange(data.n_items, dtype=np.int32), "n_users": item_users}
     )
     item_vectors = diversity_item_vectors(data)
-    catalog = max(1, int((item_users > 0).sum()))
+    # Every item the snapshot knows can be recommended (content serves items nobody has had
+    # yet), so coverage is a share of all of them and never exceeds 1.
+    catalog = max(1, data.n_items)
     rows: list[dict[str, object]] = []
     for model, frame in lists.items():
         recs = frame.select(
