@@ -201,6 +201,11 @@ class RunParameters(BaseModel):
         "below the last published run on the same data.",
     )
     allow_regression: bool = Field(False, description="Publish even if the regression gate fails.")
+    publish_on_alarm: bool = Field(
+        False,
+        description="Publish even when the run's own evaluation raises the alarm (too few "
+        "evaluation users, or lists below the best single source or popularity).",
+    )
     retention_runs: int | None = Field(
         None, ge=1, description="Keep recommendations of this many latest runs; metrics are kept."
     )
