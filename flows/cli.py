@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "backfill", "serve"):  # its temporary Prefect server dies with it
+        from flows.prefect_server import start_temporary_server
+        start_temporary_server()
     return int(args.func(args))
 
 
