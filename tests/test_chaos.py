@@ -6,9 +6,10 @@ the run spawned (its temporary Prefect server) is alive, and the database opens.
 is not killed publishes. Runs start their own temporary Prefect server, as `recfusion run` does
 on a box without PREFECT_API_URL.
 
-RECFUSION_CHAOS_KILLS (default 4) sets the number of kills, RECFUSION_CHAOS_SEED the seed. Every
-other kill is at one of the fault points (in a seeded order), the rest after a random delay
-anywhere in a run's life, from start-up to shutdown.
+RECFUSION_CHAOS_KILLS (default 4) sets the number of kills, RECFUSION_CHAOS_SEED the seed. Kills
+take turns: at a random moment once the flow has begun (ingest to publish to shutdown), at one
+of the fault points (in a seeded order), and at a random moment anywhere in the process's life
+(start-up included, when the temporary Prefect server is being spawned).
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def assert_all_or_nothing(
     return "new list"
 
 
+def flow_began(proc: subprocess.Popen[str]) -> bool:
+    """Read the run's log until its flow begins (False: it ended first)."""
+    assert proc.stdout is not None
+    return any("Beginning flow run" in line for line in proc.stdout)
+
+
 @pytest.fixture(scope="module")
 def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_source")
@@ -84,9 +91,11 @@ def test_random_sigkills_never_lose_or_half_publish_the_list(
 
     started = time.monotonic()
     base = start_run(args, no_server_env(home, uuid.uuid4().hex))
+    assert flow_began(base), base.communicate()[0][-3000:]
+    began = time.monotonic()
     out, _ = base.communicate(timeout=600)
     assert base.returncode == 0, out[-3000:]
-    duration = time.monotonic() - started
+    life, in_flow = time.monotonic() - started, time.monotonic() - began
     before = query(db, LATEST)
     expected = [row[:-1] for row in before]  # same data, same seed: every run publishes this
     assert len(expected) > 0
@@ -98,11 +107,12 @@ def test_random_sigkills_never_lose_or_half_publish_the_list(
         attempts += 1
         tag = uuid.uuid4().hex
         known = run_ids(db)
-        point = points[(len(log) // 2) % len(points)] if len(log) % 2 else None
+        kind = ("in the flow", "at a fault point", "anywhere")[len(log) % 3]
+        point = points[(len(log) // 3) % len(points)] if kind == "at a fault point" else None
         extra = {FAULT_ENV: point} if point else {}
         proc = start_run(args, no_server_env(home, tag, **extra))
-        delay = rng.uniform(0.2, duration)
-        if point is None:
+        delay = rng.uniform(0.0, in_flow if kind == "in the flow" else life)
+        if point is None and (kind == "anywhere" or flow_began(proc)):
             try:
                 proc.wait(timeout=delay)
             except subprocess.TimeoutExpired:
@@ -120,7 +130,11 @@ def test_random_sigkills_never_lose_or_half_publish_the_list(
         outcome = assert_all_or_nothing(db, before, expected, new_run)
         before = query(db, LATEST)
         killed += new
-        where = f"at {point}" if point else f"after {delay:.1f} s"
+        where = {
+            "in the flow": f"{delay:.1f} s into the flow",
+            "at a fault point": f"at {point}",
+            "anywhere": f"{delay:.1f} s after start",
+        }[kind]
         state = run_ids(db).get(new_run, "no run row yet") if new_run else "no run row yet"
         log.append(f"kill {len(log) + 1} {where}: run {state}, {outcome}, 0 processes left")
 
