@@ -8,6 +8,7 @@ changes what `recommendations_latest` returns.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -149,6 +150,25 @@ def staging_dirs(run_id: str) -> list[Path]:
     return sorted(Path(tempfile.gettempdir()).glob(_staging_prefix(run_id) + "*"))
 
 
+_STAGED_RUN = re.compile(r"^recfusion-(\d{8}T\d{6}-[0-9a-f]{8})-")
+
+
+def _staging_of_finished_runs(con: Any) -> list[Path]:
+    """Staging folders left by this database's runs that are over (killed before their own
+    cleanup: mid-run, or after COMMIT during the report). Other databases' runs are not ours."""
+    folders: dict[str, list[Path]] = {}
+    for folder in Path(tempfile.gettempdir()).glob("recfusion-*"):
+        if (found := _STAGED_RUN.match(folder.name)) and folder.is_dir():
+            folders.setdefault(found.group(1), []).append(folder)
+    if not folders:
+        return []
+    finished = con.execute(
+        "SELECT run_id FROM runs WHERE status <> 'running' AND list_contains(?, run_id)",
+        [sorted(folders)],
+    ).fetchall()
+    return [folder for (run,) in finished for folder in folders[run]]
+
+
 @io_task("open-run")
 def open_run(params: RunParameters, run_id: str, source: Path) -> None:
     ctx = get_run_context()
@@ -171,6 +191,7 @@ def open_run(params: RunParameters, run_id: str, source: Path) -> None:
             logger.warning(
                 "marked %d abandoned run(s) as failed: %s", len(stale), ", ".join(stale)
             )
+        leftovers = _staging_of_finished_runs(con)  # a killed run's candidates, GBs at scale
         runs.start_run(
             con,
             run_id,
@@ -180,9 +201,8 @@ def open_run(params: RunParameters, run_id: str, source: Path) -> None:
             flow_run_id or None,
             params.triggered_by,
         )
-    for stale_run in stale + recorded:  # a killed run's staged candidates would stay in /tmp
-        for folder in staging_dirs(stale_run):
-            shutil.rmtree(folder, ignore_errors=True)
+    for folder in leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @io_task("ingest")
@@ -522,6 +542,7 @@ def _run(
             get_run_logger().info(message)
         publish_task(params, run_id, outputs, status, strategy, timings, message, protocol)
         lap("publish")
+        fault_point("after_publish")
         report_task(
             params,
             run_id,

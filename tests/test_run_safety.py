@@ -30,7 +30,8 @@ from process_support import (
 )
 from support import query, run_nightly
 
-from flows.nightly import RunSummary, demo_source_dir, nightly
+from flows.nightly import RunSummary, demo_source_dir, nightly, staging_dirs
+from tasks.fault_injection import FAULT_ENV
 from tasks.ingest import load_source, read_source
 from tasks.parameters import RunParameters
 from tasks.protocol import protocol_key
@@ -143,8 +144,9 @@ def test_protocol_key_is_canonical_and_names_what_defines_the_metrics():
     key = protocol_key(base, "temporal")
     assert key == json.dumps(json.loads(key), sort_keys=True, separators=(",", ":"))
     protocol = json.loads(key)
-    assert protocol["split"] == {"kind": "temporal", "holdout_days": 7.0}
-    assert protocol["k"] == 10 and protocol["sample"] == {"max_users": 5000, "seed": 7}
+    assert protocol["split"] == {"kind": "temporal", "holdout_days": base.holdout_days}
+    assert protocol["k"] == base.top_k
+    assert protocol["sample"] == {"max_users": base.max_eval_users, "seed": base.seed}
     changed = {
         "holdout_days": 0.05,
         "top_k": 5,
@@ -386,6 +388,32 @@ def test_an_analyst_session_through_publish_fails_the_run_with_the_reason(
     )
     assert status == "failed" and message == blocked.message  # the reason, not "abandoned"
     assert not failure_sidecar(db).exists()
+
+
+# --- found by the chaos test: a run killed after COMMIT left its staged candidates in /tmp ------
+
+
+def test_a_run_killed_after_publishing_is_published_whole_and_its_staging_is_removed(
+    api_url: str, small_source: Path, tmp_path: Path
+):
+    db = tmp_path / "rf.duckdb"
+    args = ["run", "--source", str(small_source), "--db", str(db), "--no-evaluate"]
+    env = {**os.environ, "PREFECT_API_URL": api_url, FAULT_ENV: "after_publish"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    [(run_id, status, n)] = query(db, "SELECT run_id, status, n_recommendations FROM runs")
+    assert status == "published"  # the COMMIT happened: the new list is live, all of it
+    assert query(db, f"SELECT count(*) FROM recommendations_latest WHERE run_id = '{run_id}'") == [
+        (n,)
+    ]
+    assert len(staging_dirs(run_id)) == 1  # killed before its own cleanup
+
+    after = run_nightly(small_source, db, evaluate=False)
+    assert after.status == "published", after.message
+    assert staging_dirs(run_id) == []
 
 
 # --- finding 8: the temporary Prefect server dies with a killed run ------------------------------
