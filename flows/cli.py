@@ -560,12 +560,20 @@ def explain(exc: BaseException) -> tuple[list[str], int]:
     ], EXIT_FAILED
 
 
+#: Commands that run a Prefect flow (and so may need a temporary Prefect server).
+FLOW_COMMANDS = ("run", "backfill", "serve", "tune")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # known even when parsing fails
     try:
         args = build_parser().parse_args(argv)
         debug = bool(getattr(args, "debug", False))
+        if args.command in FLOW_COMMANDS:  # its temporary Prefect server dies with it
+            from flows.prefect_server import start_temporary_server
+
+            start_temporary_server()
         return int(args.func(args))
     except KeyboardInterrupt:
         if debug:

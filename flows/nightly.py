@@ -1,12 +1,14 @@
 """The nightly flow: ingest → snapshot → checks → evaluate → recommend → checks → publish.
 
 This module only wires tasks; each task body calls plain functions from `tasks/`. Steps that touch
-files or the database retry with backoff; anything else fails the run at once with a message,
-and a failed run never changes what `recommendations_latest` returns.
+the database retry with backoff while another process holds it (the one trouble that waiting
+fixes); anything else fails the run at once with a one-line message, and a failed run never
+changes what `recommendations_latest` returns.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -32,32 +34,44 @@ from tasks.demo_data import generate_demo_source
 from tasks.fault_injection import fault_point
 from tasks.ingest import IngestReport, load_source, read_source
 from tasks.parameters import RunParameters
+from tasks.protocol import protocol_key
 from tasks.publish import FinalStatus, RunOutputs, last_published_ndcg, publish_run
 from tasks.reasons import explain
 from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_holdout, recommend
 from tasks.report import ReportInput, write_report
 from tasks.snapshot import Snapshot, load_snapshot
 from tasks.source_files import SourceError
-from tasks.warehouse import RunLockTimeout, apply_schema, connect, run_lock
+from tasks.warehouse import (
+    DatabaseBusy,
+    DatabaseUnusable,
+    RunLockTimeout,
+    apply_schema,
+    connect,
+    non_demo_contents,
+    run_lock,
+)
 
 IO_RETRIES = 2
 IO_BACKOFF = exponential_backoff(backoff_factor=2)
-NO_RETRY_ON = (SourceError,)
 
 
 def _retry_condition(task: Any, task_run: Any, state: State) -> bool:
-    """Retry transient I/O trouble, never a source that is wrong as a whole."""
+    """Retry only while another process holds the database (bounded by IO_RETRIES).
+
+    A file that is not a database, a full disk, a permission or a source that is wrong as a
+    whole stays wrong however long we wait: those fail at once, naming the file.
+    """
     try:
         state.result()
-    except NO_RETRY_ON:
-        return False
-    except Exception:
+    except DatabaseBusy:
         return True
+    except BaseException:
+        return False
     return False
 
 
 def io_task(name: str) -> Any:
-    """A task that touches files or the database: retried with backoff on transient errors."""
+    """A task that touches files or the database: retried with backoff while the file is busy."""
     return task(
         name=name,
         cache_policy=NO_CACHE,
@@ -70,6 +84,21 @@ def io_task(name: str) -> Any:
 
 class RunFailed(RuntimeError):
     """A run that cannot go on; the message is what the operator sees."""
+
+
+class RunRefused(RunFailed):
+    """A run that must not start (nothing was written, not even its `runs` row)."""
+
+
+#: Errors that stop a run before it is opened: no `runs` row, the message is all there is.
+REFUSALS = (RunLockTimeout, SourceError, RunRefused, DatabaseBusy, DatabaseUnusable)
+#: Errors whose message is already the one line an operator needs.
+OWN_MESSAGE = (RunFailed, SourceError, RunLockTimeout, DatabaseBusy, DatabaseUnusable)
+
+
+def _message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, OWN_MESSAGE) else f"{type(exc).__name__}: {text}"
 
 
 @dataclass
@@ -89,9 +118,23 @@ def demo_source_dir(db: str) -> Path:
 
 @task(name="prepare-source", cache_policy=NO_CACHE)
 def prepare_source(params: RunParameters) -> Path:
+    """The source folder; without one, the demo's, but only into a database holding nothing else.
+
+    A real database run without `source` (a deployment left at its default, a forgotten flag)
+    must not get thousands of fake users ingested and published into it.
+    """
     if params.source:
         return Path(params.source)
     folder = demo_source_dir(params.db)
+    if Path(params.db).exists():
+        with connect(params.db, read_only=True) as con:
+            found = non_demo_contents(con, folder)
+        if found:
+            raise RunRefused(
+                f"database {params.db} already holds data that is not the demo's ({found}); "
+                "pass --source (parameter `source`) to run on it: demo data only goes into a "
+                "database that holds nothing else"
+            )
     if not (folder / "events.parquet").exists():
         get_run_logger().info("generating demo data in %s", folder)
         generate_demo_source(folder)
@@ -107,6 +150,25 @@ def staging_dirs(run_id: str) -> list[Path]:
     return sorted(Path(tempfile.gettempdir()).glob(_staging_prefix(run_id) + "*"))
 
 
+_STAGED_RUN = re.compile(r"^recfusion-(\d{8}T\d{6}-[0-9a-f]{8})-")
+
+
+def _staging_of_finished_runs(con: Any) -> list[Path]:
+    """Staging folders left by this database's runs that are over (killed before their own
+    cleanup: mid-run, or after COMMIT during the report). Other databases' runs are not ours."""
+    folders: dict[str, list[Path]] = {}
+    for folder in Path(tempfile.gettempdir()).glob("recfusion-*"):
+        if (found := _STAGED_RUN.match(folder.name)) and folder.is_dir():
+            folders.setdefault(found.group(1), []).append(folder)
+    if not folders:
+        return []
+    finished = con.execute(
+        "SELECT run_id FROM runs WHERE status <> 'running' AND list_contains(?, run_id)",
+        [sorted(folders)],
+    ).fetchall()
+    return [folder for (run,) in finished for folder in folders[run]]
+
+
 @io_task("open-run")
 def open_run(params: RunParameters, run_id: str, source: Path) -> None:
     ctx = get_run_context()
@@ -114,13 +176,22 @@ def open_run(params: RunParameters, run_id: str, source: Path) -> None:
         getattr(ctx, "task_run", None), "flow_run_id", None
     )
     flow_run_id = str(getattr(flow_run, "id", flow_run) or "")
+    logger = get_run_logger()
     with connect(params.db) as con:
         apply_schema(con)
+        recorded = runs.apply_failures_beside(con, params.db)  # before: they are not abandoned
+        if recorded:
+            logger.warning(
+                "recorded %d failure(s) kept beside the database: %s",
+                len(recorded),
+                ", ".join(recorded),
+            )
         stale = runs.abandon_stale_runs(con)
         if stale:
-            get_run_logger().warning(
+            logger.warning(
                 "marked %d abandoned run(s) as failed: %s", len(stale), ", ".join(stale)
             )
+        leftovers = _staging_of_finished_runs(con)  # a killed run's candidates, GBs at scale
         runs.start_run(
             con,
             run_id,
@@ -130,9 +201,8 @@ def open_run(params: RunParameters, run_id: str, source: Path) -> None:
             flow_run_id or None,
             params.triggered_by,
         )
-    for stale_run in stale:  # a killed run's staged candidates would otherwise stay in /tmp
-        for folder in staging_dirs(stale_run):
-            shutil.rmtree(folder, ignore_errors=True)
+    for folder in leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @io_task("ingest")
@@ -248,6 +318,7 @@ def publish_task(
     strategy: str,
     timings: dict[str, float],
     message: str,
+    protocol: str | None,
 ) -> None:
     with connect(params.db) as con:
         publish_run(
@@ -260,6 +331,7 @@ def publish_task(
             message,
             keep_recommendations=params.retention_runs,
             keep_candidates=params.retention_runs,
+            evaluation_protocol=protocol,
         )
 
 
@@ -331,34 +403,60 @@ def report_dir(db: str) -> Path:
     return Path(db).resolve().parent / "recfusion-reports"
 
 
-def _regression_gate(params: RunParameters, fingerprint: str, evaluation: Evaluation | None) -> str:
-    """'' when the run may publish; otherwise why it is rejected."""
-    if evaluation is None or params.allow_regression:
-        return ""
+NO_COMPARABLE_RUN = "no comparable published run"
+
+
+def _regression_gate(
+    params: RunParameters, fingerprint: str, evaluation: Evaluation | None, protocol: str | None
+) -> tuple[bool, str]:
+    """(may publish, what the gate found: the run's message).
+
+    The baseline is the last published run on the same data evaluated the same way (protocol):
+    a score measured another way (a one-second hold-out, another K) says nothing about this one.
+    """
+    k = params.top_k
+    if evaluation is None or protocol is None:
+        return True, "regression gate not applied: the run was not evaluated"
+    if params.allow_regression:
+        return True, "regression gate not applied: allow_regression is set"
     fused = evaluation.metrics.filter(
         (pl.col("model") == "fused") & (pl.col("metric") == "ndcg") & (pl.col("segment") == "all")
     )
     if fused.height == 0:
-        return ""
+        return True, f"regression gate not applied: no fused ndcg@{k} was measured"
     with connect(params.db, read_only=True) as con:
-        previous = last_published_ndcg(con, fingerprint, params.top_k)
+        previous = last_published_ndcg(con, fingerprint, k, protocol)
     if previous is None:
-        return ""
+        return True, (
+            f"regression gate: {NO_COMPARABLE_RUN} (same data and evaluation protocol), "
+            "nothing to compare with"
+        )
     now_value, (before, before_run) = float(fused["value"][0]), previous
     if now_value < before * (1 - params.regression_tolerance):
-        return (
-            f"regression gate: fused ndcg@{params.top_k} {now_value:.4f} is more than "
+        return False, (
+            f"regression gate: fused ndcg@{k} {now_value:.4f} is more than "
             f"{params.regression_tolerance:.0%} below {before:.4f} of published run {before_run}"
         )
-    return ""
+    return True, (
+        f"regression gate passed: fused ndcg@{k} {now_value:.4f} vs {before:.4f} of published "
+        f"run {before_run}"
+    )
 
 
 def _fail(params: RunParameters, run_id: str, message: str) -> None:
+    """Mark the run failed; if the database cannot take it, keep the failure beside it."""
+    logger = get_run_logger()
     try:
         with connect(params.db) as con:
             runs.fail_run(con, run_id, message)
+        return
     except Exception as exc:  # the database itself may be the problem
-        get_run_logger().error("could not record failure of run %s: %s", run_id, exc)
+        logger.error("could not record failure of run %s in %s: %s", run_id, params.db, exc)
+    try:
+        path = runs.record_failure_beside(params.db, run_id, message)
+        logger.warning("failure of run %s kept in %s; the next run records it", run_id, path)
+    except OSError as exc:
+        logger.error("could not keep the failure of run %s beside the database: %s", run_id, exc)
 
 
 @flow(name="recfusion-nightly", log_prints=True, validate_parameters=True)
@@ -377,15 +475,10 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
             try:
                 summary = _run(params, run_id, source, timings, clock)
             except Exception as exc:
-                message = (
-                    str(exc)
-                    if isinstance(exc, RunFailed | SourceError)
-                    else f"{type(exc).__name__}: {exc}"
-                )
-                _fail(params, run_id, message)
-                summary.message = message
-    except (RunLockTimeout, SourceError) as exc:
-        summary.message = str(exc)
+                summary.message = _message(exc)
+                _fail(params, run_id, summary.message)
+    except REFUSALS as exc:
+        summary.message = _message(exc)
     if summary.status == "published":
         return Completed(data=summary, message=f"published run {run_id}")
     logger.error("run %s %s: %s", run_id, summary.status, summary.message)
@@ -438,15 +531,18 @@ def _run(
         lap("explain_and_check")
 
         strategy = evaluation.plan.strategy if evaluation else "weighted"
+        protocol = protocol_key(params, evaluation.split_kind) if evaluation else None
         status: FinalStatus
         if not output_check.passed:
             failures = "; ".join(output_check.failures())
             status, message = "rejected", f"output checks failed: {failures}"
         else:
-            message = _regression_gate(params, snap.fingerprint(), evaluation)
-            status = "rejected" if message else "published"
-        publish_task(params, run_id, outputs, status, strategy, timings, message)
+            passed, message = _regression_gate(params, snap.fingerprint(), evaluation, protocol)
+            status = "published" if passed else "rejected"
+            get_run_logger().info(message)
+        publish_task(params, run_id, outputs, status, strategy, timings, message, protocol)
         lap("publish")
+        fault_point("after_publish")
         report_task(
             params,
             run_id,

@@ -1,13 +1,31 @@
--- Retention. Recommendations: keep the newest $keep_recommendations finished runs. Candidates are
--- bulkier (N per modality per user): keep the newest $keep_candidates. Metrics, checks and the
--- run records are never pruned, so history stays queryable.
+-- Retention. Slots count published runs only: the rows of the newest $keep_recommendations
+-- published runs stay, so the live list (the newest published run) is never pruned, whatever
+-- failed or was rejected since. A rejected or failed run's rows stay for debugging until it is
+-- older than the oldest published run kept. Candidates are bulkier (N per modality per user):
+-- the same rule with $keep_candidates. Metrics, checks and the run records are never pruned.
 DELETE FROM recommendations
 WHERE run_id IN (
-    SELECT run_id FROM runs WHERE status <> 'running'
-    QUALIFY row_number() OVER (ORDER BY started_at DESC) > $keep_recommendations
+    WITH kept AS (
+        SELECT run_id, started_at FROM runs WHERE status = 'published'
+        ORDER BY finished_at DESC, started_at DESC
+        LIMIT $keep_recommendations
+    )
+    SELECT run_id FROM runs
+    WHERE status <> 'running'
+      AND run_id NOT IN (SELECT run_id FROM kept)
+      AND run_id NOT IN (SELECT run_id FROM last_published_run)
+      AND (status = 'published' OR started_at < (SELECT min(started_at) FROM kept))
 );
 DELETE FROM candidates
 WHERE run_id IN (
-    SELECT run_id FROM runs WHERE status <> 'running'
-    QUALIFY row_number() OVER (ORDER BY started_at DESC) > $keep_candidates
+    WITH kept AS (
+        SELECT run_id, started_at FROM runs WHERE status = 'published'
+        ORDER BY finished_at DESC, started_at DESC
+        LIMIT $keep_candidates
+    )
+    SELECT run_id FROM runs
+    WHERE status <> 'running'
+      AND run_id NOT IN (SELECT run_id FROM kept)
+      AND run_id NOT IN (SELECT run_id FROM last_published_run)
+      AND (status = 'published' OR started_at < (SELECT min(started_at) FROM kept))
 );

@@ -6,6 +6,7 @@ SET status = $status,
     finished_at = $finished_at,
     n_recommendations = $n_recommendations,
     fusion_strategy = $fusion_strategy,
+    evaluation_protocol = $evaluation_protocol,
     timings = CAST($timings AS JSON),
     message = $message
 WHERE run_id = $run_id AND status = 'running'

@@ -72,8 +72,11 @@ CREATE TABLE IF NOT EXISTS runs (
     timings            JSON,
     message            VARCHAR,
     started_at         TIMESTAMPTZ NOT NULL,
-    finished_at        TIMESTAMPTZ
+    finished_at        TIMESTAMPTZ,
+    evaluation_protocol VARCHAR  -- canonical JSON: how metrics were measured (tasks/protocol.py)
 );
+-- Databases created before a column existed get it here (NULL for their old runs).
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS evaluation_protocol VARCHAR;
 
 CREATE TABLE IF NOT EXISTS candidates (
     run_id    VARCHAR NOT NULL,

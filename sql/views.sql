@@ -13,7 +13,7 @@ JOIN last_published_run p USING (run_id);
 CREATE OR REPLACE VIEW run_history AS
 SELECT run_id, status, triggered_by, fusion_strategy, as_of, started_at, finished_at,
        date_diff('millisecond', started_at, finished_at) / 1000.0 AS seconds,
-       n_users, n_items, n_events, n_recommendations, message
+       n_users, n_items, n_events, n_recommendations, message, evaluation_protocol
 FROM runs
 ORDER BY started_at DESC;
 

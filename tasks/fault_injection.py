@@ -16,6 +16,7 @@ POINTS = (
     "publish:after_candidates",
     "publish:after_recommendations",
     "publish:before_commit",
+    "after_publish",  # committed; the staged candidates and the report are not cleaned up yet
 )
 
 

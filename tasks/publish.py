@@ -106,8 +106,13 @@ def publish_run(
     message: str = "",
     keep_recommendations: int | None = None,
     keep_candidates: int | None = None,
+    evaluation_protocol: str | None = None,
 ) -> None:
-    """Write a finished run atomically (rows + status), then apply retention in the same commit."""
+    """Write a finished run atomically (rows + status), then apply retention in the same commit.
+
+    Whatever fails (an insert, the disk filling up at COMMIT), the error raised is that failure:
+    a ROLLBACK that cannot run (DuckDB ends a failed COMMIT's transaction itself) never hides it.
+    """
     run = pl.lit(run_id).alias("run_id")
     con.execute("BEGIN TRANSACTION")
     try:
@@ -142,6 +147,7 @@ def publish_run(
                 "finished_at": datetime.now(UTC),
                 "n_recommendations": outputs.recommendations.height,
                 "fusion_strategy": fusion_strategy,
+                "evaluation_protocol": evaluation_protocol,
                 "timings": json.dumps(timings),
                 "message": message or None,
             },
@@ -159,15 +165,21 @@ def publish_run(
             )
         fault_point("publish:before_commit")
         con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
+    except BaseException as exc:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error as rollback_error:
+            exc.add_note(f"(the rollback that followed failed too: {rollback_error})")
         raise
 
 
 def last_published_ndcg(
-    con: duckdb.DuckDBPyConnection, fingerprint: str, k: int
+    con: duckdb.DuckDBPyConnection, fingerprint: str, k: int, protocol: str
 ) -> tuple[float, str] | None:
+    """The regression gate's baseline: fused NDCG@K and run id of the last comparable published
+    run (same data fingerprint, same evaluation protocol); None when there is none."""
     rows = con.execute(
-        read_sql("last_published_ndcg.sql"), {"fingerprint": fingerprint, "k": k}
+        read_sql("last_published_ndcg.sql"),
+        {"fingerprint": fingerprint, "k": k, "protocol": protocol},
     ).fetchall()
     return (float(rows[0][0]), str(rows[0][1])) if rows else None

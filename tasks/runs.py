@@ -1,13 +1,26 @@
-"""The `runs` table: one row per run, written when it starts and when it ends."""
+"""The `runs` table: one row per run, written when it starts and when it ends.
+
+When a run fails because the database itself cannot be written (another process holds it, the
+disk is full), its failure goes to a small sidecar file next to the database instead; the next
+run, holding the run lock, copies it into `runs`, so the reason survives and the run is not
+later mistaken for one that was killed ("abandoned").
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
+
+from tasks.warehouse import real_path
+
+log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
@@ -70,11 +83,60 @@ def record_data_window(
     )
 
 
-def fail_run(con: duckdb.DuckDBPyConnection, run_id: str, message: str) -> None:
+def fail_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    message: str,
+    finished_at: datetime | None = None,
+) -> None:
     con.execute(
         "UPDATE runs SET status = 'failed', finished_at = ?, message = ? WHERE run_id = ?",
-        [datetime.now(UTC), message[:2000], run_id],
+        [finished_at or datetime.now(UTC), message[:2000], run_id],
     )
+
+
+def failure_sidecar(db: str | Path) -> Path:
+    """Where failures that could not be written into the database wait for the next run."""
+    return Path(f"{real_path(db)}.failed-runs.jsonl")
+
+
+def record_failure_beside(db: str | Path, run_id: str, message: str) -> Path:
+    """Append a run's failure to the sidecar (one JSON line, flushed to disk)."""
+    path = failure_sidecar(db)
+    line = json.dumps(
+        {"run_id": run_id, "message": message[:2000], "finished_at": datetime.now(UTC).isoformat()}
+    )
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
+
+
+def apply_failures_beside(con: duckdb.DuckDBPyConnection, db: str | Path) -> list[str]:
+    """Copy the sidecar's failures into `runs` (only runs still 'running'), then remove it.
+
+    Call while holding the run lock and before `abandon_stale_runs`. Re-applying after a crash
+    between the two steps changes nothing: a run already failed is left alone. A torn last line
+    (a run killed while writing it) is skipped.
+    """
+    path = failure_sidecar(db)
+    if not path.exists():
+        return []
+    applied: list[str] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            run_id, message = str(entry["run_id"]), str(entry["message"])
+            finished_at = datetime.fromisoformat(entry["finished_at"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: skipped an unreadable line: %.200s", path, line)
+            continue
+        if run_status(con, run_id) == "running":
+            fail_run(con, run_id, message, finished_at)
+            applied.append(run_id)
+    path.unlink()
+    return applied
 
 
 def run_status(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:

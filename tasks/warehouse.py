@@ -23,6 +23,14 @@ class RunLockTimeout(RuntimeError):
     """Another run holds the database; raised after waiting `timeout` seconds."""
 
 
+class DatabaseBusy(RuntimeError):
+    """Another process holds the DuckDB file (e.g. an analyst's session); may clear by itself."""
+
+
+class DatabaseUnusable(RuntimeError):
+    """The database file cannot be opened at all (not a database, corrupt, no permission, …)."""
+
+
 def read_sql(name: str) -> str:
     """Load a `.sql` file shipped in the `sql` package (e.g. 'schema.sql', 'queries/x.sql')."""
     return resources.files("sql").joinpath(name).read_text(encoding="utf-8")
@@ -51,24 +59,71 @@ def sql_query_names() -> list[str]:
     return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".sql"))
 
 
+#: How long a connection waits for another process (an analyst, a DuckDB client) to release the
+#: database file before the step fails as busy; the environment variable overrides it.
+BUSY_WAIT_ENV = "RECFUSION_DB_BUSY_SECONDS"
+BUSY_WAIT_SECONDS = 10.0
+_LOCK_CONFLICT = re.compile(r"Could not set lock on file|Conflicting lock is held")
+_HOLDER_PID = re.compile(r"\(PID (\d+)\)")
+
+
+def _one_line(exc: BaseException) -> str:
+    """DuckDB's message without its error-class prefix, on one line."""
+    text = " ".join(str(exc).split())
+    return re.sub(r"^(IO|Invalid Input|Serialization|Catalog) Error: ", "", text)
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """DuckDB refused the file because another process holds it: the one case worth waiting."""
+    return isinstance(exc, duckdb.Error) and bool(_LOCK_CONFLICT.search(str(exc)))
+
+
+def busy_wait_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get(BUSY_WAIT_ENV, BUSY_WAIT_SECONDS)))
+    except ValueError:
+        return BUSY_WAIT_SECONDS
+
+
 @contextmanager
 def connect(
-    db_path: str | Path, read_only: bool = False, retries: int = 20, wait_seconds: float = 0.5
+    db_path: str | Path,
+    read_only: bool = False,
+    retries: int | None = None,
+    wait_seconds: float = 0.5,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short-lived connection; retries while another process (an analyst) holds the file."""
+    """A short-lived connection; waits (bounded) only while another process holds the file.
+
+    Every other failure to open (not a database, truncated, a directory, no permission, missing
+    when reading) is `DatabaseUnusable` at once: waiting cannot fix it. `retries` defaults to
+    the busy wait (RECFUSION_DB_BUSY_SECONDS, 10 s) in steps of `wait_seconds`.
+    """
     db_path = Path(db_path)
-    if not read_only:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+    if retries is None:
+        retries = max(1, round(busy_wait_seconds() / wait_seconds) + 1)
+    started = time.monotonic()
     last_error: Exception | None = None
-    for _ in range(max(1, retries)):
+    for attempt in range(max(1, retries)):
+        if attempt:
+            time.sleep(wait_seconds)
         try:
+            if not read_only:
+                db_path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(db_path), read_only=read_only)
             break
-        except duckdb.IOException as exc:  # file locked by another process
+        except duckdb.Error as exc:
+            if not is_lock_conflict(exc):
+                raise DatabaseUnusable(f"cannot open database {db_path}: {_one_line(exc)}") from exc
             last_error = exc
-            time.sleep(wait_seconds)
+        except OSError as exc:  # the folder cannot be created or reached
+            raise DatabaseUnusable(f"cannot open database {db_path}: {exc}") from exc
     else:
-        raise RuntimeError(f"cannot open database {db_path}: {last_error}") from last_error
+        holder = _HOLDER_PID.search(str(last_error))
+        raise DatabaseBusy(
+            f"database {db_path} held by another process "
+            f"({'PID ' + holder.group(1) if holder else 'unknown PID'}) "
+            f"for {time.monotonic() - started:.0f} s"
+        ) from last_error
     try:
         yield con
     finally:
@@ -80,8 +135,61 @@ def apply_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(read_sql("views.sql"))
 
 
+def _relations(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    """'schema.name' -> column names, for every table and view a user (or we) created."""
+    rows = con.execute(
+        "SELECT schema_name || '.' || table_name, column_name FROM duckdb_columns() "
+        "WHERE NOT internal AND database_name = current_database()"
+    ).fetchall()
+    found: dict[str, set[str]] = {}
+    for relation, column in rows:
+        found.setdefault(str(relation), set()).add(str(column))
+    return found
+
+
+def non_demo_contents(con: duckdb.DuckDBPyConnection, demo_folder: Path) -> str | None:
+    """What in this database did not come from the demo source in `demo_folder`; None if nothing.
+
+    A table or view recfusion does not create, a row whose `source_file` lies outside the demo
+    folder (or is unknown), a run on another source: any of these means the database holds real
+    data, and demo data must not be mixed into it.
+    """
+    with duckdb.connect(":memory:") as blank:
+        apply_schema(blank)
+        ours = _relations(blank)
+    present = _relations(con)
+    foreign = sorted(set(present) - set(ours))
+    if foreign:
+        return f"tables not made by recfusion: {', '.join(foreign[:5])}"
+    prefix = str(demo_folder) + os.sep
+    for relation in sorted(r for r, cols in present.items() if "source_file" in cols):
+        rows = con.execute(
+            f"SELECT source_file FROM {relation} "  # names from our own schema, not user input
+            "WHERE source_file IS NULL OR NOT starts_with(source_file, ?) LIMIT 1",
+            [prefix],
+        ).fetchall()
+        if rows:
+            return f"{relation} rows from {rows[0][0] or 'an unknown source'}"
+    if "main.runs" in present:
+        rows = con.execute(
+            "SELECT source FROM runs WHERE source IS DISTINCT FROM ? LIMIT 1", [str(demo_folder)]
+        ).fetchall()
+        if rows:
+            return f"runs on {rows[0][0] or 'an unknown source'}"
+    return None
+
+
+def real_path(db_path: str | Path) -> Path:
+    """The file a database path names, with symlinks and relative parts resolved.
+
+    Two names for one file (a symlink, `./x` and `/abs/x`) must share one lock and one sidecar.
+    A dangling symlink resolves to the file DuckDB would create through it.
+    """
+    return Path(os.path.realpath(db_path))
+
+
 def lock_path(db_path: str | Path) -> Path:
-    return Path(f"{db_path}.lock")
+    return Path(f"{real_path(db_path)}.lock")
 
 
 @contextmanager
@@ -89,11 +197,15 @@ def run_lock(db_path: str | Path, timeout: float = 0.0) -> Iterator[None]:
     """Hold an exclusive OS lock for a whole run; wait up to `timeout` seconds for it.
 
     An OS lock (flock) is released by the kernel when the process dies, so a killed run never
-    leaves a stale lock behind.
+    leaves a stale lock behind. The lock belongs to the real file, not to the name it was given.
     """
-    path = lock_path(db_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    path, real = lock_path(db_path), real_path(db_path)
+    named = str(db_path) if os.path.abspath(db_path) == str(real) else f"{db_path} (= {real})"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DatabaseUnusable(f"cannot create the run lock {path}: {exc.strerror}") from exc
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -104,7 +216,7 @@ def run_lock(db_path: str | Path, timeout: float = 0.0) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
                     raise RunLockTimeout(
-                        f"another recfusion run is using {db_path} ({holder or 'unknown run'}); "
+                        f"another recfusion run is using {named} ({holder or 'unknown run'}); "
                         f"waited {timeout:.0f}s — retry later or raise --lock-timeout"
                     ) from None
                 time.sleep(0.2)

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from tasks.publish import RunOutputs, publish_run
-from tasks.runs import start_run
+from tasks.runs import fail_run, start_run
 from tasks.warehouse import apply_schema
 
 USERS = np.array(["ann", "bob", "cy"], dtype=object)
@@ -115,3 +115,44 @@ def test_only_an_open_run_is_published(tmp_path: Path):
         with pytest.raises(RuntimeError, match="r1 is not an open run"):  # not twice either
             publish_run(con, "r1", outputs(in_memory=pl.concat(BLOCKS)), "published", "w", {})
         assert len(published_candidates(con)) == 5
+
+
+def publish_as(con: duckdb.DuckDBPyConnection, run_id: str, status: str, keep: int) -> None:
+    if run_id != "r1":
+        start_run(con, run_id, {}, "test", "nightly", None, "test")
+    publish_run(
+        con,
+        run_id,
+        outputs(in_memory=pl.concat(BLOCKS)),
+        status,  # type: ignore[arg-type]
+        "w",
+        {},
+        keep_recommendations=keep,
+        keep_candidates=keep,
+    )
+
+
+def kept(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
+    def runs_in(table: str) -> list[str]:
+        rows = con.execute(f"SELECT DISTINCT run_id FROM {table} ORDER BY 1").fetchall()
+        return [r[0] for r in rows]
+
+    return runs_in("recommendations"), runs_in("candidates")
+
+
+def test_retention_slots_count_published_runs_and_never_the_live_list(tmp_path: Path):
+    with fresh_db(tmp_path / "rf.duckdb", "r1") as con:
+        publish_as(con, "r1", "published", keep=1)
+        publish_as(con, "r2", "rejected", keep=1)  # takes no slot: r1 is still the live list
+        assert kept(con) == (["r1", "r2"], ["r1", "r2"])
+        start_run(con, "r3", {}, "test", "nightly", None, "test")
+        fail_run(con, "r3", "it broke")
+        publish_as(con, "r4", "rejected", keep=1)
+        assert kept(con)[0] == ["r1", "r2", "r4"]  # newer than the oldest kept published run
+        publish_as(con, "r5", "published", keep=2)
+        assert kept(con)[0] == ["r1", "r2", "r4", "r5"]  # two published slots: r1 and r5
+        publish_as(con, "r6", "published", keep=2)
+        # r1 leaves its slot; r2 and r4 are now older than the oldest kept published run (r5)
+        assert kept(con) == (["r5", "r6"], ["r5", "r6"])
+        live = con.execute("SELECT DISTINCT run_id FROM recommendations_latest").fetchall()
+        assert live == [("r6",)]
