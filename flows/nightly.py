@@ -31,6 +31,7 @@ from tasks import checks, runs
 from tasks.candidates import CANDIDATE_SCHEMA
 from tasks.dataset import Dataset
 from tasks.demo_data import generate_demo_source
+from tasks.evaluation_alarm import evaluation_checks
 from tasks.fault_injection import fault_point
 from tasks.ingest import IngestReport, load_source, read_source
 from tasks.parameters import RunParameters
@@ -41,6 +42,8 @@ from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_
 from tasks.report import ReportInput, write_report
 from tasks.snapshot import Snapshot, load_snapshot
 from tasks.source_files import SourceError
+from tasks.tuning import apply_tuning
+from tasks.tuning_store import latest_results
 from tasks.warehouse import (
     DatabaseBusy,
     DatabaseUnusable,
@@ -255,9 +258,49 @@ def dataset_task(snap: Snapshot, params: RunParameters, run_id: str) -> Dataset:
     return data
 
 
+@io_task("apply-tuning")
+def tuning_task(params: RunParameters) -> tuple[RunParameters, dict[str, str]]:
+    """The run's parameters with the latest useful `recfusion tune` result for its source."""
+    if not params.use_tuned:
+        return params, {}
+    with connect(params.db, read_only=True) as con:
+        found = latest_results(con, params.source)
+    if not found:
+        return params, {}
+    tuned = apply_tuning(params, {m: r["update"] for m, r in found.items()})
+    for modality, r in found.items():
+        get_run_logger().info(
+            "using tuning %s for %s: %s (validation ndcg %.4f, defaults %.4f)", r["tuning_id"],
+            modality, r["update"], r["validation_ndcg"], r["default_ndcg"],
+        )
+    return tuned, {m: str(r["tuning_id"]) for m, r in found.items()}
+
+
 @task(name="evaluate-holdout", cache_policy=NO_CACHE)
 def evaluate_task(snap: Snapshot, data: Dataset, params: RunParameters) -> Evaluation | None:
     return evaluate_holdout(snap, data, params)
+
+
+@task(name="evaluation-alarm", cache_policy=NO_CACHE)
+def alarm_task(evaluation: Evaluation | None, params: RunParameters) -> checks.CheckOutcome:
+    """The run's honest alarm (tasks/evaluation_alarm.py), as one more check suite."""
+    if evaluation is None:
+        return evaluation_checks(None, 0, None, None, params.evaluation.min_eval_users)
+    return evaluation_checks(evaluation.per_user, evaluation.n_test_users,
+                             evaluation.eval_plan, evaluation.plan,
+                             params.evaluation.min_eval_users)
+
+
+@io_task("record-evaluation")
+def record_evaluation_task(
+    params: RunParameters, run_id: str, evaluation: Evaluation | None, tuning: dict[str, str]
+) -> None:
+    described: dict[str, Any] = {"tuning": tuning}
+    if evaluation is not None:
+        described |= {"protocol": evaluation.protocol, "plan": evaluation.eval_plan.to_dict(),
+                      "published_plan": evaluation.plan.to_dict()}
+    with connect(params.db) as con:
+        runs.record_evaluation(con, run_id, described)
 
 
 @task(name="recommend", cache_policy=NO_CACHE)
@@ -512,12 +555,15 @@ def _run(
     lap("ingest")
     fault_point("after_ingest")
     snap = snapshot_task(params)
+    params, tuning = tuning_task(params)
     input_check = check_events_task(snap, params)
     if not input_check.passed:
         raise RunFailed("input checks failed: " + "; ".join(input_check.failures()))
     data = dataset_task(snap, params, run_id)
     lap("snapshot_and_checks")
     evaluation = evaluate_task(snap, data, params) if params.evaluate else None
+    alarm = alarm_task(evaluation, params) if params.evaluate else None
+    record_evaluation_task(params, run_id, evaluation, tuning)
     lap("evaluate")
     fault_point("after_evaluate")
     # The run's candidates are staged as Parquet here until published, then removed.
@@ -528,6 +574,8 @@ def _run(
         output_check = check_output_task(outputs, data, params.top_k)
         previous = previous_run_task(params.db)
         outputs.checks = pl.concat([outputs.checks, output_check.results.drop("blocking")])
+        if alarm is not None:
+            outputs.checks = pl.concat([outputs.checks, alarm.results.drop("blocking")])
         lap("explain_and_check")
 
         strategy = evaluation.plan.strategy if evaluation else "weighted"
@@ -536,6 +584,11 @@ def _run(
         if not output_check.passed:
             failures = "; ".join(output_check.failures())
             status, message = "rejected", f"output checks failed: {failures}"
+        elif alarm is not None and not alarm.passed and not params.publish_on_alarm:
+            status, message = "rejected", (
+                "evaluation alarm: " + "; ".join(alarm.failures())
+                + " (publish_on_alarm publishes anyway)"
+            )
         else:
             passed, message = _regression_gate(params, snap.fingerprint(), evaluation, protocol)
             status = "published" if passed else "rejected"
@@ -551,7 +604,7 @@ def _run(
             strategy,
             outputs,
             previous,
-            [input_check, output_check],
+            [input_check, output_check, *([alarm] if alarm is not None else [])],
             ingest_report,
             timings,
         )

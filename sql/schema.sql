@@ -73,10 +73,13 @@ CREATE TABLE IF NOT EXISTS runs (
     message            VARCHAR,
     started_at         TIMESTAMPTZ NOT NULL,
     finished_at        TIMESTAMPTZ,
-    evaluation_protocol VARCHAR  -- canonical JSON: how metrics were measured (tasks/protocol.py)
+    evaluation_protocol VARCHAR,  -- canonical JSON: how metrics were measured (tasks/protocol.py)
+    evaluation         JSON      -- split kind, cutoff, users and events of each hold-out, the
+                                 -- chosen plan and its selection, tuning results used
 );
 -- Databases created before a column existed get it here (NULL for their old runs).
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS evaluation_protocol VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS evaluation JSON;
 
 CREATE TABLE IF NOT EXISTS candidates (
     run_id    VARCHAR NOT NULL,
@@ -103,9 +106,11 @@ CREATE TABLE IF NOT EXISTS run_metrics (
     model    VARCHAR NOT NULL,   -- a modality name, a fusion strategy, or 'fused'
     metric   VARCHAR NOT NULL,
     k        INTEGER NOT NULL,
-    segment  VARCHAR NOT NULL,   -- all | cold | with_friends | …
-    value    DOUBLE
+    segment  VARCHAR NOT NULL,   -- all | cold_pool | cold | warm | with_friends
+    value    DOUBLE,
+    std_error DOUBLE             -- of a per-user mean (sd / sqrt(n_users)); NULL otherwise
 );
+ALTER TABLE run_metrics ADD COLUMN IF NOT EXISTS std_error DOUBLE;
 
 CREATE TABLE IF NOT EXISTS check_results (
     run_id          VARCHAR NOT NULL,
@@ -115,4 +120,21 @@ CREATE TABLE IF NOT EXISTS check_results (
     success         BOOLEAN NOT NULL,
     observed_value  VARCHAR,
     checked_at      TIMESTAMPTZ NOT NULL
+);
+
+-- Hyperparameters found by the tune flow, one row per modality and tuning run. The nightly uses
+-- the latest row per modality (for its source) whose values beat the defaults on validation.
+CREATE TABLE IF NOT EXISTS tuning_results (
+    tuning_id        VARCHAR NOT NULL,
+    modality         VARCHAR NOT NULL,
+    tuned_at         TIMESTAMPTZ NOT NULL,
+    source           VARCHAR,
+    data_fingerprint VARCHAR,
+    parameters       JSON NOT NULL,    -- nested run-parameter update, e.g. {"hybrid": {...}}
+    validation_ndcg  DOUBLE,
+    default_ndcg     DOUBLE,
+    n_trials         INTEGER,
+    seconds          DOUBLE,
+    protocol         JSON,
+    flow_run_id      VARCHAR
 );

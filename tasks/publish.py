@@ -66,6 +66,12 @@ def _staged(con: duckdb.DuckDBPyConnection, frames: Mapping[str, Any]) -> Iterat
                 con.unregister(name)
 
 
+def _with_std_error(metrics: pl.DataFrame) -> pl.DataFrame:
+    if "std_error" in metrics.columns:
+        return metrics
+    return metrics.with_columns(pl.lit(None, pl.Float64).alias("std_error"))
+
+
 def _id_table(kind: str, ids: np.ndarray) -> Any:
     """Arrow table index -> string id, for joining ids onto integer-coded rows in SQL."""
     return pl.DataFrame(
@@ -129,8 +135,9 @@ def publish_run(
         _insert(
             con,
             "run_metrics",
-            outputs.metrics.with_columns(run),
-            "SELECT run_id, model, metric, k, segment, value FROM staged_output",
+            _with_std_error(outputs.metrics).with_columns(run),
+            "(run_id, model, metric, k, segment, value, std_error) "
+            "SELECT run_id, model, metric, k, segment, value, std_error FROM staged_output",
         )
         _insert(
             con,

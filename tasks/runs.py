@@ -142,3 +142,13 @@ def apply_failures_beside(con: duckdb.DuckDBPyConnection, db: str | Path) -> lis
 def run_status(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
     rows = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
     return str(rows[0][0]) if rows else None
+
+
+def record_evaluation(
+    con: duckdb.DuckDBPyConnection, run_id: str, evaluation: dict[str, Any]
+) -> None:
+    """How the run evaluated itself: splits (kind, cutoff, users, events), plan, tuning used."""
+    con.execute(
+        "UPDATE runs SET evaluation = CAST(? AS JSON) WHERE run_id = ?",
+        [json.dumps(evaluation, default=str), run_id],
+    )

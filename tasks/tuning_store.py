@@ -10,11 +10,7 @@ from typing import Any
 import duckdb
 
 from tasks.tuning import TuningResult
-from tasks.warehouse import read_sql
-
-
-def ensure_table(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(read_sql("tuning_results.sql"))
+from tasks.warehouse import apply_schema, read_sql
 
 
 def save_results(
@@ -26,7 +22,7 @@ def save_results(
     flow_run_id: str | None = None,
 ) -> str:
     """One row per tuned modality, under one new tuning id (returned)."""
-    ensure_table(con)
+    apply_schema(con)
     tuning_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     now = datetime.now(UTC)
     for r in results.values():
@@ -43,8 +39,15 @@ def save_results(
 def latest_results(
     con: duckdb.DuckDBPyConnection, source: str | None
 ) -> dict[str, dict[str, Any]]:
-    """modality -> {update, tuning_id, validation_ndcg, default_ndcg} of the latest useful row."""
-    ensure_table(con)
+    """modality -> {update, tuning_id, validation_ndcg, default_ndcg} of the latest useful row.
+
+    Read-only: a database from before the tune flow existed has no such table, hence nothing.
+    """
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'tuning_results'"
+    ).fetchall()[0][0]
+    if not exists:
+        return {}
     rows = con.execute(read_sql("tuning_latest.sql"), {"source": source}).fetchall()
     return {
         str(m): {"update": json.loads(p) if isinstance(p, str) else p, "tuning_id": str(t),
