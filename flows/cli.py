@@ -271,7 +271,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 def cmd_lastfm(args: argparse.Namespace) -> int:
     _folder(args.src, "--src")
-    from tasks.lastfm_adapter import convert_hetrec_lastfm
+    from tasks.adapters.hetrec_lastfm import convert_hetrec_lastfm
 
     counts = convert_hetrec_lastfm(Path(args.src), Path(args.out))
     print(", ".join(f"{table}: {n}" for table, n in counts.items()) + f" -> {args.out}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.lastfm_adapter import LISTEN_TS, convert_hetrec_lastfm, decode_text
+from tasks.adapters.hetrec_lastfm import LISTEN_TS, convert_hetrec_lastfm, decode_text
 
 SRC = Path("/work/shared/data/lastfm-2k")
 SPLIT_TRAIN = Path("/work/shared/data/lastfm-2k-split/train")

@@ -1,0 +1,1 @@
+"""Input adapters: public formats -> a source folder in the data contract."""
