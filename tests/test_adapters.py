@@ -491,6 +491,17 @@ def test_the_output_folder_is_replaced_whole_or_left_alone(
         "not write; give a new or empty folder (files from an earlier conversion are replaced)"
     )
     assert [p.name for p in mine.iterdir()] == ["events.csv"]
+    # What convert-lastfm wrote before the marker existed: the same files, replaced as before.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for table in LASTFM:
+        pl.DataFrame({"old": [1]}).write_parquet(legacy / f"{table}.parquet")
+    ADAPTERS["lastfm"].convert(written(tmp_path, "lastfm", "hetrec-2011"), legacy)
+    assert pl.read_parquet(legacy / "items.parquet").to_dicts() == LASTFM["items"]
+    (legacy / MARKER).unlink()
+    with pytest.raises(AdapterError, match=r"legacy already holds social.parquet, which "):
+        movielens(ml_100k_src, legacy)  # it writes no social table: one would be left behind
+    assert pl.read_parquet(legacy / "items.parquet").to_dicts() == LASTFM["items"]
 
 
 # --------------------------------------------------------------------------- column mapping

@@ -13,14 +13,14 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from tasks.source_files import SourceError
+from tasks.source_files import TABLES, SourceError
 
 log = logging.getLogger("tasks.adapters")
 
@@ -28,6 +28,7 @@ log = logging.getLogger("tasks.adapters")
 MARKER = ".recfusion-convert.json"
 #: The timestamp type of every adapter's output (same as the Last.fm split's).
 UTC_TS = pl.Datetime("us", "UTC")
+TABLE_FILES = tuple(f"{table}.parquet" for table in TABLES)
 LINE = "line"  # 1-based line number in the file, carried so errors can name it
 SHOWN_LINES = 3  # line numbers named in an error about many lines
 
@@ -160,16 +161,20 @@ def _ours(out: Path) -> set[str]:
         return set()
 
 
-def check_output(out: Path) -> None:
-    """`out` must be new, empty, or a folder an earlier conversion wrote (it is replaced).
+def check_output(out: Path, replaced: Iterable[str] = TABLE_FILES) -> None:
+    """`out` must be new, empty, or a folder an earlier conversion wrote (it is replaced whole).
 
-    `write_source` checks it; a caller may check first too, before a long conversion."""
+    A folder holding only files this conversion writes anyway (`replaced`: say `events.parquet`
+    from a convert-lastfm before the marker existed) is replaced too, as it always was.
+    `write_source` checks with the exact files; a caller may check first, before a long
+    conversion, with the default (any table's Parquet file).
+    """
     out = Path(out).expanduser()
     if not out.exists():
         return
     if not out.is_dir():
         raise AdapterError(f"output folder {out}: exists and is not a folder")
-    others = sorted(set(os.listdir(out)) - _ours(out))
+    others = sorted(set(os.listdir(out)) - _ours(out) - set(replaced))
     if others:
         shown = ", ".join(others[:SHOWN_LINES]) + (" …" if len(others) > SHOWN_LINES else "")
         raise AdapterError(
@@ -187,7 +192,7 @@ def write_source(
     fails or is killed never leaves a folder with some tables new and some old or missing.
     """
     out = Path(out).expanduser()
-    check_output(out)
+    check_output(out, [f"{name}.parquet" for name in tables])
     counts = {name: frame.height for name, frame in tables.items()}
     parent = out.absolute().parent
     tag = uuid.uuid4().hex[:8]

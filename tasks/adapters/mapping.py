@@ -265,7 +265,7 @@ def _mapped_tables(source_dir: Path, mapping: ColumnMapping) -> dict[str, RawTab
     out = {}
     for table, path in files.items():
         raw = read_table_file(path)
-        out[table] = apply_mapping(raw, table, mapping.get(table, {}))
+        out[table] = apply_mapping(raw, table, mapping[table]) if mapping.get(table) else raw
     return out
 
 

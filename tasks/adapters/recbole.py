@@ -214,7 +214,8 @@ def _items(items: Atomic) -> pl.DataFrame:
     item = _required(items, ITEM_FIELDS, "item") if items.find(ITEM_FIELDS) else items.fields[0]
     rest = [f for f in items.fields if f != item]
     words = [f for f in rest if f.kind in ("token", "token_seq")]
-    title = next(iter(_ordered(words, TITLE_FIELDS)), None)
+    titled = [f for f in words if f.name.lower().endswith(("title", "name"))]  # artist_name, …
+    title = next(iter(_ordered(words, TITLE_FIELDS) or titled), None)
     text = next(iter(_ordered(words, TEXT_FIELDS)), None)
     category = next(iter(_ordered(words, CATEGORY_FIELDS)), None)
     # The class-like field leads: the content modality weighs a tag by its place in the list.
