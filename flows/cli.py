@@ -574,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "format", nargs="?", choices=[*ADAPTERS, MAPPED],
         help="the format of --src (omit it to detect the format from the file names)",
-    )  # fmt: skip
+    )
     conv.add_argument("--src", help="folder with the files in that format")
     conv.add_argument(
         "--out", help="new or empty folder (or one an earlier convert wrote: it is replaced)"

@@ -88,7 +88,7 @@ ML_100K: Tables = {
          "zip_code": "85711"},
         {"user_id": "2", "age": 53, "gender": "F", "occupation": "other", "zip_code": "94043"},
     ],
-}  # fmt: skip
+}
 
 
 def ml_1m(src: Path) -> None:
@@ -130,7 +130,7 @@ ML_1M: Tables = {
         {"user_id": "2", "gender": "M", "age": 56, "occupation": "self-employed",
          "zip_code": "70072"},
     ],
-}  # fmt: skip
+}
 
 
 def ml_latest(src: Path) -> None:
@@ -166,7 +166,7 @@ ML_LATEST: Tables = {
         {"item_id": "3", "title": "American President, The (1995)", "tags": [],
          "category": None},
     ],
-}  # fmt: skip
+}
 
 
 def recbole_ml(src: Path) -> None:
@@ -203,7 +203,7 @@ RECBOLE_ML: Tables = {
         {"user_id": "2", "age": "53", "gender": "F", "occupation": "other", "zip_code": "94043"},
     ],
     "social": [{"user_id": "1", "friend_id": "2"}, {"user_id": "2", "friend_id": "1"}],
-}  # fmt: skip
+}
 
 
 def recbole_yelp(src: Path) -> None:
@@ -240,7 +240,7 @@ RECBOLE_YELP: Tables = {
         {"user_id": "u2", "user_review_count": None, "fans": []},
     ],
     "social": [{"user_id": "u1", "friend_id": "u2", "weight": 0.5}],
-}  # fmt: skip
+}
 
 
 def lastfm(src: Path) -> None:
@@ -264,7 +264,7 @@ LASTFM: Tables = {
                {"user_id": "2", "friend_id": "1", "weight": 1.0}],
     "items": [{"item_id": "10", "title": "Mot\u00f6rhead", "tags": ["m\u00e9tal"]}],
     "users": [{"user_id": "1"}, {"user_id": "2"}],
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -450,7 +450,7 @@ def test_recbole_is_liberal_in_fields_and_strict_in_values(
          "ts": datetime(1970, 1, 1, tzinfo=UTC)},
         {"user_id": "u2", "item_id": "i1", "event_type": "interaction", "value": 0.0,
          "ts": datetime(1970, 1, 1, tzinfo=UTC)},
-    ]  # fmt: skip
+    ]
     (src / "x.inter").write_text("user_id:token\titem_id:token\trating:float\nu1\ti1\n")
     line = one_error(["convert", "recbole", "--src", str(src), "--out", str(out)], capsys,
                      EXIT_FAILED)
@@ -523,7 +523,7 @@ def export(folder: Path) -> Path:
 
 
 MAP = ["user_id=customer,item_id=sku,ts=ordered_at,event_type==purchase,value=qty",
-       "items.item_id=sku,items.title=name"]  # fmt: skip
+       "items.item_id=sku,items.title=name"]
 GOOD_EVENTS = [
     ("c1", "s1", "purchase", 2.0, datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)),
     ("c2", "s2", "purchase", 1.0, datetime(2024, 1, 3, tzinfo=UTC)),
@@ -558,7 +558,7 @@ def test_a_mapping_file_nested_or_flat_means_the_same(tmp_path: Path) -> None:
         "events": {"user_id": "customer", "item_id": "sku", "ts": "ordered_at",
                    "event_type": "=purchase", "value": "qty"},
         "items": {"item_id": "sku", "title": "name"},
-    }))  # fmt: skip
+    }))
     assert describe(load_mapping(path=nested)) == describe(load_mapping(MAP))
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps({"user_id": "customer", "event_type": "=purchase"}))
@@ -654,12 +654,12 @@ def test_mapping_keeps_parquet_types_and_json_lines_checks(tmp_path: Path) -> No
     pl.DataFrame({
         "item": [1, 2], "person": [7, 8],  # ids swap names: person is the user
         "when": [datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC)],
-    }).write_parquet(src / "events.parquet")  # fmt: skip
+    }).write_parquet(src / "events.parquet")
     (src / "social.jsonl").write_text(
         '{"a": "7", "b": "8"}\n{"a": "8", "b": {"nested": 1}}\n'
     )
     mapping = load_mapping(["user_id=person,item_id=item,ts=when,event_type==view",
-                            "social.user_id=a,social.friend_id=b"])  # fmt: skip
+                            "social.user_id=a,social.friend_id=b"])
     validated = read_mapped_source(src, mapping)
     assert validated["events"].good.select("user_id", "item_id", "ts").to_dicts() == [
         {"user_id": "7", "item_id": "1", "ts": datetime(2024, 5, 1, tzinfo=UTC)},

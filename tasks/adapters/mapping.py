@@ -252,7 +252,7 @@ def apply_mapping(raw: RawTable, table: str, mapping: Mapping[str, Mapped]) -> R
     return replace(
         raw, frame=frame, columns=list(columns), json_types=types,
         warnings=[*raw.warnings, *shadowed],
-    )  # fmt: skip
+    )
 
 
 def _mapped_tables(source_dir: Path, mapping: ColumnMapping) -> dict[str, RawTable]:

@@ -42,7 +42,7 @@ GENRES_100K = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
     "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
     "Thriller", "War", "Western",
-)  # fmt: skip
+)
 NO_GENRE = ("unknown", "(no genres listed)")
 #: ML-1M users.dat occupation codes, as its README names them.
 OCCUPATIONS_1M = (
@@ -50,7 +50,7 @@ OCCUPATIONS_1M = (
     "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
     "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
     "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
-)  # fmt: skip
+)
 RATING_COLUMNS = {"rating": pl.Float64(), "timestamp": pl.Int64()}
 
 
@@ -131,7 +131,7 @@ def _ml_100k(src: Path) -> dict[str, pl.DataFrame]:
         typed = parse_numbers(
             fields, item_path, dict.fromkeys(flags, pl.Int64()),
             names={f: f"genre flag {g!r}" for f, g in zip(flags, GENRES_100K, strict=True)},
-        )  # fmt: skip
+        )
         genres = pl.concat_list(
             pl.when(pl.col(flag) == 1).then(pl.lit(genre)).otherwise(None)
             for flag, genre in zip(flags, GENRES_100K, strict=True)
@@ -186,7 +186,7 @@ def _ml_1m(src: Path) -> dict[str, pl.DataFrame]:
         users = parse_numbers(
             _colon_fields(user_path, names), user_path,
             {"age": pl.Int64(), "occupation": pl.Int64()}, required=False,
-        )  # fmt: skip
+        )
         occupation = pl.col("occupation").replace_strict(
             dict(enumerate(OCCUPATIONS_1M)),
             default=pl.col("occupation").cast(pl.String),

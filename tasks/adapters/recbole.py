@@ -95,7 +95,7 @@ class Atomic:
         return parse_numbers(
             self.rows, self.path, {f.name: pl.Float64() for f in fields}, required=required,
             names={f.name: f.shown for f in fields},
-        )  # fmt: skip
+        )
 
     def float_seq(self, field: Field) -> pl.Expr:
         return self.tokens(field).list.eval(pl.element().cast(pl.Float64, strict=False))
