@@ -1,4 +1,4 @@
-"""The `recfusion` command line: run, ingest, demo-data, evaluate, query, backfill, serve.
+"""The `recfusion` command line: run, ingest, convert, demo-data, evaluate, query, backfill, serve.
 
 A mistake by the user (a flag, a parameter, a params file, a query parameter, a source folder or
 database that is not there) is one line on stderr, `recfusion: <what is wrong>`, never a
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -24,6 +26,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from tasks.adapters.mapping import ColumnMapping
     from tasks.parameters import RunParameters
 
 DEFAULT_DB = "recfusion.duckdb"
@@ -246,8 +249,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from tasks.warehouse import apply_schema, connect, run_lock
 
     assert params.source is not None  # --source is required
+    mapping = _column_mapping(args)
     run_id = new_run_id()
-    validated_source = read_source(Path(params.source))
+    if mapping:
+        from tasks.adapters.mapping import read_mapped_source
+
+        validated_source = read_mapped_source(Path(params.source), mapping)
+    else:
+        validated_source = read_source(Path(params.source))
     with run_lock(params.db, params.lock_timeout_seconds), connect(params.db) as con:
         apply_schema(con)
         report = load_source(con, validated_source, run_id)
@@ -269,11 +278,74 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_lastfm(args: argparse.Namespace) -> int:
-    _folder(args.src, "--src")
-    from tasks.lastfm_adapter import convert_hetrec_lastfm
+def _column_mapping(args: argparse.Namespace) -> ColumnMapping | None:
+    """`--map` and `--map-file` (ingest, convert mapped) merged; None when neither is given."""
+    if not args.map and not args.map_file:
+        return None
+    from tasks.adapters.mapping import load_mapping
 
-    counts = convert_hetrec_lastfm(Path(args.src), Path(args.out))
+    return load_mapping(args.map, args.map_file)
+
+
+@contextmanager
+def _adapter_warnings() -> Iterator[None]:
+    """An adapter's warnings (a field it ignores, rows it cannot carry over) as stderr lines."""
+    logger = logging.getLogger("tasks.adapters")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from tasks.adapters import ADAPTERS, MAPPED, MAPPED_DESCRIPTION, detect_formats
+
+    if args.list:
+        for name, adapter in ADAPTERS.items():
+            print(f"{name:10s} {adapter.description}")
+        print(f"{MAPPED:10s} {MAPPED_DESCRIPTION}")
+        return EXIT_OK
+    missing = [flag for flag, value in (("--src", args.src), ("--out", args.out)) if not value]
+    if missing:
+        raise UsageError(f"convert needs {' and '.join(missing)} (or --list to see the formats)")
+    _folder(args.src, "--src")
+    src, out = Path(args.src).expanduser(), Path(args.out).expanduser()
+    mapping = _column_mapping(args)
+    name = args.format
+    if name != MAPPED and mapping is not None:
+        raise UsageError(
+            f"--map and --map-file rename the columns of your own export: use "
+            f"`{PROG} convert {MAPPED}` (a {name or 'public'} format needs no mapping)"
+        )
+    if name is None:
+        found = detect_formats(src)
+        if len(found) != 1:
+            what = f"looks like {' and '.join(found)}" if found else "holds no known format's files"
+            raise UsageError(
+                f"--src {args.src} {what}; name the format: {PROG} convert "
+                f"{{{','.join([*ADAPTERS, MAPPED])}}} (see {PROG} convert --list)"
+            )
+        name = found[0]
+        print(f"{args.src}: {name} files")
+    from tasks.adapters.common import check_output
+
+    check_output(out)  # before a conversion that may take minutes, not after
+    with _adapter_warnings():
+        if name == MAPPED:
+            if mapping is None:
+                raise UsageError(
+                    f"convert {MAPPED} needs --map or --map-file, e.g. --map user_id=customer"
+                )
+            from tasks.adapters.mapping import convert_mapped
+
+            counts = convert_mapped(src, out, mapping)
+        else:
+            counts = ADAPTERS[name].convert(src, out)
     print(", ".join(f"{table}: {n}" for table, n in counts.items()) + f" -> {args.out}")
     return EXIT_OK
 
@@ -432,6 +504,25 @@ def _add_run_flags(parser: argparse.ArgumentParser, as_of: bool = True) -> None:
     )
 
 
+def _add_map_flags(parser: argparse.ArgumentParser, only: str = "") -> None:
+    """`--map` / `--map-file`: the column mapping of `tasks.adapters.mapping`."""
+    when = f" ({only})" if only else ""
+    parser.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="TARGET=COLUMN,...",
+        help=f"read the files' COLUMN as the contract's TARGET{when}: user_id=customer,"
+        "item_id=sku,ts=ordered_at; TARGET==VALUE for a constant (event_type==purchase); "
+        "TABLE.TARGET for items, users, social (items.title=name)",
+    )
+    parser.add_argument(
+        "--map-file",
+        help='JSON mapping file: {"events": {"user_id": "customer", "event_type": "=purchase"}, '
+        '"items": {...}}, or a flat object for events',
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
     debug_help = "show the traceback of an error instead of one line"
@@ -456,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds (>= 0) to wait for a run holding the database (default 0)",
     )
+    _add_map_flags(ing)
     ing.set_defaults(func=cmd_ingest)
 
     demo = command("demo-data", help="write a synthetic source in the data contract")
@@ -466,10 +558,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_at_least(0), default=42, help=">= 0 (default 42)")
     demo.set_defaults(func=cmd_demo_data)
 
-    lfm = command("convert-lastfm", help="convert HetRec 2011 Last.fm files to a source")
+    from tasks.adapters import ADAPTERS, MAPPED, MAPPED_DESCRIPTION
+
+    formats = "\n".join(
+        f"  {name:10s} {text}"
+        for name, text in [*((n, a.description) for n, a in ADAPTERS.items()),
+                           (MAPPED, MAPPED_DESCRIPTION)]
+    )
+    conv = command(
+        "convert",
+        help="convert a public format (or a mapped export) to a source folder",
+        description=f"Write a source folder in the data contract from:\n{formats}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conv.add_argument(
+        "format", nargs="?", choices=[*ADAPTERS, MAPPED],
+        help="the format of --src (omit it to detect the format from the file names)",
+    )
+    conv.add_argument("--src", help="folder with the files in that format")
+    conv.add_argument(
+        "--out", help="new or empty folder (or one an earlier convert wrote: it is replaced)"
+    )
+    conv.add_argument("--list", action="store_true", help="list the formats and exit")
+    _add_map_flags(conv, only=f"with {MAPPED}")
+    conv.set_defaults(func=cmd_convert)
+
+    lfm = command("convert-lastfm", help="the same as `convert lastfm`")
     lfm.add_argument("--src", required=True)
     lfm.add_argument("--out", required=True)
-    lfm.set_defaults(func=cmd_lastfm)
+    lfm.set_defaults(func=cmd_convert, format="lastfm", list=False, map=[], map_file=None)
 
     ev = command("evaluate", help="score the published lists against a held-out file")
     ev.add_argument("--db", default=DEFAULT_DB)
@@ -529,7 +646,7 @@ FAILURES = (
     ("flows.nightly", "RunFailed"),
 )
 #: … and those that mean the request itself is wrong: EXIT_USAGE.
-USAGE = (("tasks.queries", "QueryError"),)
+USAGE = (("tasks.queries", "QueryError"), ("tasks.adapters.mapping", "MappingError"))
 
 
 def _is(exc: BaseException, kinds: tuple[tuple[str, str], ...]) -> bool:

@@ -8,7 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.lastfm_adapter import LISTEN_TS, convert_hetrec_lastfm, decode_text
+from flows.cli import EXIT_FAILED, main
+from tasks.adapters.common import AdapterError, decode_text
+from tasks.adapters.hetrec_lastfm import LISTEN_TS, convert_hetrec_lastfm
 
 SRC = Path("/work/shared/data/lastfm-2k")
 SPLIT_TRAIN = Path("/work/shared/data/lastfm-2k-split/train")
@@ -127,5 +129,26 @@ def test_small_synthetic_source_converts(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="user_artists.dat"):
+    with pytest.raises(AdapterError, match="user_artists.dat"):
         convert_hetrec_lastfm(tmp_path, tmp_path / "out")
+
+
+def test_a_missing_or_bad_file_is_one_line_not_an_unexpected_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was `unexpected error: FileNotFoundError … (run again with --debug …)`, as for a bug."""
+    out = tmp_path / "out"
+    for command in (["convert-lastfm"], ["convert", "lastfm"]):
+        assert main([*command, "--src", str(tmp_path), "--out", str(out)]) == EXIT_FAILED
+        assert capsys.readouterr().err.splitlines() == [
+            f"recfusion: HetRec Last.fm file missing: {tmp_path / 'user_artists.dat'}"
+        ]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "user_artists.dat").write_text("userID\tartistID\tweight\n1\t10\tmany\n")
+    assert main(["convert-lastfm", "--src", str(src), "--out", str(out)]) == EXIT_FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"recfusion: {src / 'user_artists.dat'}: a value is not a number ("
+    ), err
+    assert "many" in err[0] and not out.exists()

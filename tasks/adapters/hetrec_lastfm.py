@@ -22,32 +22,14 @@ from pathlib import Path
 
 import polars as pl
 
+from tasks.adapters.common import AdapterError, read_text, write_source
+
 LISTEN_TS = datetime(2011, 5, 1, tzinfo=UTC)
-
-
-def decode_text(raw: bytes) -> str:
-    """UTF-8 when the bytes are valid UTF-8, else Latin-1 line by line (never fails, never drops).
-
-    Per-line fallback keeps a file that mixes encodings readable: valid UTF-8 lines stay UTF-8.
-    """
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    lines = []
-    for line in raw.split(b"\n"):  # per line of a small metadata file, not per event
-        try:
-            lines.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            lines.append(line.decode("latin-1"))
-    return "\n".join(lines)
 
 
 def read_dat(path: Path, columns: dict[str, type[pl.DataType]]) -> pl.DataFrame:
     """Read a HetRec tab-separated file with a header; `columns` picks and types the columns."""
-    if not path.is_file():
-        raise FileNotFoundError(f"HetRec Last.fm file missing: {path}")
-    text = decode_text(path.read_bytes()).lstrip("\ufeff")
+    text = read_text(path, "HetRec Last.fm")
     frame = pl.read_csv(
         io.StringIO(text),
         separator="\t",
@@ -57,11 +39,20 @@ def read_dat(path: Path, columns: dict[str, type[pl.DataType]]) -> pl.DataFrame:
     )
     missing = set(columns) - set(frame.columns)
     if missing:
-        raise ValueError(f"{path.name}: missing columns {sorted(missing)}; found {frame.columns}")
-    return frame.select(
-        pl.col(name).str.strip_chars("\r").cast(dtype, strict=True)
-        for name, dtype in columns.items()
-    )
+        raise AdapterError(f"{path}: missing columns {sorted(missing)}; found {frame.columns}")
+    try:
+        return frame.select(
+            pl.col(name).str.strip_chars("\r").cast(dtype, strict=True)
+            for name, dtype in columns.items()
+        )
+    except pl.exceptions.InvalidOperationError as exc:
+        detail = str(exc).strip().splitlines()[0]
+        raise AdapterError(f"{path}: a value is not a number ({detail})") from None
+
+
+def detect(src_dir: Path) -> bool:
+    """The listening counts are the one file no other format has."""
+    return (src_dir / "user_artists.dat").is_file()
 
 
 def convert_hetrec_lastfm(src_dir: Path, out_dir: Path) -> dict[str, int]:
@@ -119,7 +110,4 @@ def convert_hetrec_lastfm(src_dir: Path, out_dir: Path) -> dict[str, int]:
     )
 
     tables = {"events": events, "social": social, "items": items, "users": users}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, frame in tables.items():
-        frame.write_parquet(out_dir / f"{name}.parquet")
-    return {name: frame.height for name, frame in tables.items()}
+    return write_source(out_dir, tables, {"format": "lastfm", "src": str(src_dir)})
