@@ -332,7 +332,11 @@ def report_task(
         row_counts,
         timings,
         not_comparable=not_comparable,
-        data_docs=DataDocs(index, {c.suite: c.docs_page for c in check_outcomes if c.docs_page})
+        data_docs=DataDocs(
+            index,
+            {c.suite: c.docs_page for c in check_outcomes if c.docs_page},
+            {c.suite: c.docs_problem for c in check_outcomes if c.docs_problem},
+        )
         if index
         else None,
     )

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -113,6 +113,7 @@ class CheckOutcome:
     gx_result: Any = field(default=None, repr=False)  # GX's own result, for its HTML page
     docs_page: Path | None = None  # this validation's page in the Data Docs site, if kept
     docs_index: Path | None = None  # that site's index page
+    docs_problem: str | None = None  # why the file context could not be used, if it could not
 
     def html(self) -> str | None:
         """Great Expectations' own rendering of this validation, as a standalone HTML page."""
@@ -252,20 +253,19 @@ def _local_path(url: str | None) -> Path | None:
     return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
 
 
-def _run_suite(
+def _validate(
+    gx: Any,
     suite_name: str,
     asset_name: str,
-    frame: pl.DataFrame,
-    expectations: Iterable[tuple[Any, bool]],
+    data: Any,
+    expectations: list[tuple[Any, bool]],
     parameters: dict[str, Any],
     gx_run: GxRun | None,
-) -> CheckOutcome:
-    gx = _gx()
+) -> tuple[Any, Path | None]:
+    """Run the suite's checkpoint; GX's result and, in a file context, its Data Docs page."""
     from great_expectations.core.run_identifier import RunIdentifier
 
     root = gx_run.root if gx_run else None
-    data = frame.to_pandas()
-    page: Path | None = None
     with _context_lock(root):
         context = _file_context(gx, root) if root else _ephemeral_context(gx)
         checkpoint = _checkpoint(
@@ -278,9 +278,45 @@ def _run_suite(
             run_id=run,
         )
         ((key, result),) = checkpoint_result.run_results.items()
-        if root is not None:
-            urls = context.get_docs_sites_urls(resource_identifier=key, site_name=SITE)
-            page = _local_path(urls[0].get("site_url") if urls else None)
+        if root is None:
+            return result, None
+        urls = context.get_docs_sites_urls(resource_identifier=key, site_name=SITE)
+        return result, _local_path(urls[0].get("site_url") if urls else None)
+
+
+def _run_suite(
+    suite_name: str,
+    asset_name: str,
+    frame: pl.DataFrame,
+    expectations: Callable[[], list[tuple[Any, bool]]],
+    parameters: dict[str, Any],
+    gx_run: GxRun | None,
+) -> CheckOutcome:
+    """Validate and turn GX's result into `check_results` rows.
+
+    A file context that cannot be used (a damaged file, a full disk, held too long) costs the
+    run its Data Docs page, not its checks: the suite is then validated in memory, and why is
+    logged and kept in the outcome for the report.
+    """
+    gx = _gx()
+    data = frame.to_pandas()
+    problem: str | None = None
+    try:
+        result, page = _validate(
+            gx, suite_name, asset_name, data, expectations(), parameters, gx_run
+        )
+    except Exception as exc:
+        if gx_run is None:
+            raise
+        problem = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "Great Expectations context %s could not be used (%s); %s is checked in memory, "
+            "without a Data Docs page",
+            gx_run.root,
+            problem,
+            suite_name,
+        )
+        result, page = _validate(gx, suite_name, asset_name, data, expectations(), parameters, None)
     rows = []
     for r in result.results:
         blocking = bool((r.expectation_config.meta or {}).get("blocking", True))
@@ -311,6 +347,7 @@ def _run_suite(
         result,
         page,
         gx_run.docs_index if gx_run else None,
+        problem,
     )
     for failure in outcome.failures():
         log.warning("check %s failed: %s", suite_name, failure)
@@ -327,7 +364,6 @@ def check_events(
 
     An unknown event type is reported but does not block: it still counts with the default weight.
     """
-    gxe = _gx().expectations
     now = now or datetime.now(UTC)
     frame = events.select(
         "user_id",
@@ -336,7 +372,23 @@ def check_events(
         (pl.col("ts").dt.epoch("ms") / 1000.0).alias("ts_epoch"),
         pl.col("value").is_finite().fill_null(False).alias("value_is_finite"),
     )
-    expectations = [
+    return _run_suite(
+        "events_input",
+        "events",
+        frame,
+        _events_expectations,
+        {
+            "latest_ts_epoch": now.timestamp() + 86400,  # a day of clock skew is not "the future"
+            "known_event_types": sorted(known_event_types),
+        },
+        gx_run,
+    )
+
+
+def _events_expectations() -> list[tuple[Any, bool]]:
+    """The input suite's rules, each with whether it blocks the run; fresh objects per call."""
+    gxe = _gx().expectations
+    return [
         (gxe.ExpectColumnValuesToNotBeNull(column="user_id"), True),
         (gxe.ExpectColumnValuesToNotBeNull(column="item_id"), True),
         (gxe.ExpectColumnValuesToNotBeNull(column="event_type"), True),
@@ -355,11 +407,6 @@ def check_events(
             False,
         ),
     ]
-    parameters = {
-        "latest_ts_epoch": now.timestamp() + 86400,  # a day of clock skew is not "the future"
-        "known_event_types": sorted(known_event_types),
-    }
-    return _run_suite("events_input", "events", frame, expectations, parameters, gx_run)
 
 
 def recommendation_rule_columns(recs: pl.DataFrame, seen: pl.DataFrame) -> pl.DataFrame:
@@ -390,9 +437,21 @@ def check_recommendations(
     recs: pl.DataFrame, seen: pl.DataFrame, k: int, gx_run: GxRun | None = None
 ) -> CheckOutcome:
     """Output suite; a failure here means the run is not published."""
-    gxe = _gx().expectations
     frame = recommendation_rule_columns(recs, seen)
-    expectations = [
+    return _run_suite(
+        "recommendations_output",
+        "recommendations",
+        frame,
+        _recommendations_expectations,
+        {"top_k": k},
+        gx_run,
+    )
+
+
+def _recommendations_expectations() -> list[tuple[Any, bool]]:
+    """The output suite's rules (all blocking); fresh objects per call."""
+    gxe = _gx().expectations
+    return [
         (gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]), True),
         (gxe.ExpectColumnPairValuesToBeEqual(column_A="rank", column_B="expected_rank"), True),
         (
@@ -405,6 +464,3 @@ def check_recommendations(
         (gxe.ExpectColumnValuesToBeBetween(column="score_drop", min_value=-1e-9), True),
         (gxe.ExpectColumnValuesToBeInSet(column="already_seen", value_set=[False]), True),
     ]
-    return _run_suite(
-        "recommendations_output", "recommendations", frame, expectations, {"top_k": k}, gx_run
-    )

@@ -53,6 +53,7 @@ class DataDocs:
 
     index: Path
     pages: Mapping[str, Path] = field(default_factory=dict)  # suite -> this run's page
+    problems: Mapping[str, str] = field(default_factory=dict)  # suite -> why it has no page
 
 
 @dataclass
@@ -435,14 +436,15 @@ def _html_checks(data: ReportInput, base: Path | None) -> str:
             if not row["failed"]
             else f'<span class="bad">{row["failed"]} failed</span>, {row["passed"]} passed'
         )
-        page = docs.pages.get(suite) if docs else None
-        link = (
-            f' · <a href="{_href(page, base)}">this run\'s validation page</a>'
-            if page
-            else ' · <span class="muted">no Data Docs page (checked by recfusion itself)</span>'
-            if docs
-            else ""
-        )
+        link = ""
+        if docs is not None and suite in docs.pages:
+            href = _href(docs.pages[suite], base)
+            link = f' · <a href="{href}">this run\'s validation page</a>'
+        elif docs is not None and suite in docs.problems:
+            problem = html.escape(docs.problems[suite])
+            link = f' · <span class="bad">no Data Docs page for this run: {problem}</span>'
+        elif docs is not None:
+            link = ' · <span class="muted">no Data Docs page (checked by recfusion itself)</span>'
         items.append(f"<li><b>{html.escape(suite)}</b>: {verdict}{link}</li>")
     parts.append("<ul>" + "".join(items) + "</ul>" if items else '<p class="muted">none</p>')
     parts.append(_table(data.checks))
@@ -570,6 +572,10 @@ def render_markdown(data: ReportInput, host: str, report_path: Path | None) -> s
     if docs is not None:
         out.append(f"- Great Expectations Data Docs (every run): `{docs.index}`")
         out += [f"  - this run's `{suite}` validation: `{p}`" for suite, p in docs.pages.items()]
+        out += [
+            f"  - **no Data Docs page for `{suite}`**: {_md_text(problem)}"
+            for suite, problem in docs.problems.items()
+        ]
     out += [
         "",
         f"## Metrics (hold-out, all users{f', K={k}' if k else ''}; ± standard error)",

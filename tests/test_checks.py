@@ -213,3 +213,17 @@ def test_two_processes_on_one_database_do_not_conflict(tmp_path):
         runs = {p.name for p in (site / "validations" / suite).iterdir()}
         assert runs == {f"{n}-{i}" for n in "pq" for i in range(3)}
     assert all(f"{n}-{i}" in index for n in "pq" for i in range(3))
+
+
+def test_a_damaged_context_costs_the_data_docs_page_not_the_checks(tmp_path, caplog):
+    from tasks.checks import GxRun, gx_dir
+
+    db = tmp_path / "rf.duckdb"
+    assert check_events(EVENTS, ["view", "like"], now=NOW, gx_run=GxRun.for_db(db, "r1")).passed
+    (gx_dir(db) / "great_expectations.yml").write_text("stores: [unclosed\n")
+    bad = EVENTS.with_columns(pl.Series("value", [1.0, float("inf")]))
+    outcome = check_events(bad, ["view", "like"], now=NOW, gx_run=GxRun.for_db(db, "r2"))
+    assert not outcome.passed and failed(outcome) == {"expect_column_values_to_be_in_set"}
+    assert outcome.results.height == 7
+    assert outcome.docs_page is None and outcome.docs_problem
+    assert any("could not be used" in r.getMessage() for r in caplog.records)

@@ -215,8 +215,13 @@ def test_checks_of_every_suite_are_shown_with_their_data_docs_page(tmp_path: Pat
     from tasks.report import DataDocs
 
     page_path = tmp_path / "gx" / "validations" / "events_input.html"
-    docs = DataDocs(tmp_path / "gx" / "index.html", {"events_input": page_path})
+    docs = DataDocs(
+        tmp_path / "gx" / "index.html",
+        {"events_input": page_path},
+        {"recommendations_output": "OSError: No space left on device"},
+    )
     page = render_report(report_input(metrics(), data_docs=docs), base=tmp_path / "run")
+    assert "no Data Docs page for this run: OSError: No space left on device" in page
     assert 'href="../gx/index.html"' in page
     assert 'href="../gx/validations/events_input.html"' in page
     assert re.search(r"<b>evaluation</b>: <span class=\"bad\">1 failed</span>", page)
