@@ -43,7 +43,7 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:.9em}td,th{padding:3px 10px;border-bottom:1px solid #eee;
 text-align:right}th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}
-.ok{color:#1a7f37}.bad{color:#c62828}.muted{color:#777}code{font-size:.9em}
+.ok,.up{color:#1a7f37}.bad,.down{color:#c62828}.muted{color:#777}code{font-size:.9em}
 """
 
 
@@ -204,8 +204,8 @@ def source_lift_frame(metrics: pl.DataFrame, metric: str = "ndcg") -> pl.DataFra
     schema = {
         "model": pl.String,
         "kind": pl.String,
-        "value": pl.Float64,
-        "value_se": pl.Float64,
+        metric: pl.Float64,
+        f"{metric}_se": pl.Float64,
         "relative_lift": pl.Float64,
     }
     if fused.height == 0:
@@ -220,8 +220,8 @@ def source_lift_frame(metrics: pl.DataFrame, metric: str = "ndcg") -> pl.DataFra
             {
                 "model": model,
                 "kind": model_kind(model),
-                "value": value,
-                "value_se": se,
+                metric: value,
+                f"{metric}_se": se,
                 "relative_lift": lift,
             }
         )
@@ -269,6 +269,11 @@ def lift_table(
     )
 
 
+def _change(comparison: pl.DataFrame) -> pl.DataFrame:
+    """`lift_table` for display: the relative lift is a change between runs here."""
+    return comparison.drop("comparison").rename({"relative_lift": "change"})
+
+
 def check_summary(checks: pl.DataFrame) -> pl.DataFrame:
     """Per suite, in order of appearance: how many expectations passed and failed."""
     if checks.height == 0:
@@ -297,8 +302,7 @@ def _header(column: str, k: int | None) -> str:
     return {
         "n_users": "users",
         "coverage": "coverage (share of recommendable items)",
-        "value": "value",
-        "relative_lift": "lift",
+        "relative_lift": "lift of fused",
         "column_name": "column",
         "observed_value": "observed",
         "success": "result",
@@ -320,10 +324,10 @@ def _number(value: Any, digits: int = 4) -> str:
 def _cell(column: str, value: Any, se: Any, digits: int) -> Cell:
     if isinstance(value, bool):
         return ("pass", "ok") if value else ("FAIL", "bad")
-    if column == "relative_lift":
+    if column in ("relative_lift", "change"):
         if value is None:
             return "", None
-        return f"{value:+.1%}", "ok" if value >= 0 else "bad"
+        return f"{value:+.1%}", "up" if value >= 0 else "down"
     if column in SHARES and isinstance(value, float) and not 0.0 <= value <= 1.0:
         return f"{value:.4f} (not a share: outside [0, 1])", "bad"
     text = _number(value, digits)
@@ -474,7 +478,7 @@ def render_report(data: ReportInput, base: Path | None = None) -> str:
     elif data.not_comparable or data.previous_metrics is None:
         comparison_html = f"<p><b>{html.escape(data.not_comparable or NO_PREVIOUS)}</b></p>"
     else:
-        comparison_html = _table(comparison.drop("comparison"), k)
+        comparison_html = _table(_change(comparison), k)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>recfusion run {html.escape(data.run_id)}</title>"
@@ -591,7 +595,7 @@ def render_markdown(data: ReportInput, host: str, report_path: Path | None) -> s
     elif data.not_comparable or data.previous_metrics is None:
         out.append(f"**{data.not_comparable or NO_PREVIOUS}**")
     else:
-        out.append(_md_table(lift_table(m, data.previous_metrics, "").drop("comparison"), k))
+        out.append(_md_table(_change(lift_table(m, data.previous_metrics, "")), k))
     summary = check_summary(data.checks)
     counts = pl.DataFrame(
         {"table": list(data.row_counts), "rows": [int(v) for v in data.row_counts.values()]},
