@@ -1,13 +1,19 @@
-"""Prefect artifacts of a run, under stable keys so the UI shows their history side by side."""
+"""Prefect artifacts of a run, under stable keys so the UI shows their history side by side.
+
+`recfusion-report` is the whole report as markdown: the Prefect UI cannot follow `file://` links
+to the worker's disk, so the report itself lives in the UI and names the host and paths of the
+HTML file and the Great Expectations Data Docs.
+"""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import polars as pl
-from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.report import HEADLINE, lift_table
+from tasks.report import ReportInput, headline_frame, lift_table, render_markdown
 
 KEYS = {
     "metrics": "recfusion-metrics",
@@ -25,44 +31,35 @@ def _records(frame: pl.DataFrame) -> list[dict[str, object]]:
     ]
 
 
-def publish_artifacts(
-    run_id: str,
-    status: str,
-    metrics: pl.DataFrame,
-    previous: pl.DataFrame | None,
-    previous_run_id: str | None,
-    checks: pl.DataFrame,
-    row_counts: dict[str, int],
-    report: Path | None,
-) -> None:
-    headline = metrics.filter((pl.col("segment") == "all") & pl.col("metric").is_in(HEADLINE))
+def publish_artifacts(data: ReportInput, report: Path | None, host: str | None = None) -> None:
+    """The run's tables as Prefect artifacts, and the whole report as markdown."""
+    host = host or socket.gethostname()
+    headline = headline_frame(data.metrics) if data.metrics.height else data.metrics
     if headline.height:
-        table = headline.pivot(on="metric", index="model", values="value").sort("model")
         create_table_artifact(
             key=KEYS["metrics"],
-            table=_records(table),
-            description=f"Hold-out metrics of run {run_id} ({status})",
+            table=_records(headline),
+            description=f"Hold-out metrics of run {data.run_id} ({data.status}); "
+            "<metric>_se is its standard error",
         )
         create_table_artifact(
             key=KEYS["lift"],
-            table=_records(lift_table(metrics, previous)),
-            description=f"Fused list of run {run_id} vs previous published run "
-            f"{previous_run_id or '(none)'}",
+            table=_records(lift_table(data.metrics, data.previous_metrics, data.not_comparable)),
+            description=f"Fused list of run {data.run_id} vs previous published run "
+            f"{data.previous_run_id or '(none)'}",
         )
     create_table_artifact(
         key=KEYS["checks"],
-        table=_records(checks),
-        description=f"Great Expectations results of run {run_id}",
+        table=_records(data.checks),
+        description=f"Data checks of run {data.run_id}",
     )
     create_table_artifact(
         key=KEYS["row_counts"],
-        table=[{"table": t, "rows": n} for t, n in row_counts.items()],
-        description=f"Rows read, added, quarantined and published by run {run_id}",
+        table=[{"table": t, "rows": n} for t, n in data.row_counts.items()],
+        description=f"Rows read, added, quarantined and published by run {data.run_id}",
     )
-    if report is not None:
-        create_link_artifact(
-            key=KEYS["report"],
-            link=report.resolve().as_uri(),
-            link_text=f"HTML report of run {run_id}",
-            description="Self-contained report next to the database",
-        )
+    create_markdown_artifact(
+        key=KEYS["report"],
+        markdown=render_markdown(data, host, report.resolve() if report else None),
+        description=f"Report of run {data.run_id} ({data.status}) on {host}",
+    )

@@ -644,6 +644,8 @@ FAILURES = (
     ("tasks.source_files", "SourceError"),
     ("tasks.warehouse", "RunLockTimeout"),
     ("flows.nightly", "RunFailed"),
+    ("tasks.warehouse", "DatabaseBusy"),
+    ("tasks.warehouse", "DatabaseUnusable"),
 )
 #: … and those that mean the request itself is wrong: EXIT_USAGE.
 USAGE = (("tasks.queries", "QueryError"), ("tasks.adapters.mapping", "MappingError"))

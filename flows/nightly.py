@@ -39,7 +39,7 @@ from tasks.protocol import protocol_key
 from tasks.publish import FinalStatus, RunOutputs, last_published_ndcg, publish_run
 from tasks.reasons import explain
 from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_holdout, recommend
-from tasks.report import ReportInput, write_report
+from tasks.report import DataDocs, ReportInput, comparability, read_run_records, write_report
 from tasks.snapshot import Snapshot, load_snapshot
 from tasks.source_files import SourceError
 from tasks.tuning import apply_tuning
@@ -235,8 +235,10 @@ def snapshot_task(params: RunParameters) -> Snapshot:
 
 
 @task(name="check-events", cache_policy=NO_CACHE)
-def check_events_task(snap: Snapshot, params: RunParameters) -> checks.CheckOutcome:
-    return checks.check_events(snap.events, params.event_weights.keys())
+def check_events_task(
+    snap: Snapshot, params: RunParameters, gx_run: checks.GxRun | None = None
+) -> checks.CheckOutcome:
+    return checks.check_events(snap.events, params.event_weights.keys(), gx_run=gx_run)
 
 
 @task(name="build-dataset", cache_policy=NO_CACHE)
@@ -347,9 +349,11 @@ def assemble_outputs(
 
 
 @task(name="check-recommendations", cache_policy=NO_CACHE)
-def check_output_task(outputs: RunOutputs, data: Dataset, k: int) -> checks.CheckOutcome:
+def check_output_task(
+    outputs: RunOutputs, data: Dataset, k: int, gx_run: checks.GxRun | None = None
+) -> checks.CheckOutcome:
     seen = data.already_seen(outputs.recommendations)  # the only seen pairs the rule can meet
-    return checks.check_recommendations(outputs.recommendations, seen, k)
+    return checks.check_recommendations(outputs.recommendations, seen, k, gx_run)
 
 
 @io_task("publish")
@@ -403,9 +407,11 @@ def report_task(
     ingest_report: IngestReport,
     timings: dict[str, float],
 ) -> Path | None:
-    """HTML report + GX pages next to the database, and the run's Prefect artifacts.
+    """HTML report next to the database, and the run's Prefect artifacts (the report as markdown).
 
-    A report that cannot be written is logged, never a reason to fail a run that already published.
+    The previous run's metrics are compared only if it measured the same thing (same data and
+    evaluation protocol). Nothing here may fail a run that has already published: trouble is
+    logged, and the rest of the report still goes out.
     """
     logger = get_run_logger()
     row_counts = {f"{t}_read": n for t, n in ingest_report.read.items()}
@@ -415,30 +421,50 @@ def report_task(
         "recommendations": outputs.recommendations.height,
         "candidates": outputs.n_candidates,
     }
+    previous_run_id, previous_metrics = previous
+    try:
+        records = read_run_records(params.db, [run_id, previous_run_id or ""])
+        not_comparable = comparability(
+            records.get(run_id),
+            records.get(previous_run_id) if previous_run_id else None,
+            outputs.metrics,
+            previous_metrics,
+        )
+    except Exception as exc:
+        logger.warning("could not read the runs to compare: %s", exc)
+        not_comparable = "not comparable: the runs could not be read"
+    index = next((c.docs_index for c in check_outcomes if c.docs_index), None)
+    data = ReportInput(
+        run_id,
+        status,
+        message,
+        strategy,
+        outputs.metrics,
+        previous_metrics,
+        previous_run_id,
+        outputs.recommendations["score"].to_numpy(),
+        outputs.checks,
+        row_counts,
+        timings,
+        not_comparable=not_comparable,
+        data_docs=DataDocs(
+            index,
+            {c.suite: c.docs_page for c in check_outcomes if c.docs_page},
+            {c.suite: c.docs_problem for c in check_outcomes if c.docs_problem},
+        )
+        if index
+        else None,
+    )
     path: Path | None = None
     try:
-        folder = report_dir(params.db) / run_id
-        data = ReportInput(
-            run_id,
-            status,
-            message,
-            strategy,
-            outputs.metrics,
-            previous[1],
-            previous[0],
-            outputs.recommendations["score"].to_numpy(),
-            outputs.checks,
-            row_counts,
-            timings,
-        )
-        pages = {c.suite: page for c in check_outcomes if (page := c.html())}
-        path = write_report(folder, data, pages)
+        path = write_report(report_dir(params.db) / run_id, data)
         logger.info("report: %s", path)
     except Exception as exc:
         logger.warning("could not write the HTML report: %s", exc)
-    publish_artifacts(
-        run_id, status, outputs.metrics, previous[1], previous[0], outputs.checks, row_counts, path
-    )
+    try:
+        publish_artifacts(data, path)
+    except Exception as exc:
+        logger.warning("could not create the run's Prefect artifacts: %s", exc)
     return path
 
 
@@ -556,7 +582,7 @@ def _run(
     fault_point("after_ingest")
     snap = snapshot_task(params)
     params, tuning = tuning_task(params)
-    input_check = check_events_task(snap, params)
+    input_check = check_events_task(snap, params, checks.GxRun.for_db(params.db, run_id))
     if not input_check.passed:
         raise RunFailed("input checks failed: " + "; ".join(input_check.failures()))
     data = dataset_task(snap, params, run_id)
@@ -571,7 +597,9 @@ def _run(
         recs = recommend_task(snap, data, params, evaluation, Path(staging))
         lap("recommend")
         outputs = assemble_outputs(recs, evaluation, [input_check])
-        output_check = check_output_task(outputs, data, params.top_k)
+        output_check = check_output_task(
+            outputs, data, params.top_k, checks.GxRun.for_db(params.db, run_id)
+        )
         previous = previous_run_task(params.db)
         outputs.checks = pl.concat([outputs.checks, output_check.results.drop("blocking")])
         if alarm is not None:

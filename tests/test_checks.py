@@ -88,3 +88,142 @@ def test_events_suite_blocks_future_and_non_finite_but_only_warns_on_unknown_typ
     assert {
         r["column_name"] for r in outcome.results.filter(~pl.col("success")).iter_rows(named=True)
     } == {"ts_epoch", "value_is_finite"}
+
+
+# --- the file context beside the database (finding 4 of the operations issue) ---------------
+
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+EVENTS = pl.DataFrame(
+    {
+        "user_id": ["a", "b"],
+        "item_id": ["x", "y"],
+        "event_type": ["view", "like"],
+        "value": [1.0, 2.0],
+        "ts": [NOW - timedelta(days=1), NOW - timedelta(days=2)],
+    }
+)
+
+
+def _ids(root) -> dict[str, str]:
+    """Ids of the stored checkpoint, validation definition and suite of `events_input`."""
+    import json
+
+    return {
+        kind: json.loads((root / kind / "events_input.json").read_text())["id"]
+        for kind in ("checkpoints", "validation_definitions", "expectations")
+    }
+
+
+def test_checks_go_to_a_file_context_beside_the_database_created_once_and_reused(tmp_path):
+    from tasks.checks import GxRun, gx_dir
+
+    db = tmp_path / "warehouse" / "rf.duckdb"
+    first = check_events(EVENTS, ["view", "like"], now=NOW, gx_run=GxRun.for_db(db, "run-1"))
+    root = gx_dir(db)
+    assert root == tmp_path / "warehouse" / "recfusion-gx" / "rf.duckdb"
+    assert (root / "great_expectations.yml").exists()
+    ids = _ids(root)
+    second = check_events(EVENTS, ["view"], now=NOW, gx_run=GxRun.for_db(db, "run-2"))
+    assert _ids(root) == ids  # the same suite, definition and checkpoint, not new ones
+    # Same stored suite, this run's parameters: 'like' is unknown to run-2 only (non-blocking).
+    assert first.results["success"].all() and second.passed
+    assert failed(second) == {"expect_column_values_to_be_in_set"}
+    assert first.results.drop("observed_value").equals(
+        second.results.drop("observed_value").with_columns(pl.lit(True).alias("success"))
+    )
+    for outcome, run_id in ((first, "run-1"), (second, "run-2")):
+        page = outcome.docs_page
+        assert page is not None and page.exists()
+        assert page.parent.parent.name == run_id  # validations/<suite>/<run name>/<time>/
+        text = page.read_text()
+        assert "Data asset: events" in text and "__none__" not in text
+    index = (root / "uncommitted" / "data_docs" / "local_site" / "index.html").read_text()
+    assert first.docs_index is not None and first.docs_index.read_text() == index
+    assert "run-1" in index and "run-2" in index
+    assert "Calculating Metrics" not in (root / "great_expectations.yml").read_text()
+
+
+def test_output_suite_in_a_file_context_takes_each_runs_k(tmp_path):
+    from tasks.checks import GxRun
+
+    db = tmp_path / "rf.duckdb"
+    assert check_recommendations(GOOD, SEEN, k=3, gx_run=GxRun.for_db(db, "k3")).passed
+    at_2 = check_recommendations(GOOD, SEEN, k=2, gx_run=GxRun.for_db(db, "k2"))
+    assert not at_2.passed and failed(at_2) == {"expect_column_values_to_be_between"}
+    assert "Data asset: recommendations" in at_2.docs_page.read_text()  # type: ignore[union-attr]
+
+
+def test_databases_in_one_folder_keep_their_own_context(tmp_path):
+    from tasks.checks import GxRun
+
+    a = check_events(
+        EVENTS, ["view", "like"], now=NOW, gx_run=GxRun.for_db(tmp_path / "a.duckdb", "run-of-a")
+    )
+    b = check_events(
+        EVENTS, ["view", "like"], now=NOW, gx_run=GxRun.for_db(tmp_path / "b.duckdb", "run-of-b")
+    )
+    assert a.docs_index != b.docs_index
+    index_a, index_b = a.docs_index.read_text(), b.docs_index.read_text()  # type: ignore[union-attr]
+    assert "run-of-a" in index_a and "run-of-b" not in index_a
+    assert "run-of-b" in index_b and "run-of-a" not in index_b
+
+
+_CONCURRENT = """
+import sys
+from datetime import UTC, datetime, timedelta
+import polars as pl
+from tasks.checks import GxRun, check_events, check_recommendations
+now = datetime(2024, 6, 1, tzinfo=UTC)
+events = pl.DataFrame({"user_id": ["a"], "item_id": ["x"], "event_type": ["view"],
+                       "value": [1.0], "ts": [now - timedelta(days=1)]})
+recs = pl.DataFrame({"user_id": ["a"], "item_id": ["y"], "rank": [1], "score": [1.0]})
+for i in range(2):
+    run = GxRun.for_db(sys.argv[1], f"{sys.argv[2]}-{i}")
+    assert check_events(events, ["view"], now=now, gx_run=run).passed
+    assert check_recommendations(recs, events, 10, gx_run=run).passed
+"""
+
+
+def test_two_processes_on_one_database_do_not_conflict(tmp_path):
+    """Both create the context at once on first use, then keep updating the same site."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tasks.checks import gx_dir
+
+    db = tmp_path / "rf.duckdb"
+    repo = Path(__file__).resolve().parents[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT, str(db), name],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("p", "q")
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    site = gx_dir(db) / "uncommitted" / "data_docs" / "local_site"
+    index = (site / "index.html").read_text()
+    for suite in ("events_input", "recommendations_output"):
+        runs = {p.name for p in (site / "validations" / suite).iterdir()}
+        assert runs == {f"{n}-{i}" for n in "pq" for i in range(2)}
+    assert all(f"{n}-{i}" in index for n in "pq" for i in range(2))
+
+
+def test_a_damaged_context_costs_the_data_docs_page_not_the_checks(tmp_path, caplog):
+    from tasks.checks import GxRun, gx_dir
+
+    db = tmp_path / "rf.duckdb"
+    assert check_events(EVENTS, ["view", "like"], now=NOW, gx_run=GxRun.for_db(db, "r1")).passed
+    (gx_dir(db) / "great_expectations.yml").write_text("stores: [unclosed\n")
+    bad = EVENTS.with_columns(pl.Series("value", [1.0, float("inf")]))
+    outcome = check_events(bad, ["view", "like"], now=NOW, gx_run=GxRun.for_db(db, "r2"))
+    assert not outcome.passed and failed(outcome) == {"expect_column_values_to_be_in_set"}
+    assert outcome.results.height == 7
+    assert outcome.docs_page is None and outcome.docs_problem
+    assert any("could not be used" in r.getMessage() for r in caplog.records)

@@ -297,7 +297,9 @@ def test_report_and_gx_pages_are_written_next_to_the_database(published_db: Path
     folder = published_db.parent / "recfusion-reports" / run_id
     report = (folder / "report.html").read_text()
     assert "published" in report and "<svg" in report and "ndcg" in report
-    assert "Great Expectations" in (folder / "gx_recommendations_output.html").read_text()
+    site = published_db.parent / "recfusion-gx" / published_db.name / "uncommitted" / "data_docs"
+    pages = (site / "local_site" / "validations" / "recommendations_output" / run_id).glob("*/*")
+    assert "Great Expectations" in next(pages).read_text()
 
 
 def test_run_artifacts_have_stable_keys(published_db: Path):
