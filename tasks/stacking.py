@@ -182,28 +182,48 @@ def candidate_features(candidates: pl.DataFrame, data: Dataset,
         top = candidates["rank"].max() if candidates.height else 0
         missing_rank = int(top if isinstance(top, int | float) else 0) + 1
     context = context or _Context.of(data)
-    cands = (
-        candidates.filter(pl.col("modality").is_in(mods))
-        .select("modality", pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32),
-                pl.col("score").cast(pl.Float64).fill_nan(0.0), pl.col("rank").cast(pl.Float64))
-        # A pair listed twice by one modality keeps its best rank.
-        .sort("modality", "user_idx", "rank", "item_idx")
-        .unique(["modality", "user_idx", "item_idx"], keep="first", maintain_order=True)
-    )
-    by = ["modality", "user_idx"]
-    lo, hi = pl.col("score").min().over(by), pl.col("score").max().over(by)
-    cands = cands.with_columns(
-        pl.when(hi > lo).then((pl.col("score") - lo) / (hi - lo)).otherwise(1.0).alias("norm"),
-        (1.0 / pl.col("rank")).alias("inv_rank"),
-        pl.lit(1.0).alias("present"),
-    )
-    out = cands.select(KEY_COLUMNS).unique().sort(KEY_COLUMNS)
+    n_items = max(1, data.n_items)
+    score = pl.col("score").cast(pl.Float64).fill_nan(0.0)
+    lo, hi = score.min().over("user_idx"), score.max().over("user_idx")
+    per: dict[str, tuple[np.ndarray, pl.DataFrame]] = {}
+    for key, part in candidates.filter(pl.col("modality").is_in(mods)).partition_by(
+        "modality", as_dict=True
+    ).items():
+        code = (part["user_idx"].to_numpy().astype(np.int64) * n_items
+                + part["item_idx"].to_numpy().astype(np.int64))
+        rank = part["rank"].to_numpy().astype(np.float64)
+        order = np.lexsort((rank, code))  # a pair listed twice by one modality: best rank wins
+        code = code[order]
+        first = np.ones(len(code), dtype=bool)
+        first[1:] = code[1:] != code[:-1]
+        part = part[order[first]].select(
+            "user_idx",
+            score.alias("score"),
+            pl.when(hi > lo).then((score - lo) / (hi - lo)).otherwise(1.0).alias("norm"),
+            pl.col("rank").cast(pl.Float64).alias("rank"),
+            (1.0 / pl.col("rank").cast(pl.Float64)).alias("inv_rank"),
+            pl.lit(1.0).alias("present"),
+        )
+        per[str(key[0])] = (code[first], part)
+    # The union of pairs as sorted int64 codes; each modality's values land by binary search
+    # (no hash join, no sort of every candidate row).
+    union = np.unique(np.concatenate([c for c, _ in per.values()])) if per \
+        else np.zeros(0, dtype=np.int64)
+    columns: dict[str, np.ndarray] = {}
     for m in mods:
-        part = cands.filter(pl.col("modality") == m).select(
-            *KEY_COLUMNS, *[pl.col(s).alias(f"{m}_{s}") for s in MODALITY_FEATURES])
-        out = out.join(part, on=KEY_COLUMNS, how="left", maintain_order="left")
-        out = out.with_columns([pl.col(c).fill_null(v) for c, v in
-                                _absent_values(m, missing_rank).items()])
+        code, part = per.get(m, (np.zeros(0, dtype=np.int64), None))
+        at = np.searchsorted(union, code)
+        for feature, absent in zip(MODALITY_FEATURES,
+                                   _absent_values(m, missing_rank).values(), strict=True):
+            values = np.full(len(union), absent, dtype=np.float64)
+            if part is not None:
+                values[at] = part[feature].to_numpy()
+            columns[f"{m}_{feature}"] = values
+    out = pl.DataFrame({
+        "user_idx": (union // n_items).astype(np.int32),
+        "item_idx": (union % n_items).astype(np.int32),
+        **columns,
+    })
     users = out["user_idx"].to_numpy().astype(np.int64)
     items = out["item_idx"].to_numpy().astype(np.int64)
     if len(users) and (users.max() >= data.n_users or items.max() >= data.n_items):
