@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-
 from support import query, run_nightly
+
 from tasks.evaluation_alarm import evaluation_checks
 
 
