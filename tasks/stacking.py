@@ -50,7 +50,9 @@ MODALITY_FEATURES = ("score", "norm", "rank", "inv_rank", "present")
 #: Context features (after every modality's block), in column order.
 CONTEXT_FEATURES = ("n_modalities", "sum_norm", "blend_norm", "sum_rrf", "item_log_pop",
                     "item_mean_confidence", "user_log_activity", "user_mean_item_log_pop",
-                    "user_log_degree", "item_age_days")
+                    "user_log_degree", "item_age_days", "item_log_pop_near_user")
+#: Equal-frequency time bins for "how popular was the item when the user was last active".
+TIME_BINS = 32
 KEY_COLUMNS = ("user_idx", "item_idx")
 BLEND_K = 10  # list length the blend weights are tuned for (NDCG@K)
 # Users whose feature rows exist at once (≈ 40 float64 columns × users × candidates per user):
@@ -92,6 +94,11 @@ class _Context:
     user_mean_item_log_pop: np.ndarray
     user_log_degree: np.ndarray
     item_age_days: np.ndarray
+    item_bin_log_pop: np.ndarray  # items × TIME_BINS: log1p events per item around each bin
+    user_last_bin: np.ndarray  # per user: the time bin of their latest event
+
+    def near_user(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return self.item_bin_log_pop[items, self.user_last_bin[users]]
 
     @classmethod
     def of(cls, data: Dataset) -> _Context:
@@ -112,7 +119,38 @@ class _Context:
             user_mean_item_log_pop=user_pop,
             user_log_degree=np.log1p(degree).astype(np.float64),
             item_age_days=_item_age_days(data),
+            **_popularity_near_users(data),
         )
+
+
+def _popularity_near_users(data: Dataset) -> dict[str, np.ndarray]:
+    """How popular each item was around the time each user was last active.
+
+    Time is cut into `TIME_BINS` bins holding equal numbers of events, so the feature means the
+    same on data spanning hours or decades; an item's count is over the user's last bin and its
+    neighbours. For users active now it is "trending now"; for a user last seen years ago, what
+    was popular then. All zero when timestamps do not vary (then it says nothing new).
+    """
+    pop = np.zeros((data.n_items, TIME_BINS), dtype=np.float32)
+    last = np.zeros(data.n_users, dtype=np.int64)
+    events = data.events
+    if events.height == 0:
+        return {"item_bin_log_pop": pop, "user_last_bin": last}
+    t = events["ts"].cast(pl.Datetime("us")).dt.epoch("s").to_numpy().astype(np.float64)
+    if np.isnan(t).all() or np.nanmax(t) == np.nanmin(t):
+        return {"item_bin_log_pop": pop, "user_last_bin": last}
+    t = np.where(np.isnan(t), np.nanmin(t), t)
+    edges = np.quantile(t, np.linspace(0, 1, TIME_BINS + 1)[1:-1])
+    bins = np.searchsorted(edges, t, side="right")
+    items = events["item_idx"].to_numpy().astype(np.int64)
+    users = events["user_idx"].to_numpy().astype(np.int64)
+    counts = np.zeros((data.n_items, TIME_BINS), dtype=np.float64)
+    np.add.at(counts, (items, bins), 1.0)
+    window = counts.copy()
+    window[:, 1:] += counts[:, :-1]
+    window[:, :-1] += counts[:, 1:]
+    np.maximum.at(last, users, bins)
+    return {"item_bin_log_pop": np.log1p(window).astype(np.float32), "user_last_bin": last}
 
 
 def _item_age_days(data: Dataset) -> np.ndarray:
@@ -211,13 +249,13 @@ def candidate_features(candidates: pl.DataFrame, data: Dataset,
         else np.zeros(0, dtype=np.int64)
     columns: dict[str, np.ndarray] = {}
     for m in mods:
-        code, part = per.get(m, (np.zeros(0, dtype=np.int64), None))
+        code, found = per.get(m, (np.zeros(0, dtype=np.int64), None))
         at = np.searchsorted(union, code)
         for feature, absent in zip(MODALITY_FEATURES,
                                    _absent_values(m, missing_rank).values(), strict=True):
             values = np.full(len(union), absent, dtype=np.float64)
-            if part is not None:
-                values[at] = part[feature].to_numpy()
+            if found is not None:
+                values[at] = found[feature].to_numpy()
             columns[f"{m}_{feature}"] = values
     out = pl.DataFrame({
         "user_idx": (union // n_items).astype(np.int32),
@@ -236,6 +274,7 @@ def candidate_features(candidates: pl.DataFrame, data: Dataset,
         pl.Series("user_mean_item_log_pop", context.user_mean_item_log_pop[users]),
         pl.Series("user_log_degree", context.user_log_degree[users]),
         pl.Series("item_age_days", context.item_age_days[items]),
+        pl.Series("item_log_pop_near_user", context.near_user(users, items).astype(np.float64)),
     ).select(*KEY_COLUMNS, *feature_columns(mods))
 
 

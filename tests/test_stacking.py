@@ -228,3 +228,32 @@ def test_fit_in_user_blocks_gives_the_one_shot_model(
     assert blocked.n_train_rows == one_shot.n_train_rows
     features = blocked.features(c, data)
     assert np.array_equal(blocked.predict(features), one_shot.predict(features))
+
+
+def test_popularity_near_user_follows_the_users_own_time() -> None:
+    """An item that was a hit years ago scores high for a user last seen then, low for one now."""
+    from tasks.stacking import _popularity_near_users
+
+    old, new = datetime(2000, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)
+    # Item 0 is the old hit (40 events in 2000), item 1 the new one (40 events in 2020).
+    rows = [(f"f{k:03d}", "i0000", old) for k in range(40)]
+    rows += [(f"g{k:03d}", "i0001", new) for k in range(40)]
+    rows += [("u_old", "i0002", old), ("u_new", "i0002", new)]
+    events = pl.DataFrame(rows, schema=["user_id", "item_id", "ts"], orient="row").with_columns(
+        event_type=pl.lit("listen"), value=pl.lit(1.0))
+    data = build_dataset(events)
+    near = _popularity_near_users(data)
+    code = {u: i for i, u in enumerate(data.user_ids)}
+    item = {it: i for i, it in enumerate(data.item_ids)}
+    pop, last = near["item_bin_log_pop"], near["user_last_bin"]
+    u_old, u_new = last[code["u_old"]], last[code["u_new"]]
+    assert pop[item["i0000"], u_old] > pop[item["i0001"], u_old]
+    assert pop[item["i0001"], u_new] > pop[item["i0000"], u_new]
+
+
+def test_popularity_near_user_is_silent_without_time() -> None:
+    """Constant timestamps (data without time): the feature is all zero, adding nothing."""
+    from tasks.stacking import _popularity_near_users
+
+    near = _popularity_near_users(dataset(30, 20))
+    assert not near["item_bin_log_pop"].any()
