@@ -49,7 +49,7 @@ def _gemm_gflops() -> float:
 def _load(source: Path) -> Any:
     import polars as pl
 
-    from tasks.dataset import build_dataset
+    from tasks.data.dataset import build_dataset
 
     return build_dataset(
         pl.read_parquet(
@@ -64,8 +64,8 @@ def _run_ours(names: Sequence[str], source: Path, k: int, block: int) -> dict[st
     """Fit `names` side by side, then let each recommend for every user (times are totals)."""
     import numpy as np
 
-    from tasks.candidate_generation import build_modality
-    from tasks.candidates import top_n
+    from tasks.kernels.blocks import top_n
+    from tasks.modalities.generation import build_modality
     from tasks.parameters import RunParameters
 
     data = _load(source)
@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args()
 
-    from tasks.demo_data import generate_demo_source
+    from tasks.sources.demo import generate_demo_source
 
     source = Path(args.data) / f"u{args.users}-i{args.items}-e{args.events}"
     if not (source / "events.parquet").exists():

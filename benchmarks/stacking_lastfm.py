@@ -36,22 +36,22 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.candidate_generation import generate_candidates  # noqa: E402
-from tasks.dataset import Dataset  # noqa: E402
-from tasks.evaluation import user_segments  # noqa: E402
-from tasks.fusion_tuning import FusionPlan, apply_plan, choose_plan  # noqa: E402
-from tasks.holdout import random_split  # noqa: E402
-from tasks.metrics import ranking_metrics  # noqa: E402
-from tasks.parameters import RunParameters  # noqa: E402
-from tasks.recommend import dataset_from  # noqa: E402
-from tasks.snapshot import Snapshot  # noqa: E402
-from tasks.stacking import (  # noqa: E402
+from tasks.data.dataset import Dataset  # noqa: E402
+from tasks.data.snapshot import Snapshot  # noqa: E402
+from tasks.data.splits import random_split  # noqa: E402
+from tasks.evaluation.lists import user_segments  # noqa: E402
+from tasks.evaluation.metrics import ranking_metrics  # noqa: E402
+from tasks.fusion.stacking import (  # noqa: E402
     StackingModel,
     StackingParams,
     StackingUnavailable,
     fit_stacker,
     fuse_stacking,
 )
+from tasks.fusion.weights import FusionPlan, apply_plan, choose_plan  # noqa: E402
+from tasks.modalities.generation import generate_candidates  # noqa: E402
+from tasks.parameters import RunParameters  # noqa: E402
+from tasks.recommend import dataset_from  # noqa: E402
 
 DATA = Path("/work/shared/data/lastfm-2k-split")
 CACHE = Path("/tmp/recfusion-stacking-cache")

@@ -5,7 +5,8 @@ max(1, round(0.2·n)) of them moved to validation at random (seed 7). Every grid
 on the inner train and scored on validation; the best config per family (and overall) is refit on
 all of train and evaluated once on test, as are the shipped `BehaviorParams()` defaults and
 `algorithm="auto"`. Top-10 lists for every train user, seen items excluded, scored with
-`tasks.metrics.ranking_metrics` (README definitions). PureSVD is measured only to choose the
+`tasks.evaluation.metrics.ranking_metrics`
+(README definitions). PureSVD is measured only to choose the
 large-catalog model (it lost to ALS) and is not part of the product; `implicit` is not used.
 
     /work/.venv/bin/python benchmarks/tune_behavior.py [--data DIR] [--quick]
@@ -25,9 +26,9 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.candidates import top_n  # noqa: E402
-from tasks.dataset import Dataset, build_dataset  # noqa: E402
-from tasks.metrics import ranking_metrics  # noqa: E402
+from tasks.data.dataset import Dataset, build_dataset  # noqa: E402
+from tasks.evaluation.metrics import ranking_metrics  # noqa: E402
+from tasks.kernels.blocks import top_n  # noqa: E402
 from tasks.modalities.base import Modality  # noqa: E402
 from tasks.modalities.behavior import (  # noqa: E402
     BehaviorParams,

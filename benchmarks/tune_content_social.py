@@ -1,10 +1,11 @@
 """Tune content / social / popularity on an inner split of Last.fm train, then score test once.
 
 Protocol (the split's README): every train user with >= 5 items has max(1, round(0.2 n)) of them
-moved to validation at random (seed 7, `tasks.holdout.random_split`). Each modality's grid is
+moved to validation at random (seed 7, `tasks.data.splits.random_split`). Each modality's grid is
 scored on validation; the best config by NDCG@10 is refit on all of train and scored once on
 `test.parquet`. Lists are top-10, train items excluded; users with no list count as zero
-(`tasks.metrics.ranking_metrics`). Extra columns: coverage = distinct recommended items / items
+(`tasks.evaluation.metrics.ranking_metrics`).
+Extra columns: coverage = distinct recommended items / items
 with train interactions; cold recs = share of recommended items nobody interacted with in the
 fitted data; users served = share of evaluated users with a non-empty list.
 
@@ -25,10 +26,10 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.candidates import top_n  # noqa: E402
-from tasks.dataset import Dataset, build_dataset  # noqa: E402
-from tasks.holdout import random_split  # noqa: E402
-from tasks.metrics import ranking_metrics  # noqa: E402
+from tasks.data.dataset import Dataset, build_dataset  # noqa: E402
+from tasks.data.splits import random_split  # noqa: E402
+from tasks.evaluation.metrics import ranking_metrics  # noqa: E402
+from tasks.kernels.blocks import top_n  # noqa: E402
 from tasks.modalities.base import Modality  # noqa: E402
 from tasks.modalities.content import ContentParams, make_content  # noqa: E402
 from tasks.modalities.popularity import PopularityParams, make_popularity  # noqa: E402

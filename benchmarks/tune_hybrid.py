@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tasks.candidates import top_n
-from tasks.dataset import build_dataset
-from tasks.holdout import random_split
-from tasks.metrics import ranking_metrics
+from tasks.data.dataset import build_dataset
+from tasks.data.splits import random_split
+from tasks.evaluation.metrics import ranking_metrics
+from tasks.kernels.blocks import top_n
 from tasks.modalities.hybrid import FeatureFusionModel, HybridParams, SampleFusionModel
 
 SPLIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lastfm-2k-split"

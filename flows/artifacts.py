@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.report import ReportInput, headline_frame, lift_table, render_markdown
+from tasks.outputs.report import ReportInput, headline_frame, lift_table, render_markdown
 
 KEYS = {
     "metrics": "recfusion-metrics",

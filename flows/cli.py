@@ -26,8 +26,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from tasks.adapters.mapping import ColumnMapping
     from tasks.parameters import RunParameters
+    from tasks.sources.adapters.mapping import ColumnMapping
 
 DEFAULT_DB = "recfusion.duckdb"
 
@@ -244,15 +244,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     params = run_parameters(args)  # checks --db and --lock-timeout like a run's
     _folder(params.source, "--source")
-    from tasks.ingest import load_source, read_source
     from tasks.runs import new_run_id
+    from tasks.sources.ingest import load_source, read_source
     from tasks.warehouse import apply_schema, connect, run_lock
 
     assert params.source is not None  # --source is required
     mapping = _column_mapping(args)
     run_id = new_run_id()
     if mapping:
-        from tasks.adapters.mapping import read_mapped_source
+        from tasks.sources.adapters.mapping import read_mapped_source
 
         validated_source = read_mapped_source(Path(params.source), mapping)
     else:
@@ -269,7 +269,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from tasks.demo_data import generate_demo_source
+    from tasks.sources.demo import generate_demo_source
 
     counts = generate_demo_source(
         Path(args.out), users=args.users, items=args.items, events=args.events, seed=args.seed
@@ -282,7 +282,7 @@ def _column_mapping(args: argparse.Namespace) -> ColumnMapping | None:
     """`--map` and `--map-file` (ingest, convert mapped) merged; None when neither is given."""
     if not args.map and not args.map_file:
         return None
-    from tasks.adapters.mapping import load_mapping
+    from tasks.sources.adapters.mapping import load_mapping
 
     return load_mapping(args.map, args.map_file)
 
@@ -290,7 +290,7 @@ def _column_mapping(args: argparse.Namespace) -> ColumnMapping | None:
 @contextmanager
 def _adapter_warnings() -> Iterator[None]:
     """An adapter's warnings (a field it ignores, rows it cannot carry over) as stderr lines."""
-    logger = logging.getLogger("tasks.adapters")
+    logger = logging.getLogger("tasks.sources.adapters")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
     propagate, logger.propagate = logger.propagate, False
@@ -303,7 +303,7 @@ def _adapter_warnings() -> Iterator[None]:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from tasks.adapters import ADAPTERS, MAPPED, MAPPED_DESCRIPTION, detect_formats
+    from tasks.sources.adapters import ADAPTERS, MAPPED, MAPPED_DESCRIPTION, detect_formats
 
     if args.list:
         for name, adapter in ADAPTERS.items():
@@ -332,7 +332,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             )
         name = found[0]
         print(f"{args.src}: {name} files")
-    from tasks.adapters.common import check_output
+    from tasks.sources.adapters.common import check_output
 
     check_output(out)  # before a conversion that may take minutes, not after
     with _adapter_warnings():
@@ -341,7 +341,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 raise UsageError(
                     f"convert {MAPPED} needs --map or --map-file, e.g. --map user_id=customer"
                 )
-            from tasks.adapters.mapping import convert_mapped
+            from tasks.sources.adapters.mapping import convert_mapped
 
             counts = convert_mapped(src, out, mapping)
         else:
@@ -387,7 +387,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--db {args.db}: no database file there")
     import polars as pl
 
-    from tasks.offline_evaluation import evaluate_published, read_truth
+    from tasks.evaluation.published import evaluate_published, read_truth
 
     try:
         truth = read_truth(Path(args.test))
@@ -505,7 +505,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, as_of: bool = True) -> None:
 
 
 def _add_map_flags(parser: argparse.ArgumentParser, only: str = "") -> None:
-    """`--map` / `--map-file`: the column mapping of `tasks.adapters.mapping`."""
+    """`--map` / `--map-file`: the column mapping of `tasks.sources.adapters.mapping`."""
     when = f" ({only})" if only else ""
     parser.add_argument(
         "--map",
@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_at_least(0), default=42, help=">= 0 (default 42)")
     demo.set_defaults(func=cmd_demo_data)
 
-    from tasks.adapters import ADAPTERS, MAPPED, MAPPED_DESCRIPTION
+    from tasks.sources.adapters import ADAPTERS, MAPPED, MAPPED_DESCRIPTION
 
     formats = "\n".join(
         f"  {name:10s} {text}"
@@ -641,14 +641,14 @@ def _one_line(value: object, limit: int = 400) -> str:
 #: The product's own errors for a user's situation (module, class): one line and EXIT_FAILED.
 #: Looked up only if their module is loaded: an error cannot come from a module never imported.
 FAILURES = (
-    ("tasks.source_files", "SourceError"),
+    ("tasks.sources.files", "SourceError"),
     ("tasks.warehouse", "RunLockTimeout"),
     ("flows.nightly", "RunFailed"),
     ("tasks.warehouse", "DatabaseBusy"),
     ("tasks.warehouse", "DatabaseUnusable"),
 )
 #: … and those that mean the request itself is wrong: EXIT_USAGE.
-USAGE = (("tasks.queries", "QueryError"), ("tasks.adapters.mapping", "MappingError"))
+USAGE = (("tasks.queries", "QueryError"), ("tasks.sources.adapters.mapping", "MappingError"))
 
 
 def _is(exc: BaseException, kinds: tuple[tuple[str, str], ...]) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from tasks.offline_evaluation import evaluate_published, read_truth
+from tasks.evaluation.published import evaluate_published, read_truth
 
 
 @flow(name="recfusion-evaluate", log_prints=True)

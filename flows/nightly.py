@@ -27,23 +27,30 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows.artifacts import publish_artifacts
-from tasks import checks, runs
-from tasks.candidates import CANDIDATE_SCHEMA
-from tasks.dataset import Dataset
-from tasks.demo_data import generate_demo_source
-from tasks.evaluation_alarm import evaluation_checks
+from tasks import runs
+from tasks.data.dataset import Dataset
+from tasks.data.snapshot import Snapshot, load_snapshot
+from tasks.evaluation.alarm import evaluation_checks
+from tasks.evaluation.protocol import protocol_key
 from tasks.fault_injection import fault_point
-from tasks.ingest import IngestReport, load_source, read_source
+from tasks.kernels.blocks import CANDIDATE_SCHEMA
+from tasks.outputs import checks
+from tasks.outputs.reasons import explain
+from tasks.outputs.report import (
+    DataDocs,
+    ReportInput,
+    comparability,
+    read_run_records,
+    write_report,
+)
 from tasks.parameters import RunParameters
-from tasks.protocol import protocol_key
 from tasks.publish import FinalStatus, RunOutputs, last_published_ndcg, publish_run
-from tasks.reasons import explain
 from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_holdout, recommend
-from tasks.report import DataDocs, ReportInput, comparability, read_run_records, write_report
-from tasks.snapshot import Snapshot, load_snapshot
-from tasks.source_files import SourceError
-from tasks.tuning import apply_tuning
-from tasks.tuning_store import latest_results
+from tasks.sources.demo import generate_demo_source
+from tasks.sources.files import SourceError
+from tasks.sources.ingest import IngestReport, load_source, read_source
+from tasks.tuning.search import apply_tuning
+from tasks.tuning.store import latest_results
 from tasks.warehouse import (
     DatabaseBusy,
     DatabaseUnusable,
@@ -285,7 +292,7 @@ def evaluate_task(snap: Snapshot, data: Dataset, params: RunParameters) -> Evalu
 
 @task(name="evaluation-alarm", cache_policy=NO_CACHE)
 def alarm_task(evaluation: Evaluation | None, params: RunParameters) -> checks.CheckOutcome:
-    """The run's honest alarm (tasks/evaluation_alarm.py), as one more check suite."""
+    """The run's honest alarm (tasks/evaluation/alarm.py), as one more check suite."""
     if evaluation is None:
         return evaluation_checks(None, 0, None, None, params.evaluation.min_eval_users)
     return evaluation_checks(evaluation.per_user, evaluation.n_test_users,

@@ -13,11 +13,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from tasks.data.snapshot import load_snapshot
 from tasks.modalities.base import PARAMETER_CONFIG
 from tasks.parameters import ModalityName, RunParameters
-from tasks.snapshot import load_snapshot
-from tasks.tuning import tune_modalities
-from tasks.tuning_store import save_results
+from tasks.tuning.search import tune_modalities
+from tasks.tuning.store import save_results
 from tasks.warehouse import connect, run_lock
 
 ARTIFACT_KEY = "recfusion-tuning"

@@ -23,15 +23,15 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from tasks.dataset import DEFAULT_EVENT_WEIGHTS, InteractionWeighting
-from tasks.holdout import EvaluationParams
+from tasks.data.dataset import DEFAULT_EVENT_WEIGHTS, InteractionWeighting
+from tasks.data.splits import EvaluationParams
+from tasks.fusion.stacking import StackingParams
 from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG
 from tasks.modalities.behavior import BehaviorParams
 from tasks.modalities.content import ContentParams
 from tasks.modalities.hybrid import HybridParams
 from tasks.modalities.popularity import PopularityParams
 from tasks.modalities.social import SocialParams
-from tasks.stacking import StackingParams
 
 ModalityName = Literal[
     "behavior", "content", "social", "popularity", "hybrid_features", "hybrid_samples"

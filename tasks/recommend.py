@@ -15,20 +15,20 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tasks.candidate_generation import (
+from tasks.data.dataset import Dataset, build_dataset
+from tasks.data.snapshot import Snapshot
+from tasks.data.splits import Holdout, holdout_split
+from tasks.evaluation.lists import evaluate_lists, user_segments
+from tasks.fusion.plan import CandidatePool, FusionPlan, Recipe, apply_plan, apply_recipe, top_up
+from tasks.fusion.selection import per_user_ndcg, refit_plan, select_plan
+from tasks.modalities.generation import (
     CandidateSet,
     fit_modalities,
     generate_candidates,
     score_candidates,
 )
-from tasks.dataset import Dataset, build_dataset
-from tasks.evaluation import evaluate_lists, user_segments
-from tasks.fusion_plan import CandidatePool, FusionPlan, Recipe, apply_plan, apply_recipe, top_up
-from tasks.holdout import Holdout, holdout_split
 from tasks.modalities.popularity import PopularityParams, make_popularity
 from tasks.parameters import RunParameters
-from tasks.plan_selection import per_user_ndcg, refit_plan, select_plan
-from tasks.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
 
 def popularity_baseline(data: Dataset, truth: pl.DataFrame, k: int) -> pl.DataFrame:
     """Most-interacted unseen items for the truth users: the floor a useful list must clear."""
-    from tasks.candidates import top_n
+    from tasks.kernels.blocks import top_n
 
     model = make_popularity(PopularityParams(half_life_days=None, category_blend=0.0)).fit(data)
     users = np.unique(truth["user_idx"].to_numpy())

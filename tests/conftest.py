@@ -28,7 +28,7 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def small_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic source in the data contract (all four tables)."""
-    from tasks.demo_data import generate_demo_source
+    from tasks.sources.demo import generate_demo_source
 
     out = tmp_path_factory.mktemp("small_source")
     generate_demo_source(out, users=300, items=200, events=8000, seed=3)

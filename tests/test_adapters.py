@@ -19,10 +19,10 @@ import polars as pl
 import pytest
 
 from flows.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from tasks.adapters import ADAPTERS, detect_formats
-from tasks.adapters.common import MARKER, AdapterError
-from tasks.adapters.mapping import describe, load_mapping, read_mapped_source
-from tasks.ingest import read_source
+from tasks.sources.adapters import ADAPTERS, detect_formats
+from tasks.sources.adapters.common import MARKER, AdapterError
+from tasks.sources.adapters.mapping import describe, load_mapping, read_mapped_source
+from tasks.sources.ingest import read_source
 
 #: table -> its rows, exactly as converted
 Tables = dict[str, list[dict[str, Any]]]

@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from tasks.candidates import top_n
-from tasks.dataset import Dataset
-from tasks.modalities.als_solver import cg_half_sweep
+from tasks.data.dataset import Dataset
+from tasks.kernels.als import cg_half_sweep
+from tasks.kernels.blocks import top_n
 from tasks.modalities.base import Modality
 from tasks.modalities.behavior import (
     AlsModel,

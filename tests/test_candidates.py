@@ -10,8 +10,8 @@ import pytest
 import scipy.sparse as sp
 from threadpoolctl import threadpool_info
 
-from tasks import candidates
-from tasks.candidates import block_array, parallel_chunks, top_n, top_n_of_block
+from tasks.kernels import blocks as candidates
+from tasks.kernels.blocks import block_array, parallel_chunks, top_n, top_n_of_block
 
 
 def reference(scores: np.ndarray, n: int) -> list[list[tuple[int, float]]]:

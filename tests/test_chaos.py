@@ -27,8 +27,8 @@ from process_support import no_server_env, start_run, survivors, warm_prefect_ho
 from support import query
 
 from flows.nightly import staging_dirs
-from tasks.demo_data import generate_demo_source
 from tasks.fault_injection import FAULT_ENV, POINTS
+from tasks.sources.demo import generate_demo_source
 
 KILLS = int(os.environ.get("RECFUSION_CHAOS_KILLS", "4"))
 SEED = int(os.environ.get("RECFUSION_CHAOS_SEED", "20261201"))

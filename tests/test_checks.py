@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from tasks.checks import check_events, check_recommendations
+from tasks.outputs.checks import check_events, check_recommendations
 
 GOOD = pl.DataFrame(
     {
@@ -115,7 +115,7 @@ def _ids(root) -> dict[str, str]:
 
 
 def test_checks_go_to_a_file_context_beside_the_database_created_once_and_reused(tmp_path):
-    from tasks.checks import GxRun, gx_dir
+    from tasks.outputs.checks import GxRun, gx_dir
 
     db = tmp_path / "warehouse" / "rf.duckdb"
     first = check_events(EVENTS, ["view", "like"], now=NOW, gx_run=GxRun.for_db(db, "run-1"))
@@ -144,7 +144,7 @@ def test_checks_go_to_a_file_context_beside_the_database_created_once_and_reused
 
 
 def test_output_suite_in_a_file_context_takes_each_runs_k(tmp_path):
-    from tasks.checks import GxRun
+    from tasks.outputs.checks import GxRun
 
     db = tmp_path / "rf.duckdb"
     assert check_recommendations(GOOD, SEEN, k=3, gx_run=GxRun.for_db(db, "k3")).passed
@@ -154,7 +154,7 @@ def test_output_suite_in_a_file_context_takes_each_runs_k(tmp_path):
 
 
 def test_databases_in_one_folder_keep_their_own_context(tmp_path):
-    from tasks.checks import GxRun
+    from tasks.outputs.checks import GxRun
 
     a = check_events(
         EVENTS, ["view", "like"], now=NOW, gx_run=GxRun.for_db(tmp_path / "a.duckdb", "run-of-a")
@@ -172,7 +172,7 @@ _CONCURRENT = """
 import sys
 from datetime import UTC, datetime, timedelta
 import polars as pl
-from tasks.checks import GxRun, check_events, check_recommendations
+from tasks.outputs.checks import GxRun, check_events, check_recommendations
 now = datetime(2024, 6, 1, tzinfo=UTC)
 events = pl.DataFrame({"user_id": ["a"], "item_id": ["x"], "event_type": ["view"],
                        "value": [1.0], "ts": [now - timedelta(days=1)]})
@@ -190,7 +190,7 @@ def test_two_processes_on_one_database_do_not_conflict(tmp_path):
     import sys
     from pathlib import Path
 
-    from tasks.checks import gx_dir
+    from tasks.outputs.checks import gx_dir
 
     db = tmp_path / "rf.duckdb"
     repo = Path(__file__).resolve().parents[1]
@@ -216,7 +216,7 @@ def test_two_processes_on_one_database_do_not_conflict(tmp_path):
 
 
 def test_a_damaged_context_costs_the_data_docs_page_not_the_checks(tmp_path, caplog):
-    from tasks.checks import GxRun, gx_dir
+    from tasks.outputs.checks import GxRun, gx_dir
 
     db = tmp_path / "rf.duckdb"
     assert check_events(EVENTS, ["view", "like"], now=NOW, gx_run=GxRun.for_db(db, "r1")).passed

@@ -12,8 +12,9 @@ import pytest
 import scipy.sparse as sp
 from sklearn.preprocessing import normalize
 
-from tasks.candidates import top_n
-from tasks.dataset import Dataset, build_dataset
+from tasks.data.dataset import Dataset, build_dataset
+from tasks.kernels.blocks import top_n
+from tasks.kernels.sparse import add_sparse_dense_product, product_to_scores
 from tasks.modalities import content
 from tasks.modalities.base import Modality
 from tasks.modalities.content import (
@@ -24,7 +25,6 @@ from tasks.modalities.content import (
     item_features,
     make_content,
 )
-from tasks.modalities.sparse_scores import add_sparse_dense_product, product_to_scores
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import polars as pl
 
-from tasks.dataset import InteractionWeighting, build_dataset
+from tasks.data.dataset import InteractionWeighting, build_dataset
 
 TS = datetime(2026, 1, 1, tzinfo=UTC)
 

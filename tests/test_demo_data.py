@@ -10,7 +10,13 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from tasks.demo_data import DEFAULT_END, EMBED_DIM, EVENT_TYPES, WINDOW_DAYS, generate_demo_source
+from tasks.sources.demo import (
+    DEFAULT_END,
+    EMBED_DIM,
+    EVENT_TYPES,
+    WINDOW_DAYS,
+    generate_demo_source,
+)
 
 USERS, ITEMS, EVENTS = 1000, 1500, 30_001
 TABLES = ("events", "items", "users", "social")

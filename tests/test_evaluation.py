@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.dataset import build_dataset
-from tasks.evaluation import evaluate_lists, user_segments
+from tasks.data.dataset import build_dataset
+from tasks.evaluation.lists import evaluate_lists, user_segments
 
 
 def _data():

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from support import query, run_nightly
 
-from tasks.evaluation_alarm import evaluation_checks
+from tasks.evaluation.alarm import evaluation_checks
 
 
 def _failed(outcome) -> set[str]:  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ import math
 import polars as pl
 import pytest
 
-from tasks.fusion import fuse_rank, fuse_weighted, normalise, top_k
+from tasks.fusion.table import fuse_rank, fuse_weighted, normalise, top_k
 
 
 def cands(rows: list[tuple[str, int, int, float, int]]) -> pl.DataFrame:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from tasks.holdout import EvaluationParams, choose_kind, holdout_split
+from tasks.data.splits import EvaluationParams, choose_kind, holdout_split
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

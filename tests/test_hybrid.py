@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.dataset import build_dataset
+from tasks.data.dataset import build_dataset
 from tasks.modalities.content import MissingModalityInput
 from tasks.modalities.hybrid import FeatureFusionModel, HybridParams, SampleFusionModel
 

@@ -9,8 +9,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from tasks.ingest import load_source, read_source
-from tasks.source_files import SourceError
+from tasks.sources.files import SourceError
+from tasks.sources.ingest import load_source, read_source
 from tasks.warehouse import apply_schema, connect
 
 EVENTS_CSV = """user_id,item_id,event_type,ts,value,colour
@@ -159,7 +159,7 @@ def test_side_tables_are_normalised_and_upserted(tmp_path: Path):
 
 
 def test_validating_in_chunks_gives_the_same_outcome(tmp_path: Path, monkeypatch):
-    from tasks import contract
+    from tasks.sources import contract
 
     src = tmp_path / "src"
     src.mkdir()

@@ -18,8 +18,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.ingest import IngestReport, load_source, read_source
-from tasks.source_files import SourceError
+from tasks.sources.files import SourceError
+from tasks.sources.ingest import IngestReport, load_source, read_source
 from tasks.warehouse import apply_schema, connect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,9 +176,9 @@ def test_a_huge_finite_value_under_raw_weighting_keeps_the_event_and_the_run_pub
 ):
     from support import run_nightly
 
+    from tasks.data.snapshot import load_snapshot
     from tasks.parameters import RunParameters
     from tasks.recommend import dataset_from
-    from tasks.snapshot import load_snapshot
 
     src = tmp_path / "huge"
     shutil.copytree(small_source, src)

@@ -7,7 +7,7 @@ with one key winning), every bad row is quarantined once at its file and row wit
 its column ("row" when it cannot even be split into fields), the rows already in the warehouse do
 not change, ingest never crashes, and ingesting the same file again changes nothing.
 
-Real files and real DuckDB files, through `tasks.ingest.read_source` and `load_source`.
+Real files and real DuckDB files, through `tasks.sources.ingest.read_source` and `load_source`.
 RECFUSION_HYPOTHESIS_EXAMPLES sets the number of examples across the four tests (default 120).
 """
 
@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.ingest import IngestReport, load_source, read_source
+from tasks.sources.ingest import IngestReport, load_source, read_source
 from tasks.warehouse import apply_schema, connect
 
 TOTAL_EXAMPLES = int(os.environ.get("RECFUSION_HYPOTHESIS_EXAMPLES", "120"))
@@ -566,7 +566,7 @@ def _decoder(case: Case, path: Path) -> Callable[[Any], Any]:
 
 
 def _row_numbers(case: Case) -> list[int]:
-    """The row number ingest gives each generated row (see tasks.source_files)."""
+    """The row number ingest gives each generated row (see tasks.sources.files)."""
     numbers, n = [], 0
     blank_is_row = case.fmt == "jsonl" or (case.fmt == "csv" and len(case.columns) == 1)
     if -1 in case.blank_after and blank_is_row:

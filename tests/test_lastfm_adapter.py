@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from flows.cli import EXIT_FAILED, main
-from tasks.adapters.common import AdapterError, decode_text
-from tasks.adapters.hetrec_lastfm import LISTEN_TS, convert_hetrec_lastfm
+from tasks.sources.adapters.common import AdapterError, decode_text
+from tasks.sources.adapters.hetrec_lastfm import LISTEN_TS, convert_hetrec_lastfm
 
 SRC = Path("/work/shared/data/lastfm-2k")
 SPLIT_TRAIN = Path("/work/shared/data/lastfm-2k-split/train")

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from tasks.metrics import (
+from tasks.evaluation.metrics import (
     RANKING_METRICS,
     catalog_coverage,
     intra_list_diversity,
@@ -369,9 +369,9 @@ def test_matches_slow_reference_on_random_data() -> None:
 
 
 def test_projected_diversity_matches_the_exact_one_on_many_users() -> None:
-    from tasks.audiences import EXACT_AUDIENCE_USERS
-    from tasks.dataset import build_dataset
-    from tasks.evaluation import diversity_item_vectors
+    from tasks.data.dataset import build_dataset
+    from tasks.data.segments import EXACT_AUDIENCE_USERS
+    from tasks.evaluation.lists import diversity_item_vectors
 
     rng = np.random.default_rng(11)
     n_users, n_items, n_events = EXACT_AUDIENCE_USERS + 2000, 300, 60_000

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from flows.cli import main as cli
-from tasks.offline_evaluation import evaluate_published
+from tasks.evaluation.published import evaluate_published
 
 
 def latest(db: Path) -> pl.DataFrame:

@@ -15,8 +15,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from flows.backfill import BackfillParameters
+from tasks.fusion.stacking import StackingParams
 from tasks.parameters import RunParameters, parameter_errors
-from tasks.stacking import StackingParams
 
 
 def errors_of(data: Any, model: type[BaseModel] = RunParameters) -> list[str]:
@@ -201,8 +201,8 @@ def test_stacking_parameters_reach_the_learned_fusion(small_source: Path) -> Non
     """fusion.stacking is not a dead form field: the stacker fitted in evaluation uses it."""
     import polars as pl
 
+    from tasks.data.snapshot import Snapshot
     from tasks.recommend import dataset_from, evaluate_holdout
-    from tasks.snapshot import Snapshot
 
     params = RunParameters.model_validate({
         "modalities": ["behavior", "popularity"],

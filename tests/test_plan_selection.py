@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.dataset import Dataset, build_dataset
-from tasks.fusion_plan import Recipe, apply_plan, apply_recipe, single, top_up
-from tasks.plan_selection import Paired, per_user_ndcg, select_plan
+from tasks.data.dataset import Dataset, build_dataset
+from tasks.fusion.plan import Recipe, apply_plan, apply_recipe, single, top_up
+from tasks.fusion.selection import Paired, per_user_ndcg, select_plan
 
 K = 10
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tasks.audiences import EXACT_AUDIENCE_USERS
-from tasks.dataset import Dataset, build_dataset
-from tasks.reasons import _closest_history_item, friends_who_have
+from tasks.data.dataset import Dataset, build_dataset
+from tasks.data.segments import EXACT_AUDIENCE_USERS
+from tasks.outputs.reasons import _closest_history_item, friends_who_have
 
 
 def _small(source: Path) -> Dataset:

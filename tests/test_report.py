@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 from support import query, run_nightly
 
-from tasks.report import ReportInput, lift_table, render_report
+from tasks.outputs.report import ReportInput, lift_table, render_report
 
 SOURCES = ("behavior", "content", "social", "popularity", "hybrid_features", "hybrid_samples")
 OTHER_LISTS = ("rrf", "stacking", "popularity_baseline")
@@ -159,7 +159,7 @@ def test_headline_metrics_carry_their_standard_errors():
 
 
 def test_comparison_is_made_only_between_runs_that_measured_the_same_thing():
-    from tasks.report import (
+    from tasks.outputs.report import (
         NO_PREVIOUS,
         NOT_COMPARABLE_DATA,
         NOT_COMPARABLE_K,
@@ -190,7 +190,7 @@ def test_comparison_is_made_only_between_runs_that_measured_the_same_thing():
 
 
 def test_markdown_holds_every_table_and_says_where_the_files_are(tmp_path: Path):
-    from tasks.report import DataDocs, render_markdown
+    from tasks.outputs.report import DataDocs, render_markdown
 
     docs = DataDocs(tmp_path / "gx" / "index.html", {"events_input": tmp_path / "gx" / "e.html"})
     m = metrics(coverage={"fused": 0.4, **{s: 0.3 for s in SOURCES}, "content": 1.0233})
@@ -212,7 +212,7 @@ def test_markdown_holds_every_table_and_says_where_the_files_are(tmp_path: Path)
 
 
 def test_checks_of_every_suite_are_shown_with_their_data_docs_page(tmp_path: Path):
-    from tasks.report import DataDocs
+    from tasks.outputs.report import DataDocs
 
     page_path = tmp_path / "gx" / "validations" / "events_input.html"
     docs = DataDocs(

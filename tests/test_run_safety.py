@@ -31,11 +31,11 @@ from process_support import (
 from support import query, run_nightly
 
 from flows.nightly import RunSummary, demo_source_dir, nightly, staging_dirs
+from tasks.evaluation.protocol import protocol_key
 from tasks.fault_injection import FAULT_ENV
-from tasks.ingest import load_source, read_source
 from tasks.parameters import RunParameters
-from tasks.protocol import protocol_key
 from tasks.runs import failure_sidecar
+from tasks.sources.ingest import load_source, read_source
 from tasks.warehouse import BUSY_WAIT_ENV, RunLockTimeout, apply_schema, connect, run_lock
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

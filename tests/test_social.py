@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.candidates import top_n
-from tasks.dataset import Dataset, build_dataset
+from tasks.data.dataset import Dataset, build_dataset
+from tasks.kernels.blocks import top_n
 from tasks.modalities.base import Modality
 from tasks.modalities.content import MissingModalityInput
 from tasks.modalities.social import SocialModality, SocialParams, make_social

@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 from threadpoolctl import threadpool_limits
 
-from tasks.dataset import Dataset, build_dataset
-from tasks.stacking import (
+from tasks.data.dataset import Dataset, build_dataset
+from tasks.fusion.stacking import (
     StackingModel,
     StackingParams,
     StackingUnavailable,
@@ -218,7 +218,7 @@ def test_fit_in_user_blocks_gives_the_one_shot_model(
 ):
     """Features are built and negatives sampled a user block at a time (bounded memory); the
     sampled rows, and so the model, must not depend on the block size."""
-    import tasks.stacking as stacking
+    import tasks.fusion.stacking as stacking
 
     c, truth, data = planted(n_users=90)
     one_shot = fit_stacker(c, truth, data, MODS, seed=4, params=params)
@@ -232,7 +232,7 @@ def test_fit_in_user_blocks_gives_the_one_shot_model(
 
 def test_popularity_near_user_follows_the_users_own_time() -> None:
     """An item that was a hit years ago scores high for a user last seen then, low for one now."""
-    from tasks.stacking import _popularity_near_users
+    from tasks.fusion.stacking import _popularity_near_users
 
     old, new = datetime(2000, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)
     # Item 0 is the old hit (40 events in 2000), item 1 the new one (40 events in 2020).
@@ -253,7 +253,7 @@ def test_popularity_near_user_follows_the_users_own_time() -> None:
 
 def test_popularity_near_user_is_silent_without_time() -> None:
     """Constant timestamps (data without time): the feature is all zero, adding nothing."""
-    from tasks.stacking import _popularity_near_users
+    from tasks.fusion.stacking import _popularity_near_users
 
     near = _popularity_near_users(dataset(30, 20))
     assert not near["item_bin_log_pop"].any()

@@ -1,7 +1,8 @@
 """The one small interface every modality follows.
 
 A modality is fitted on a `Dataset` and then scores blocks of users against the whole catalog.
-`tasks.candidates.top_n` turns those dense blocks into top-N candidate lists, so a modality never
+`tasks.kernels.blocks.top_n`
+turns those dense blocks into top-N candidate lists, so a modality never
 has to think about memory, seen-item exclusion or ranking.
 """
 
@@ -12,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from pydantic import ConfigDict
 
-from tasks.dataset import Dataset
+from tasks.data.dataset import Dataset
 
 #: Every parameter model (a modality's, the fusion's, the run's) rejects unknown keys, so a typo
 #: is an error rather than a silently ignored setting, and NaN/Infinity, which Python's JSON

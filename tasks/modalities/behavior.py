@@ -27,11 +27,11 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 from scipy.linalg import lapack
 
-from tasks.candidates import block_array, parallel_chunks
-from tasks.dataset import Dataset
-from tasks.modalities.als_solver import cg_half_sweep
+from tasks.data.dataset import Dataset
+from tasks.kernels.als import cg_half_sweep
+from tasks.kernels.blocks import block_array, parallel_chunks
+from tasks.kernels.sparse import sparse_gram
 from tasks.modalities.base import PARAMETER_CONFIG, Modality
-from tasks.modalities.sparse_scores import sparse_gram
 
 InputWeighting = Literal["binary", "confidence"]
 Similarity = Literal["cosine", "asymmetric_cosine", "euclidean", "manhattan"]

@@ -31,14 +31,14 @@ from pydantic_core import PydanticCustomError
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from tasks.candidates import block_array, parallel_chunks
-from tasks.dataset import Dataset
-from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
-from tasks.modalities.sparse_scores import (
+from tasks.data.dataset import Dataset
+from tasks.kernels.blocks import block_array, parallel_chunks
+from tasks.kernels.sparse import (
     add_sparse_dense_product,
     product_to_scores,
     sparse_product_dense,
 )
+from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
 
 
 class MissingModalityInput(Exception):

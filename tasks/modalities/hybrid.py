@@ -18,11 +18,11 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
-from tasks.dataset import Dataset
+from tasks.data.dataset import Dataset
+from tasks.kernels.sparse import sparse_gram
 from tasks.modalities.base import PARAMETER_CONFIG, Modality
 from tasks.modalities.behavior import ease_item_subset, ease_weights
 from tasks.modalities.content import ContentParams, MissingModalityInput, item_features
-from tasks.modalities.sparse_scores import sparse_gram
 
 NEG_INF = np.float32(-np.inf)
 

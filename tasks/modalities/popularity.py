@@ -14,8 +14,8 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 from sklearn.preprocessing import normalize
 
-from tasks.candidates import block_array, parallel_chunks
-from tasks.dataset import Dataset
+from tasks.data.dataset import Dataset
+from tasks.kernels.blocks import block_array, parallel_chunks
 from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
 from tasks.modalities.content import history_weights
 

@@ -18,11 +18,11 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 from sklearn.preprocessing import normalize
 
-from tasks.candidates import block_array, parallel_chunks
-from tasks.dataset import Dataset
+from tasks.data.dataset import Dataset
+from tasks.kernels.blocks import block_array, parallel_chunks
+from tasks.kernels.sparse import product_to_scores
 from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
 from tasks.modalities.content import MissingModalityInput, history_weights
-from tasks.modalities.sparse_scores import product_to_scores
 
 
 class SocialParams(BaseModel):

@@ -1,0 +1,40 @@
+"""Items as their audiences: who interacted with them, the space item-to-item cosines live in.
+
+Diversity metrics and "because you liked X" reasons compare items by the overlap of their
+audiences. Exactly, an item is a users-long 0/1 vector; with many users, a sum of such vectors
+(a list's) is as wide as the union of the audiences, which took 66 s and 7 GB for 13 lists at
+100k users. Above `EXACT_AUDIENCE_USERS`, unit audience vectors are therefore projected onto a
+few hundred seeded Gaussian directions (Johnson–Lindenstrauss): every cosine is preserved in
+expectation, within about ±1/√dims per pair.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from tasks.data.dataset import Dataset
+
+EXACT_AUDIENCE_USERS = 4096
+_DIRECTION_ROWS = 8192  # users per slice of random directions (bounds their memory)
+
+
+def unit_audiences(data: Dataset) -> sp.csr_matrix:
+    """items × users, each row the item's 0/1 audience scaled to unit length (0 if none)."""
+    audiences = sp.csr_matrix(data.seen().T, dtype=np.float32)
+    norms = np.sqrt(np.asarray(audiences.sum(axis=1)).ravel())  # 0/1 rows: ||v||² = Σ v
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ audiences)
+
+
+def projected_audiences(data: Dataset, dims: int, seed: int = 0) -> np.ndarray:
+    """items × dims: unit audiences projected on `dims` seeded Gaussian directions."""
+    unit = sp.csc_matrix(unit_audiences(data))
+    rng = np.random.default_rng(seed)
+    scale = np.float32(1.0 / np.sqrt(dims))
+    out = np.zeros((data.n_items, dims), dtype=np.float32)
+    for lo in range(0, data.n_users, _DIRECTION_ROWS):
+        hi = min(lo + _DIRECTION_ROWS, data.n_users)
+        directions = rng.standard_normal((hi - lo, dims), dtype=np.float32)
+        out += np.asarray(unit[:, lo:hi] @ (directions * scale))
+    return out

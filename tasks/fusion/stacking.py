@@ -1,0 +1,558 @@
+"""Stacking fusion: learn to rank the union of every modality's candidates.
+
+Weighted and rank fusion combine modality scores with a few global weights, so they cannot use
+"who is asking" (a heavy or a mainstream listener vs a newcomer) or "what is proposed" (a hit vs a
+niche item). Stacking turns each (user, item) in the union of the candidate lists into a feature
+row (each modality's score, within-list normalised score, rank and presence; cross-modality
+agreement; user/item context) and fits a pointwise classifier "is this pair in the next window's
+truth?". Its predicted probability is the fused score.
+
+The default learner is a logistic regression on standardised features over (almost) all
+candidates: on the Last.fm validation protocol it beat boosted trees (HistGradientBoosting,
+`learner="hgb"`, bagged over negative samples) and is cheaper, deterministic and robust to the
+shift between the models the stacker is trained on and those it is applied to.
+
+No leakage: the classifier is fit on candidates of models trained strictly before the window its
+labels come from, and applied to candidates of models trained on later data (see
+`benchmarks/stacking_lastfm.py` for the nested protocol). The feature spec (modality list,
+missing-rank sentinel, blend weights) lives in the model, so training and application always see
+the same columns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import AfterValidator, ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import PydanticCustomError
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from tasks.data.dataset import Dataset
+from tasks.fusion.table import RRF_K, candidate_table, top_k
+from tasks.fusion.weights import tune_weights
+
+log = logging.getLogger(__name__)
+
+Learner = Literal["auto", "hgb", "logistic"]
+
+#: Per-modality feature suffixes, in column order.
+MODALITY_FEATURES = ("score", "norm", "rank", "inv_rank", "present")
+#: Context features (after every modality's block), in column order.
+CONTEXT_FEATURES = ("n_modalities", "sum_norm", "blend_norm", "sum_rrf", "item_log_pop",
+                    "item_mean_confidence", "user_log_activity", "user_mean_item_log_pop",
+                    "user_log_degree", "item_age_days", "item_log_pop_near_user")
+#: Equal-frequency time bins for "how popular was the item when the user was last active".
+TIME_BINS = 32
+KEY_COLUMNS = ("user_idx", "item_idx")
+BLEND_K = 10  # list length the blend weights are tuned for (NDCG@K)
+# Users whose feature rows exist at once (≈ 40 float64 columns × users × candidates per user):
+# 1,000 users × 600 candidates is about 0.2 GB, whatever the number of users in the run.
+FEATURE_BLOCK_USERS = 1_000
+#: The fused shape shared with tasks.fusion.table (plus one contrib_<modality> column per modality).
+FUSED_SCHEMA = {"user_idx": pl.Int32, "item_idx": pl.Int32, "score": pl.Float64, "rank": pl.Int32}
+
+
+class StackingUnavailable(Exception):
+    """The stacker cannot be trained (e.g. no positive or no negative labels): use another plan."""
+
+
+def feature_columns(modalities: Sequence[str]) -> list[str]:
+    """Feature names for a modality list: same list, same columns, same order."""
+    return [c for c, _ in _column_kinds(modalities)]
+
+
+def _column_kinds(modalities: Sequence[str]) -> list[tuple[str, str]]:
+    """(column, kind) pairs in feature_columns order; kind = per-modality suffix or context name."""
+    return [(f"{m}_{s}", s) for m in modalities for s in MODALITY_FEATURES] + \
+        [(c, c) for c in CONTEXT_FEATURES]
+
+
+def _absent_values(modality: str, missing_rank: int) -> dict[str, float]:
+    """Feature values of a modality that did not propose the item."""
+    return {f"{modality}_score": 0.0, f"{modality}_norm": 0.0,
+            f"{modality}_rank": float(missing_rank), f"{modality}_inv_rank": 0.0,
+            f"{modality}_present": 0.0}
+
+
+@dataclass(frozen=True)
+class _Context:
+    """Per-user and per-item context arrays, computed once per Dataset (not per user block)."""
+
+    item_log_pop: np.ndarray
+    item_mean_confidence: np.ndarray
+    user_log_activity: np.ndarray
+    user_mean_item_log_pop: np.ndarray
+    user_log_degree: np.ndarray
+    item_age_days: np.ndarray
+    item_bin_log_pop: np.ndarray  # items × TIME_BINS: log1p events per item around each bin
+    user_last_bin: np.ndarray  # per user: the time bin of their latest event
+
+    def near_user(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return self.item_bin_log_pop[items, self.user_last_bin[users]]
+
+    @classmethod
+    def of(cls, data: Dataset) -> _Context:
+        matrix = data.interactions
+        item_users = np.diff(matrix.tocsc().indptr)
+        item_conf = np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
+        log_pop = np.log1p(item_users).astype(np.float64)
+        history = data.history_lengths()
+        # Mainstreamness: how popular the user's items are on average (niche vs hit listeners).
+        seen = data.seen()
+        user_pop = np.asarray(seen @ log_pop, dtype=np.float64).ravel() / np.maximum(history, 1)
+        degree = (np.diff(data.social.indptr) if data.social is not None
+                  else np.zeros(data.n_users, dtype=np.int64))
+        return cls(
+            item_log_pop=log_pop,
+            item_mean_confidence=item_conf / np.maximum(item_users, 1),
+            user_log_activity=np.log1p(history).astype(np.float64),
+            user_mean_item_log_pop=user_pop,
+            user_log_degree=np.log1p(degree).astype(np.float64),
+            item_age_days=_item_age_days(data),
+            **_popularity_near_users(data),
+        )
+
+
+def _popularity_near_users(data: Dataset) -> dict[str, np.ndarray]:
+    """How popular each item was around the time each user was last active.
+
+    Time is cut into `TIME_BINS` bins holding equal numbers of events, so the feature means the
+    same on data spanning hours or decades; an item's count is over the user's last bin and its
+    neighbours. For users active now it is "trending now"; for a user last seen years ago, what
+    was popular then. All zero when timestamps do not vary (then it says nothing new).
+    """
+    pop = np.zeros((data.n_items, TIME_BINS), dtype=np.float32)
+    last = np.zeros(data.n_users, dtype=np.int64)
+    events = data.events
+    if events.height == 0:
+        return {"item_bin_log_pop": pop, "user_last_bin": last}
+    t = events["ts"].cast(pl.Datetime("us")).dt.epoch("s").to_numpy().astype(np.float64)
+    if np.isnan(t).all() or np.nanmax(t) == np.nanmin(t):
+        return {"item_bin_log_pop": pop, "user_last_bin": last}
+    t = np.where(np.isnan(t), np.nanmin(t), t)
+    edges = np.quantile(t, np.linspace(0, 1, TIME_BINS + 1)[1:-1])
+    bins = np.searchsorted(edges, t, side="right")
+    items = events["item_idx"].to_numpy().astype(np.int64)
+    users = events["user_idx"].to_numpy().astype(np.int64)
+    counts = np.zeros((data.n_items, TIME_BINS), dtype=np.float64)
+    np.add.at(counts, (items, bins), 1.0)
+    window = counts.copy()
+    window[:, 1:] += counts[:, :-1]
+    window[:, :-1] += counts[:, 1:]
+    np.maximum.at(last, users, bins)
+    return {"item_bin_log_pop": np.log1p(window).astype(np.float32), "user_last_bin": last}
+
+
+def _item_age_days(data: Dataset) -> np.ndarray:
+    """Days between an item's first event and the snapshot time (0 without timestamps)."""
+    age = np.zeros(data.n_items, dtype=np.float64)
+    events = data.events
+    if events.height == 0 or events["ts"].null_count() == events.height:
+        return age
+    first = events.group_by("item_idx").agg(pl.col("ts").min().alias("first"))
+    end = events["ts"].max()
+    if data.as_of is not None:
+        as_of = pl.Series([data.as_of]).cast(events.schema["ts"], strict=False)[0]
+        end = as_of if as_of is not None else end
+    days = first.select(
+        "item_idx", ((pl.lit(end) - pl.col("first")).dt.total_seconds() / 86400.0)
+        .clip(lower_bound=0.0).fill_null(0.0).alias("days"))
+    age[days["item_idx"].to_numpy()] = days["days"].to_numpy()
+    return age
+
+
+def _aggregates(modalities: Sequence[str],
+                blend_weights: Mapping[str, float] | None = None) -> list[pl.Expr]:
+    """Cross-modality evidence from the per-modality columns (recomputed when a modality is
+    blanked for contributions): how many lists propose the item, CombSUM, the weighted blend
+    of normalised scores (weights tuned like weighted fusion: trees approximate sums poorly)
+    and RRF."""
+    weights = blend_weights or {}
+
+    def total(term: Callable[[str], pl.Expr]) -> pl.Expr:
+        terms = [term(m) for m in modalities]
+        return (pl.sum_horizontal(terms) if terms else pl.lit(0.0)).cast(pl.Float64)
+
+    return [
+        total(lambda m: pl.col(f"{m}_present")).alias("n_modalities"),
+        total(lambda m: pl.col(f"{m}_norm")).alias("sum_norm"),
+        total(lambda m: float(weights.get(m, 1.0)) * pl.col(f"{m}_norm")).alias("blend_norm"),
+        total(lambda m: pl.col(f"{m}_present") / (RRF_K + pl.col(f"{m}_rank"))).alias("sum_rrf"),
+    ]
+
+
+def candidate_features(candidates: pl.DataFrame, data: Dataset,
+                       modalities: Sequence[str] | None = None,
+                       missing_rank: int | None = None,
+                       blend_weights: Mapping[str, float] | None = None,
+                       context: _Context | None = None) -> pl.DataFrame:
+    """One row per (user_idx, item_idx) in the union of `modalities`' candidates, with features.
+
+    Per modality m: `m_score` (raw), `m_norm` (min-max within the user's list; 1 for a list of
+    equal scores), `m_rank`, `m_inv_rank` (1/rank) and `m_present`; a modality that did not
+    propose the item gets score/norm/inv_rank 0, rank `missing_rank` and present 0.
+    Cross-modality: `n_modalities` proposing the item, `sum_norm` (CombSUM), `blend_norm`
+    (Σ w_m·norm_m with `blend_weights`, default 1 each), `sum_rrf` (Σ 1/(60+rank)).
+    Context: log1p item popularity (users in `data.interactions`), the item's mean confidence,
+    log1p user history length, the user's mean item log-popularity (mainstream vs niche), log1p
+    social degree (0 without a social graph), item age in days since its first event (0 when
+    timestamps do not vary).
+
+    Candidates of modalities not in the list are ignored; a modality in the list with no
+    candidates gives an all-absent block, so columns are fixed by `modalities` (default: the
+    sorted modalities present; pass it explicitly, or use `StackingModel.features`, so training
+    and application agree). `missing_rank` defaults to the largest rank + 1. Rows are sorted by
+    (user_idx, item_idx).
+    """
+    mods = sorted(candidates["modality"].unique().to_list()) if modalities is None \
+        else list(modalities)
+    if missing_rank is None:
+        top = candidates["rank"].max() if candidates.height else 0
+        missing_rank = int(top if isinstance(top, int | float) else 0) + 1
+    context = context or _Context.of(data)
+    n_items = max(1, data.n_items)
+    score = pl.col("score").cast(pl.Float64).fill_nan(0.0)
+    lo, hi = score.min().over("user_idx"), score.max().over("user_idx")
+    per: dict[str, tuple[np.ndarray, pl.DataFrame]] = {}
+    for key, part in candidates.filter(pl.col("modality").is_in(mods)).partition_by(
+        "modality", as_dict=True
+    ).items():
+        code = (part["user_idx"].to_numpy().astype(np.int64) * n_items
+                + part["item_idx"].to_numpy().astype(np.int64))
+        rank = part["rank"].to_numpy().astype(np.float64)
+        order = np.lexsort((rank, code))  # a pair listed twice by one modality: best rank wins
+        code = code[order]
+        first = np.ones(len(code), dtype=bool)
+        first[1:] = code[1:] != code[:-1]
+        part = part[order[first]].select(
+            "user_idx",
+            score.alias("score"),
+            pl.when(hi > lo).then((score - lo) / (hi - lo)).otherwise(1.0).alias("norm"),
+            pl.col("rank").cast(pl.Float64).alias("rank"),
+            (1.0 / pl.col("rank").cast(pl.Float64)).alias("inv_rank"),
+            pl.lit(1.0).alias("present"),
+        )
+        per[str(key[0])] = (code[first], part)
+    # The union of pairs as sorted int64 codes; each modality's values land by binary search
+    # (no hash join, no sort of every candidate row).
+    union = np.unique(np.concatenate([c for c, _ in per.values()])) if per \
+        else np.zeros(0, dtype=np.int64)
+    columns: dict[str, np.ndarray] = {}
+    for m in mods:
+        code, found = per.get(m, (np.zeros(0, dtype=np.int64), None))
+        at = np.searchsorted(union, code)
+        for feature, absent in zip(MODALITY_FEATURES,
+                                   _absent_values(m, missing_rank).values(), strict=True):
+            values = np.full(len(union), absent, dtype=np.float64)
+            if found is not None:
+                values[at] = found[feature].to_numpy()
+            columns[f"{m}_{feature}"] = values
+    out = pl.DataFrame({
+        "user_idx": (union // n_items).astype(np.int32),
+        "item_idx": (union % n_items).astype(np.int32),
+        **columns,
+    })
+    users = out["user_idx"].to_numpy().astype(np.int64)
+    items = out["item_idx"].to_numpy().astype(np.int64)
+    if len(users) and (users.max() >= data.n_users or items.max() >= data.n_items):
+        raise ValueError("candidates reference users or items outside the dataset")
+    return out.with_columns(
+        *_aggregates(mods, blend_weights),
+        pl.Series("item_log_pop", context.item_log_pop[items]),
+        pl.Series("item_mean_confidence", context.item_mean_confidence[items]),
+        pl.Series("user_log_activity", context.user_log_activity[users]),
+        pl.Series("user_mean_item_log_pop", context.user_mean_item_log_pop[users]),
+        pl.Series("user_log_degree", context.user_log_degree[users]),
+        pl.Series("item_age_days", context.item_age_days[items]),
+        pl.Series("item_log_pop_near_user", context.near_user(users, items).astype(np.float64)),
+    ).select(*KEY_COLUMNS, *feature_columns(mods))
+
+
+def _known_feature(name: str) -> str:
+    kinds = (*MODALITY_FEATURES, *CONTEXT_FEATURES)
+    if name in kinds or any(name.endswith(f"_{s}") and len(name) > len(s) + 1
+                            for s in MODALITY_FEATURES):
+        return name
+    raise PydanticCustomError(
+        "unknown_feature", "unknown feature (kinds: {kinds}; or <modality>_<kind>)",
+        {"kinds": ", ".join(kinds)})
+
+
+# A pydantic dataclass: the run parameters validate it like their other models (and the Prefect
+# form shows it), while `dataclasses.replace` and keyword construction keep working.
+@pydantic_dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False))
+class StackingParams:
+    """Learner settings; the defaults were chosen on the Last.fm validation protocol."""
+
+    learner: Learner = Field(
+        default="logistic",
+        description="'logistic', 'hgb' (boosted trees), or 'auto': trees when there are at "
+        "least min_positives_for_hgb positives.")
+    min_positives_for_hgb: int = Field(
+        default=200, ge=1, description="'auto' with fewer positives uses logistic regression.")
+    negatives_per_positive: float | None = Field(
+        default=100.0, gt=0,
+        description="Per-user cap on negatives (× the user's positives); empty keeps all. "
+        "Training rows grow with users × candidates, so the cap bounds memory at scale.")
+    n_bags: int = Field(
+        default=3, ge=1,
+        description="hgb: models on different negative samples/seeds, averaged (less variance).")
+    tune_blend: bool = Field(
+        default=False,
+        description="Tune the blend_norm feature's weights on the training labels first (helps "
+        "trees, which approximate weighted sums poorly).")
+    max_iter: int = Field(default=300, ge=1, description="hgb: boosting iterations.")
+    learning_rate: float = Field(default=0.05, gt=0, description="hgb: shrinkage per tree.")
+    max_leaf_nodes: int = Field(default=31, ge=2, description="hgb: leaves per tree.")
+    min_samples_leaf: int = Field(default=100, ge=1, description="hgb: rows per leaf, at least.")
+    l2_regularization: float = Field(default=1.0, ge=0, description="hgb: L2 on leaf values.")
+    early_stopping: bool = Field(
+        default=True, description="hgb: stop when a 10% validation split stops improving.")
+    monotonic: bool = Field(
+        default=True,
+        description="hgb: score/norm/presence/agreement can only help, rank only hurt.")
+    logistic_c: float = Field(
+        default=1.0, gt=0, description="logistic: inverse L2 strength (larger = weaker).")
+    drop_features: tuple[Annotated[str, AfterValidator(_known_feature)], ...] = Field(
+        default=(), description="Feature kinds or column names to ignore (ablations).")
+
+
+#: Monotonic constraint per feature kind when `StackingParams.monotonic` (0 = free).
+MONOTONIC_SIGN = {"score": 1, "norm": 1, "inv_rank": 1, "present": 1, "rank": -1,
+                  "n_modalities": 1, "sum_norm": 1, "blend_norm": 1, "sum_rrf": 1}
+
+
+@dataclass
+class StackingModel:
+    """A fitted stacker plus the feature spec it needs (modalities, missing rank, blend weights)."""
+
+    modalities: tuple[str, ...]
+    missing_rank: int
+    params: StackingParams = field(default_factory=StackingParams)
+    seed: int = 7
+    blend_weights: dict[str, float] | None = None
+    learner: str | None = None
+    n_train_rows: int = 0
+    n_train_positives: int = 0
+    fit_seconds: float = 0.0
+    estimators: list[Any] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns fed to the estimator: feature_columns minus `params.drop_features`."""
+        drop = set(self.params.drop_features)
+        return [c for c, kind in _column_kinds(self.modalities)
+                if c not in drop and kind not in drop]
+
+    def features(self, candidates: pl.DataFrame, data: Dataset,
+                 context: _Context | None = None) -> pl.DataFrame:
+        """`candidate_features` with this model's spec, so training and application agree."""
+        return candidate_features(candidates, data, self.modalities, self.missing_rank,
+                                  self.blend_weights, context)
+
+    def fit(self, features: pl.DataFrame, labels: np.ndarray) -> StackingModel:
+        """Fit on feature rows (from `features`/`candidate_features`) and 0/1 labels.
+
+        Raises StackingUnavailable when the labels have no positives or no negatives (nothing to
+        learn); the caller then falls back to weighted fusion.
+        """
+        return self.fit_blocks([(features, labels)])
+
+    def fit_blocks(self, blocks: Iterable[tuple[pl.DataFrame, np.ndarray]]) -> StackingModel:
+        """`fit` over (features, labels) blocks that each hold whole users, in user order.
+
+        Every block is subsampled (every positive, capped negatives per user) as it arrives, so
+        only the kept rows stay in memory: feature rows grow with users × candidates, kept rows
+        with positives. Each bag's random draws continue one stream across blocks, so the model
+        is the one `fit` would give on the concatenated blocks.
+        """
+        start = time.perf_counter()
+        learner = self.params.learner
+        # Draw for every bag the learner may use; "auto" picks the learner after the last block.
+        n_draws = max(1, self.params.n_bags) if learner in ("auto", "hgb") else 1
+        streams = [np.random.default_rng(self.seed + bag) for bag in range(n_draws)]
+        kept: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in streams]
+        n_pos = n_rows = 0
+        for features, labels in blocks:
+            y = np.asarray(labels).astype(bool)
+            if len(y) != features.height:
+                raise ValueError(f"{len(y)} labels for {features.height} feature rows")
+            n_pos, n_rows = n_pos + int(y.sum()), n_rows + len(y)
+            users = features["user_idx"].to_numpy()
+            x = features.select(self.columns).to_numpy().astype(np.float64)
+            for bag, stream in enumerate(streams):
+                keep = self._subsample(users, y, stream)
+                kept[bag].append((x[keep], y[keep]))
+        if n_pos == 0 or n_pos == n_rows:
+            raise StackingUnavailable(
+                f"need positive and negative labels, got {n_pos} of {n_rows} positive")
+        if learner == "auto":
+            learner = "hgb" if n_pos >= self.params.min_positives_for_hgb else "logistic"
+        # A linear model on all rows is deterministic: bagging only pays for subsampled trees.
+        bags = max(1, self.params.n_bags) if learner == "hgb" else 1
+        self.estimators, self.n_train_rows = [], 0
+        for bag in range(bags):
+            x_bag = np.concatenate([x for x, _ in kept[bag]])
+            y_bag = np.concatenate([y for _, y in kept[bag]])
+            kept[bag] = []  # free the parts before the estimator copies the matrix
+            estimator = self._hgb(self.seed + bag) if learner == "hgb" else make_pipeline(
+                StandardScaler(), LogisticRegression(C=self.params.logistic_c, max_iter=2000))
+            estimator.fit(x_bag, y_bag)
+            self.estimators.append(estimator)
+            self.n_train_rows += len(y_bag)
+        self.learner, self.n_train_positives = learner, n_pos
+        self.fit_seconds = time.perf_counter() - start
+        log.info("stacker %s×%d fit on %d rows (%d positive) in %.1fs", learner, bags,
+                 self.n_train_rows, n_pos, self.fit_seconds)
+        return self
+
+    def _subsample(self, users: np.ndarray, y: np.ndarray, draws: np.random.Generator
+                   ) -> np.ndarray:
+        """Rows to train on: every positive; per user at most `negatives_per_positive` × its
+        positives negatives (seeded); users without a positive carry no ranking signal and go."""
+        ratio = self.params.negatives_per_positive
+        _, inverse = np.unique(users.astype(np.int64), return_inverse=True)
+        pos = np.bincount(inverse, weights=y.astype(np.float64))
+        neg = np.bincount(inverse, weights=(~y).astype(np.float64))
+        if ratio is None:
+            rate = np.where(pos > 0, 1.0, 0.0)
+        else:
+            rate = np.where(pos > 0, np.minimum(1.0, ratio * pos / np.maximum(neg, 1.0)), 0.0)
+        return y | (draws.random(len(y)) < rate[inverse])
+
+    def _hgb(self, seed: int) -> HistGradientBoostingClassifier:
+        p = self.params
+        monotonic = None
+        if p.monotonic:
+            kinds = dict(_column_kinds(self.modalities))
+            monotonic = [MONOTONIC_SIGN.get(kinds[c], 0) for c in self.columns]
+        return HistGradientBoostingClassifier(
+            max_iter=p.max_iter, learning_rate=p.learning_rate, max_leaf_nodes=p.max_leaf_nodes,
+            min_samples_leaf=p.min_samples_leaf, l2_regularization=p.l2_regularization,
+            early_stopping=p.early_stopping, n_iter_no_change=20, validation_fraction=0.1,
+            monotonic_cst=monotonic, random_state=seed)
+
+    def predict(self, features: pl.DataFrame) -> np.ndarray:
+        """Relevance scores in [0, 1] (higher = better): the bags' mean predicted probability.
+
+        Negative subsampling inflates them per user, so they rank rather than calibrate.
+        """
+        if not self.estimators:
+            raise RuntimeError("StackingModel.predict called before fit")
+        if features.height == 0:
+            return np.zeros(0, dtype=np.float64)
+        x = features.select(self.columns).to_numpy().astype(np.float64)
+        proba = np.mean([e.predict_proba(x)[:, 1] for e in self.estimators], axis=0)
+        return np.asarray(proba, dtype=np.float64)
+
+    def summary(self) -> dict[str, object]:
+        """What to record with a run: learner, data sizes, spec and timing."""
+        return {"strategy": "stacking", "learner": self.learner, "bags": len(self.estimators),
+                "modalities": list(self.modalities), "missing_rank": self.missing_rank,
+                "blend_weights": self.blend_weights, "n_train_rows": self.n_train_rows,
+                "n_train_positives": self.n_train_positives,
+                "fit_seconds": round(self.fit_seconds, 3),
+                "n_iter": [getattr(e, "n_iter_", None) for e in self.estimators]}
+
+
+def label_pairs(features: pl.DataFrame, truth: pl.DataFrame) -> np.ndarray:
+    """1 where the feature row's (user_idx, item_idx) is in truth, else 0 (order preserved)."""
+    hits = truth.select(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32)) \
+        .unique().with_columns(pl.lit(1, pl.Int8).alias("_label"))
+    labelled = features.select(KEY_COLUMNS).join(hits, on=list(KEY_COLUMNS), how="left",
+                                                  maintain_order="left")
+    return labelled["_label"].fill_null(0).to_numpy().astype(np.int8)
+
+
+def user_blocks(candidates: pl.DataFrame, block_users: int) -> Iterator[pl.DataFrame]:
+    """The candidates of at most `block_users` users at a time, in user order."""
+    users = np.unique(candidates["user_idx"].to_numpy())
+    for start in range(0, len(users), block_users):
+        lo, hi = int(users[start]), int(users[min(start + block_users, len(users)) - 1])
+        yield candidates.filter(pl.col("user_idx").is_between(lo, hi))
+
+
+def fit_stacker(candidates: pl.DataFrame, truth: pl.DataFrame, data: Dataset,
+                modalities: Sequence[str], seed: int = 7,
+                params: StackingParams | None = None,
+                missing_rank: int | None = None) -> StackingModel:
+    """Train a stacker: label = candidate pair is in `truth` (user_idx, item_idx).
+
+    `data` must be the Dataset the candidates' models were fitted on (context features come from
+    it). With `params.tune_blend`, the `blend_norm` weights are first tuned like weighted fusion
+    (coordinate ascent on NDCG@10 of the same labels). Raises StackingUnavailable when the
+    candidates hold no positive (or no negative) pair.
+    """
+    params = params or StackingParams()
+    if missing_rank is None:
+        top = candidates["rank"].max() if candidates.height else 0
+        missing_rank = int(top if isinstance(top, int | float) else 0) + 1
+    model = StackingModel(tuple(modalities), missing_rank, params, seed)
+    known = candidates.filter(pl.col("modality").is_in(list(modalities)))
+    if known.height == 0:
+        raise StackingUnavailable("no candidates to learn from")
+    if params.tune_blend and truth.height:
+        tuned, _ = tune_weights(candidate_table(known), truth, BLEND_K)
+        model.blend_weights = {m: float(tuned.get(m, 0.0)) for m in modalities}
+    context = _Context.of(data)
+
+    def labelled_blocks() -> Iterator[tuple[pl.DataFrame, np.ndarray]]:
+        for block in user_blocks(known, FEATURE_BLOCK_USERS):
+            features = model.features(block, data, context)
+            yield features, label_pairs(features, truth)
+
+    return model.fit_blocks(labelled_blocks())
+
+
+def _fused_schema(modalities: Sequence[str]) -> dict[str, Any]:
+    return {**FUSED_SCHEMA, **{f"contrib_{m}": pl.Float64 for m in modalities}}
+
+
+def fuse_stacking(candidates: pl.DataFrame, data: Dataset, model: StackingModel, k: int,
+                  modalities: Sequence[str] | None = None,
+                  block_users: int = FEATURE_BLOCK_USERS) -> pl.DataFrame:
+    """Rank each user's candidate union by the stacker; the fused shape of `tasks.fusion.table`.
+
+    Returns user_idx, item_idx, score (stacker probability), rank (1..k, contiguous per user,
+    ties by item index) and contrib_<m> for every modality of the model. Contribution of m =
+    max(0, score − score with m's features set to "absent" and the cross-modality aggregates
+    recomputed without m): how much the prediction relies on m having proposed the item
+    (leave-one-modality-out, one extra predict per modality on the top-k rows only). A modality
+    that did not propose the item contributes exactly 0, and so does one whose presence lowers
+    the score (clipped); contributions need not sum to the score (redundant evidence shares
+    credit, synergies can exceed it). Users are processed in blocks to bound feature memory.
+    """
+    mods = list(model.modalities)
+    if modalities is not None and list(modalities) != mods:
+        raise ValueError(f"modalities {list(modalities)} differ from the model's {mods}")
+    schema = _fused_schema(mods)
+    if candidates.height == 0:
+        return pl.DataFrame(schema=schema)
+    context = _Context.of(data)
+    parts: list[pl.DataFrame] = []
+    for block in user_blocks(candidates, block_users):
+        features = model.features(block, data, context)
+        scored = features.with_columns(pl.Series("score", model.predict(features)))
+        best = top_k(scored, k)
+        contribs = []
+        for m in mods:
+            present = best[f"{m}_present"].to_numpy()
+            absent = best.with_columns(
+                *[pl.lit(v, pl.Float64).alias(c)
+                  for c, v in _absent_values(m, model.missing_rank).items()]
+            ).with_columns(_aggregates(mods, model.blend_weights))
+            drop = best["score"].to_numpy() - model.predict(absent)
+            contribs.append(pl.Series(f"contrib_{m}", np.where(present > 0,
+                                                               np.clip(drop, 0.0, None), 0.0)))
+        parts.append(best.with_columns(contribs).select(list(schema)))
+    return pl.concat(parts).cast(schema)  # type: ignore[arg-type]

@@ -1,0 +1,245 @@
+"""Blocked top-N: the only place where dense user×item scores exist, one block at a time.
+
+Peak memory is block_size × n_items floats regardless of how many users there are.
+
+Selection is one compiled pass per block (`tasks.kernels.topn`). Chunks of rows run on a small
+thread pool (numpy, scipy's BLAS and the Numba kernels release the GIL), offered to modalities
+too (`parallel_chunks`), and block-sized score arrays are recycled across blocks
+(`block_array`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from threadpoolctl import ThreadpoolController
+
+from tasks.kernels.topn import select_columns, select_rows
+from tasks.modalities.base import Modality
+
+CANDIDATE_SCHEMA = {
+    "user_idx": pl.Int32,
+    "item_idx": pl.Int32,
+    "score": pl.Float32,
+    "rank": pl.Int32,
+}
+
+T = TypeVar("T")
+
+CHUNK_ROWS = 256  # rows per task: a chunk of a 20k-item block (20 MB) stays cache- and RSS-friendly
+_TOP_ROWS = 64  # users per selection task
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_in_worker = threading.local()
+_blas_users = 0
+_blas_limit: Any = None  # threadpoolctl's limiter while `_blas_users` > 0
+_blas: ThreadpoolController | None = None  # inspecting the loaded libraries costs ~1 ms: once
+
+
+def _threads() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def _executor() -> ThreadPoolExecutor:
+    """Process-wide pool, created on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                _threads(), thread_name_prefix="recfusion-chunks",
+                initializer=setattr, initargs=(_in_worker, "active", True),
+            )
+        return _pool
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits no live threads, and maybe a lock some thread held: start over."""
+    global _pool, _pool_lock, _blas_users, _blas_limit
+    _pool, _pool_lock, _blas_users, _blas_limit = None, threading.Lock(), 0, None
+    _blocks.reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """BLAS on one thread while pool tasks run: the pool already uses every core.
+
+    Otherwise each task's BLAS call fans out to its own threads (oversubscription), and
+    OpenBLAS's idle threads spin after every call, taking cycles from the pool. Counted, so
+    overlapping users in several threads restore the caller's limit only once, at the end.
+    """
+    global _blas_users, _blas_limit, _blas
+    with _pool_lock:
+        if _blas_users == 0:
+            _blas = _blas or ThreadpoolController()
+            _blas_limit = _blas.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _pool_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limit is not None:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
+
+
+def parallel_chunks(fn: Callable[[int, int], T], n: int, chunk: int = CHUNK_ROWS) -> list[T]:
+    """[fn(start, stop) for consecutive chunks of range(n)], in order, on the shared pool.
+
+    Runs inline when there is one chunk, one core, or when already inside a pool worker (a worker
+    waiting on its own pool could deadlock). With several chunks BLAS is single-threaded while
+    they run, inline or not.
+    """
+    bounds = [(s, min(s + chunk, n)) for s in range(0, n, max(1, chunk))]
+    if len(bounds) <= 1:
+        return [fn(a, b) for a, b in bounds]
+    with _single_threaded_blas():  # many small BLAS calls: threading them only adds overhead
+        if _threads() == 1 or getattr(_in_worker, "active", False):
+            return [fn(a, b) for a, b in bounds]
+        return list(_executor().map(lambda ab: fn(*ab), bounds))
+
+
+def top_n_of_block(
+    scores: np.ndarray, n: int, seen: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-n per row of a dense score block: (row, item, score, rank), non-finite entries dropped.
+
+    Ranks follow score descending, then item ascending. `seen` (same rows as `scores`) masks
+    items the user already has; it is applied in place. The block may be C- or F-ordered (a
+    modality may compute items × users and return its `.T`).
+    """
+    n_rows, n_items = scores.shape
+    if seen is not None and seen.nnz:
+        rows = np.repeat(np.arange(n_rows), np.diff(seen.indptr))
+        scores[rows, seen.indices] = -np.inf
+    n = min(n, n_items)
+    if n == 0 or n_rows == 0:
+        empty = np.array([], dtype=np.int64)
+        return empty, empty, np.array([], dtype=np.float32), empty
+    vals = np.empty((n_rows, n), dtype=np.float32)
+    items = np.empty((n_rows, n), dtype=np.int64)
+    counts = np.empty(n_rows, dtype=np.int64)
+    if scores.flags.f_contiguous and not scores.flags.c_contiguous:
+        scores_t = scores.T  # items × users, C-ordered
+        parallel_chunks(
+            lambda a, b: select_columns(scores_t, n, vals, items, counts, a, b),
+            n_rows, -(-n_rows // _threads()),
+        )
+    else:
+        view = np.ascontiguousarray(scores, dtype=np.float32)
+        parallel_chunks(lambda a, b: select_rows(view, n, vals, items, counts, a, b),
+                        n_rows, _TOP_ROWS)
+    keep = np.arange(n)[None, :] < counts[:, None]
+    rows, ranks = np.nonzero(keep)
+    return rows, items[keep], vals[keep], ranks + 1
+
+
+class _BlockPool:
+    """Block-sized score buffers recycled across the blocks of a `top_n` run.
+
+    A fresh 100+ MB array per block costs a page fault per page on first touch, which measured
+    as much as the scoring itself on the shared VM. Ownership is explicit: a modality takes a
+    buffer with `block_array`, returns it (or a view) from `score_block`, and only `top_n`, once
+    done with that block, hands it back. Outside a `top_n` run `block_array` is plain
+    `np.empty`, and the buffers are dropped when the last run ends.
+    """
+
+    _KEEP = 2  # one block in flight plus one for a concurrent run
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._buffers: list[np.ndarray] = []
+        self._busy: list[bool] = []
+
+    @contextmanager
+    def run(self) -> Iterator[None]:
+        with self._lock:
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs -= 1
+                if self._runs == 0:
+                    self._buffers, self._busy = [], []
+
+    def take(self, shape: tuple[int, int]) -> np.ndarray:
+        size = shape[0] * shape[1]
+        with self._lock:
+            if self._runs:
+                for i, buf in enumerate(self._buffers):
+                    if not self._busy[i] and buf.size >= size:
+                        self._busy[i] = True
+                        return buf[:size].reshape(shape)
+                if len(self._buffers) < self._KEEP:
+                    self._buffers.append(np.empty(size, dtype=np.float32))
+                    self._busy.append(True)
+                    return self._buffers[-1].reshape(shape)
+        return np.empty(shape, dtype=np.float32)
+
+    def give_back(self, scores: np.ndarray) -> None:
+        base: np.ndarray | None = scores
+        with self._lock:
+            while base is not None:
+                for i, buf in enumerate(self._buffers):
+                    if buf is base:
+                        self._busy[i] = False
+                        return
+                base = base.base if isinstance(base.base, np.ndarray) else None
+
+
+_blocks = _BlockPool()
+
+
+def block_array(shape: tuple[int, int]) -> np.ndarray:
+    """Uninitialised C-ordered float32 array for a modality's `score_block` result.
+
+    Inside `top_n` it is a recycled buffer (see `_BlockPool`): the modality must return it (or a
+    view of it) and keep no reference, because `top_n` reuses it for the next block.
+    """
+    return _blocks.take(shape)
+
+
+def top_n(
+    model: Modality,
+    users: np.ndarray,
+    n: int,
+    seen: sp.csr_matrix | None = None,
+    block_size: int = 2048,
+) -> pl.DataFrame:
+    """Score `users` in blocks and keep each user's top-n unseen items with finite scores."""
+    parts: list[pl.DataFrame] = []
+    users = np.asarray(users, dtype=np.int64)
+    with _blocks.run():
+        for start in range(0, len(users), block_size):
+            block = users[start : start + block_size]
+            scores = np.asarray(model.score_block(block), dtype=np.float32)
+            block_seen = seen[block] if seen is not None else None
+            rows, items, top_scores, ranks = top_n_of_block(scores, n, block_seen)
+            _blocks.give_back(scores)
+            del scores
+            parts.append(
+                pl.DataFrame(
+                    {"user_idx": block[rows], "item_idx": items, "score": top_scores,
+                     "rank": ranks},
+                    schema=CANDIDATE_SCHEMA,
+                )
+            )
+    if not parts:
+        return pl.DataFrame(schema=CANDIDATE_SCHEMA)
+    return pl.concat(parts)

@@ -1,0 +1,90 @@
+"""Top-n per user of a dense score block, in one pass, compiled with Numba.
+
+Each user keeps its n best (score, item) pairs sorted, plus the n-th best score as a threshold.
+A scan compares every score with the threshold and, rarely, inserts (about n·ln(items / n)
+times per user in random order): one read of the block, no index arrays, no sort. Items are
+scanned in increasing order and only a strictly better score displaces a kept one, so ties keep
+the smaller item id first. -inf, +inf and NaN are never selected.
+
+Both layouts of `tasks.kernels.blocks.top_n_of_block`: users × items (one row per user) and
+items × users (a column per user, from modalities that compute the transposed product).
+The kernels release the GIL, so row or column ranges run side by side on the shared pool.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_TILE = 32  # items per tile of `select_columns`
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _insert(vals: np.ndarray, items: np.ndarray, count: int, n: int, v: float,
+            item: int) -> int:  # pragma: no cover - compiled
+    """Insert (v, item) into the sorted buffer of `count` ≤ n entries; returns the new count."""
+    pos = count if count < n else n - 1  # when full, the last (smallest) entry is dropped
+    while pos > 0 and vals[pos - 1] < v:
+        vals[pos] = vals[pos - 1]
+        items[pos] = items[pos - 1]
+        pos -= 1
+    vals[pos] = v
+    items[pos] = item
+    return count + 1 if count < n else n
+
+
+@numba.njit(nogil=True, cache=True)
+def select_rows(
+    scores: np.ndarray, n: int, vals: np.ndarray, items: np.ndarray, counts: np.ndarray,
+    lo: int, hi: int,
+) -> None:  # pragma: no cover - compiled; covered through `top_n_of_block`
+    """Rows lo..hi of a users × items block → vals/items[row, :counts[row]], best first."""
+    inf = np.float32(np.inf)
+    for r in range(lo, hi):
+        row, v_r, i_r = scores[r], vals[r], items[r]
+        count, thresh = 0, -inf
+        for j in range(row.shape[0]):
+            v = row[j]
+            if v > thresh and v < inf:
+                count = _insert(v_r, i_r, count, n, v, j)
+                if count == n:
+                    thresh = v_r[n - 1]
+        counts[r] = count
+
+
+@numba.njit(nogil=True, cache=True)
+def select_columns(
+    scores_t: np.ndarray, n: int, vals: np.ndarray, items: np.ndarray, counts: np.ndarray,
+    lo: int, hi: int,
+) -> None:  # pragma: no cover - compiled; covered through `top_n_of_block`
+    """Columns lo..hi (users) of an items × users block.
+
+    Rows are contiguous across users, so a tile of `_TILE` items is first reduced to each
+    user's maximum (an element-wise max over contiguous rows, vectorised); only users whose
+    tile maximum beats their threshold read their tile entries one by one.
+    """
+    inf = np.float32(np.inf)
+    width = hi - lo
+    thresh = np.full(width, -inf, dtype=np.float32)
+    best = np.empty(width, dtype=np.float32)
+    for u in range(lo, hi):
+        counts[u] = 0
+    for t0 in range(0, scores_t.shape[0], _TILE):
+        t1 = min(t0 + _TILE, scores_t.shape[0])
+        best[:] = -inf
+        for i in range(t0, t1):
+            row = scores_t[i, lo:hi]
+            for k in range(width):
+                v = row[k]
+                best[k] = v if v > best[k] else best[k]
+        for k in range(width):
+            if best[k] <= thresh[k]:
+                continue
+            u = lo + k
+            for i in range(t0, t1):
+                v = scores_t[i, u]
+                if v > thresh[k] and v < inf:
+                    c = _insert(vals[u], items[u], counts[u], n, v, i)
+                    counts[u] = c
+                    if c == n:
+                        thresh[k] = vals[u, n - 1]

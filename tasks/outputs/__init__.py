@@ -1,0 +1,4 @@
+"""Outputs.
+
+What is published beside the lists (reasons, data checks, reports, Data Docs).
+"""

@@ -1,0 +1,129 @@
+"""A short human-readable reason per recommendation, from its strongest modality's evidence."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from tasks.data.dataset import Dataset
+from tasks.data.segments import EXACT_AUDIENCE_USERS, projected_audiences, unit_audiences
+
+REASON_DIMENSIONS = 256
+
+GENERIC = {
+    "behavior": "people with similar taste chose it",
+    "content": "similar to items you interacted with",
+    "social": "popular among your friends",
+    "popularity": "popular right now",
+    "hybrid_features": "similar to items you interacted with",
+    "hybrid_samples": "people like you and your friends chose it",
+}
+
+
+def friends_who_have(data: Dataset, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """For each (user, item) pair: how many of the user's friends interacted with the item.
+
+    Row u of (friends @ seen) lists what u's friends have; only the pair's own item is read, so
+    the cost is the friends' histories, not the item's audience (millions for a hit).
+    """
+    if data.social is None or len(users) == 0:
+        return np.zeros(len(users), dtype=np.int64)
+    friends = sp.csr_matrix(data.social[users].sign(), dtype=np.float32)  # pairs × users
+    reach = sp.csr_matrix(friends @ data.seen())  # pairs × items
+    return np.asarray(reach[np.arange(len(users)), items]).ravel().astype(np.int64)
+
+
+def _closest_history_item(
+    data: Dataset, users: np.ndarray, items: np.ndarray, block: int = 4096
+) -> np.ndarray:
+    """For each pair: the user's history item most similar to the recommended one, or -1.
+
+    Similarity = cosine of the two items' audiences (who interacted with them). Exact up to
+    `EXACT_AUDIENCE_USERS` users; above, on seeded projections of the audiences
+    (`tasks.data.segments`), where a cosine below the projection's noise level counts as none.
+    Works in blocks of pairs so memory stays bounded.
+    """
+    seen = data.seen()
+    if data.n_users <= EXACT_AUDIENCE_USERS:
+        vectors: sp.csr_matrix | np.ndarray = unit_audiences(data)
+        floor = 0.0
+    else:
+        vectors = projected_audiences(data, REASON_DIMENSIONS)
+        floor = 1.5 / np.sqrt(REASON_DIMENSIONS)
+    best = np.full(len(users), -1, dtype=np.int64)
+    for start in range(0, len(users), block):
+        u, i = users[start : start + block], items[start : start + block]
+        history = seen[u]
+        rows = np.repeat(np.arange(len(u)), np.diff(history.indptr))
+        hist_items = history.indices.astype(np.int64)
+        if isinstance(vectors, np.ndarray):
+            sims = np.einsum("nd,nd->n", vectors[i[rows]], vectors[hist_items])
+        else:
+            sims = np.asarray(vectors[i[rows]].multiply(vectors[hist_items]).sum(axis=1)).ravel()
+        keep = sims > floor
+        rows, hist_items, sims = rows[keep], hist_items[keep], sims[keep]
+        if not len(rows):
+            continue
+        order = np.lexsort((hist_items, -sims, rows))  # best first; ties → smaller item index
+        first_rows, first_pos = np.unique(rows[order], return_index=True)
+        best[start + first_rows] = hist_items[order][first_pos]
+    return best
+
+
+def explain(fused: pl.DataFrame, data: Dataset) -> pl.DataFrame:
+    """Add `reason`, `top_modality` and a JSON `contributions` column to a fused list."""
+    contrib_cols = [c for c in fused.columns if c.startswith("contrib_")]
+    if not contrib_cols or fused.height == 0:
+        return fused.with_columns(
+            pl.lit("popular right now").alias("reason"), pl.lit("{}").alias("contributions")
+        )
+    names = [c.removeprefix("contrib_") for c in contrib_cols]
+    values = fused.select(contrib_cols).to_numpy()
+    top = np.array(names)[np.argmax(values, axis=1)]
+    users = fused["user_idx"].to_numpy().astype(np.int64)
+    items = fused["item_idx"].to_numpy().astype(np.int64)
+    reason = np.array([GENERIC.get(t, "recommended for you") for t in top], dtype=object)
+
+    social_rows = np.flatnonzero(top == "social")
+    if social_rows.size:
+        n = friends_who_have(data, users[social_rows], items[social_rows])
+        reason[social_rows] = np.where(
+            n == 1,
+            "liked by 1 friend",
+            np.char.add(np.char.add("liked by ", n.astype(str)), " friends"),
+        )
+        reason[social_rows[n == 0]] = "liked by friends of your friends"
+
+    titles = _titles(data)
+    for modality, template in (
+        ("behavior", "because you liked {}"),
+        ("hybrid_features", "because you liked {}"),
+        ("hybrid_samples", "because you liked {}"),
+        ("content", "similar to {}"),
+    ):
+        rows = np.flatnonzero(top == modality)
+        if rows.size and titles is not None:
+            closest = _closest_history_item(data, users[rows], items[rows])
+            ok = closest >= 0
+            reason[rows[ok]] = [template.format(titles[i]) for i in closest[ok]]
+
+    total = values.sum(axis=1, keepdims=True)
+    shares = np.divide(values, total, out=np.zeros_like(values), where=total > 0)
+    contributions = pl.DataFrame(np.round(shares, 4), schema=names).select(
+        pl.struct(names).struct.json_encode().alias("contributions")
+    )
+    return fused.with_columns(
+        pl.Series("reason", reason.astype(str)),
+        pl.Series("top_modality", top.astype(str)),
+        contributions["contributions"],
+    )
+
+
+def _titles(data: Dataset) -> np.ndarray | None:
+    if data.items is None or "title" not in data.items.columns:
+        return None
+    titles = data.items.sort("item_idx")["title"].fill_null(pl.col("item_id") if False else "")
+    ids = data.item_ids.astype(str)
+    out = np.where(titles.to_numpy() == "", ids, titles.to_numpy()).astype(object)
+    return out
