@@ -33,6 +33,7 @@ from tasks.data.snapshot import Snapshot, load_snapshot
 from tasks.evaluation.alarm import evaluation_checks
 from tasks.evaluation.protocol import protocol_key
 from tasks.fault_injection import fault_point
+from tasks.fusion.plan import DEFAULT_FUSER
 from tasks.kernels.blocks import CANDIDATE_SCHEMA
 from tasks.outputs import checks
 from tasks.outputs.reasons import explain
@@ -613,7 +614,7 @@ def _run(
             outputs.checks = pl.concat([outputs.checks, alarm.results.drop("blocking")])
         lap("explain_and_check")
 
-        strategy = evaluation.plan.strategy if evaluation else "weighted"
+        strategy = evaluation.plan.strategy if evaluation else DEFAULT_FUSER
         protocol = protocol_key(params, evaluation.split_kind) if evaluation else None
         status: FinalStatus
         if not output_check.passed:

@@ -25,6 +25,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tasks.data.dataset import DEFAULT_EVENT_WEIGHTS, InteractionWeighting
 from tasks.data.splits import EvaluationParams
+from tasks.fusion.plan import AUTO, FUSERS
 from tasks.fusion.stacking import StackingParams
 from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG
 from tasks.modalities.behavior import BehaviorParams
@@ -33,12 +34,13 @@ from tasks.modalities.hybrid import HybridParams
 from tasks.modalities.popularity import PopularityParams
 from tasks.modalities.social import SocialParams
 
+#: The modalities of `tasks.modalities.registry.REGISTRY`, spelt out because a Literal is what
+#: the Prefect UI shows as a choice (tests/test_registries.py keeps the two equal).
 ModalityName = Literal[
     "behavior", "content", "social", "popularity", "hybrid_features", "hybrid_samples"
 ]
 ALL_MODALITIES: list[ModalityName] = list(get_args(ModalityName))
-#: The four single-evidence modalities; hybrids are fusions below the model level.
-SINGLE_MODALITIES = ("behavior", "content", "social", "popularity")
+#: "auto" and the fusers of `tasks.fusion.plan.FUSERS` (kept equal by the same test).
 FusionStrategy = Literal["auto", "weighted", "rrf", "combsum", "combmnz", "borda", "stacking"]
 
 #: Limits shared with the command line's help (tests/test_cli.py keeps the two in step).
@@ -281,11 +283,12 @@ class RunParameters(BaseModel):
                 f"modality {name} is not enabled in modalities ({', '.join(self.modalities)})",
                 (self.fusion.weights or {})[name],
             )
-        if self.fusion.strategy == "stacking" and not self.evaluate:
+        strategy = self.fusion.strategy
+        if strategy != AUTO and FUSERS[strategy].needs_labels and not self.evaluate:
             problem(
                 ("fusion", "strategy"),
-                "stacking_needs_evaluation",
-                "stacking is learned on the hold-out window, so it needs evaluate=true",
+                "fuser_needs_evaluation",
+                f"{strategy} is learned on the hold-out window, so it needs evaluate=true",
                 self.fusion.strategy,
             )
         if problems:

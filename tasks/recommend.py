@@ -19,7 +19,17 @@ from tasks.data.dataset import Dataset, build_dataset
 from tasks.data.snapshot import Snapshot
 from tasks.data.splits import Holdout, holdout_split
 from tasks.evaluation.lists import evaluate_lists, user_segments
-from tasks.fusion.plan import CandidatePool, FusionPlan, Recipe, apply_plan, apply_recipe, top_up
+from tasks.fusion.plan import (
+    AUTO,
+    DEFAULT_FUSER,
+    FUSERS,
+    CandidatePool,
+    FusionPlan,
+    Recipe,
+    apply_plan,
+    apply_recipe,
+    top_up,
+)
 from tasks.fusion.selection import per_user_ndcg, refit_plan, select_plan
 from tasks.modalities.generation import (
     CandidateSet,
@@ -28,11 +38,11 @@ from tasks.modalities.generation import (
     score_candidates,
 )
 from tasks.modalities.popularity import PopularityParams, make_popularity
+from tasks.modalities.registry import FLOOR_BASELINE, FLOOR_MODALITY, REGISTRY
 from tasks.parameters import RunParameters
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = {"behavior": 1.0, "content": 0.3, "social": 0.3, "popularity": 0.1}
 #: Users with at most this many items are reported as "cold" when the plan has no cold rule.
 REPORT_COLD_MAX = 2
 
@@ -84,9 +94,11 @@ def _truth_idx(truth: pl.DataFrame, data: Dataset) -> pl.DataFrame:
 
 def _fixed_plan(params: RunParameters, modalities: list[str]) -> FusionPlan:
     """The plan when nothing could be evaluated: the given (or default) weights, no cold rule."""
-    weights = params.fusion.weights or {m: DEFAULT_WEIGHTS.get(m, 0.1) for m in modalities}
+    weights = params.fusion.weights or {m: REGISTRY[m].default_weight for m in modalities}
     strategy = (
-        "weighted" if params.fusion.strategy in ("auto", "stacking") else params.fusion.strategy
+        DEFAULT_FUSER
+        if params.fusion.strategy == AUTO or FUSERS[params.fusion.strategy].needs_labels
+        else params.fusion.strategy
     )
     return FusionPlan(Recipe(strategy, weights=dict(weights),
                              normalisation=params.fusion.normalisation))
@@ -211,8 +223,8 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
     for recipe in eval_plan.alternatives:
         lists[recipe.name] = top_up(apply_recipe(recipe, pool_, k, test.data), pool_, k)
     lists["fused"] = apply_plan(pool_, eval_plan, k, test.data)
-    if "popularity" not in lists:  # the floor every list is checked against
-        lists["popularity_baseline"] = popularity_baseline(test.data, test.truth, k)
+    if FLOOR_MODALITY not in lists:  # the floor every list is checked against
+        lists[FLOOR_BASELINE] = popularity_baseline(test.data, test.truth, k)
     pool = cands.candidates.select("user_idx", "item_idx").unique()
     metrics = evaluate_lists(lists, test.truth, test.data, k, segments, pool=pool,
                              cold_pool=test.cold_pool)

@@ -20,11 +20,12 @@ import polars as pl
 
 from tasks.fusion.plan import FusionPlan
 from tasks.fusion.selection import Paired
+from tasks.modalities.registry import FLOOR_BASELINE, FLOOR_MODALITY
 from tasks.outputs.checks import CHECK_SCHEMA, CheckOutcome
 
 SUITE = "evaluation"
 ALARM_Z = 2.0
-POPULARITY = ("popularity", "popularity_baseline")
+POPULARITY = (FLOOR_MODALITY, FLOOR_BASELINE)
 
 
 def _row(expectation: str, column: str, success: bool, observed: str, blocking: bool
@@ -58,8 +59,8 @@ def _validation_rows(plan: FusionPlan, stage: str, z: float) -> list[dict[str, A
     if "gain_vs_popularity" in default and default["recipe"] not in POPULARITY:
         p = Paired(float(default["gain_vs_popularity"]),
                    float(default["se_vs_popularity"] or math.inf), int(default["n_users"]))
-        rows.append(_row(f"expect_{stage}_plan_not_below_popularity", "popularity",
-                         not _below(p, z), _fmt(p, "popularity"), True))
+        rows.append(_row(f"expect_{stage}_plan_not_below_popularity", FLOOR_MODALITY,
+                         not _below(p, z), _fmt(p, FLOOR_MODALITY), True))
     return rows
 
 
@@ -82,8 +83,8 @@ def evaluation_checks(
         pop = next((per_user[n] for n in POPULARITY if n in per_user), None)
         if pop is not None:
             d = Paired.of(fused, pop)
-            rows.append(_row("expect_fused_not_below_popularity", "popularity",
-                             not _below(d, z), _fmt(d, "popularity"), True))
+            rows.append(_row("expect_fused_not_below_popularity", FLOOR_MODALITY,
+                             not _below(d, z), _fmt(d, FLOOR_MODALITY), True))
         sources = {n: v for n, v in per_user.items() if n in (eval_plan.sources if eval_plan
                                                                else ())}
         if sources:

@@ -34,6 +34,10 @@ from tasks.fusion.weights import tune_weights
 log = logging.getLogger(__name__)
 
 SINGLE = "single"
+#: The strategy value that means "choose on validation" (not a fuser of its own).
+AUTO = "auto"
+#: The fuser used when nothing could be learned (no hold-out), with default weights.
+DEFAULT_FUSER = "weighted"
 FUSED_KEYS = {"user_idx": pl.Int32, "item_idx": pl.Int32, "score": pl.Float64, "rank": pl.Int32}
 
 
@@ -55,7 +59,7 @@ class Recipe:
         out: dict[str, Any] = {"recipe": self.name, "fuser": self.fuser}
         if self.weights:
             out["weights"] = {m: round(w, 4) for m, w in self.weights.items()}
-        if self.fuser == "weighted":
+        if self.fuser in FUSERS and FUSERS[self.fuser].normalised:
             out["normalisation"] = self.normalisation
         if self.stacker is not None:
             out["stacker"] = self.stacker.summary()
@@ -118,22 +122,29 @@ class FitContext:
 
 @dataclass(frozen=True)
 class Fuser:
-    """A registered fuser: `fit` returns its recipe, or None when it cannot be fitted here."""
+    """A registered fuser: `fit` returns its recipe (None when it cannot be fitted here), `apply`
+    makes the top-k lists of a recipe it fitted."""
 
     name: str
     learned: bool  # fitted on labels: judged out of fold, never on its own training users
     fit: Callable[[CandidatePool, pl.DataFrame, FitContext], Recipe | None]
+    apply: Callable[[Recipe, CandidatePool, int, Dataset | None], pl.DataFrame]
+    weights: bool = True  # what it learns is modality weights (fixed weights replace the search)
+    normalised: bool = False  # fuses scores normalised as `fusion.normalisation` says
+    needs_labels: bool = False  # cannot be made at all without the hold-out (evaluate=false)
 
 
 def _modalities(candidates: pl.DataFrame) -> list[str]:
     return sorted(candidates["modality"].unique().to_list())
 
 
-def _tuned(strategy: str) -> Callable[[CandidatePool, pl.DataFrame, FitContext], Recipe | None]:
+def _tuned(
+    strategy: str, normalised: bool = False
+) -> Callable[[CandidatePool, pl.DataFrame, FitContext], Recipe | None]:
     def fit(pool: CandidatePool, truth: pl.DataFrame, ctx: FitContext) -> Recipe | None:
         if pool.height == 0:
             return None
-        norm = ctx.normalisation if strategy == "weighted" else "minmax"
+        norm = ctx.normalisation if normalised else "minmax"
         if ctx.fixed_weights:
             return Recipe(strategy, weights=dict(ctx.fixed_weights), normalisation=norm)
         weights, _ = tune_weights(pool.table(norm), truth, ctx.k, strategy=strategy)
@@ -150,6 +161,9 @@ def _equal(strategy: str) -> Callable[[CandidatePool, pl.DataFrame, FitContext],
     return fit
 
 
+STACKING = "stacking"
+
+
 def _fit_stacking(pool: CandidatePool, truth: pl.DataFrame, ctx: FitContext) -> Recipe | None:
     cands = pool.candidates
     try:
@@ -158,19 +172,37 @@ def _fit_stacking(pool: CandidatePool, truth: pl.DataFrame, ctx: FitContext) -> 
     except StackingUnavailable as exc:
         log.info("stacking unavailable: %s", exc)
         return None
-    return Recipe("stacking", stacker=model)
+    return Recipe(STACKING, stacker=model)
+
+
+def _apply_table(
+    recipe: Recipe, pool: CandidatePool, k: int, data: Dataset | None
+) -> pl.DataFrame:
+    weights = {"warm": recipe.weights} if recipe.weights else None
+    norm = recipe.normalisation if FUSERS[recipe.fuser].normalised else "minmax"
+    return fuse_table(pool.table(norm), recipe.fuser, k, weights)
+
+
+def _apply_stacking(
+    recipe: Recipe, pool: CandidatePool, k: int, data: Dataset | None
+) -> pl.DataFrame:
+    if recipe.stacker is None or data is None:
+        raise ValueError("a stacking recipe needs its fitted model and the Dataset")
+    known = pool.candidates.filter(pl.col("modality").is_in(list(recipe.stacker.modalities)))
+    return _with_all_contribs(fuse_stacking(known, data, recipe.stacker, k), pool.modalities)
 
 
 #: Every fuser the product knows, in the order they are tried and reported.
 FUSERS: dict[str, Fuser] = {
     f.name: f
     for f in (
-        Fuser("weighted", True, _tuned("weighted")),
-        Fuser("rrf", True, _tuned("rrf")),
-        Fuser("borda", True, _tuned("borda")),
-        Fuser("combsum", False, _equal("combsum")),
-        Fuser("combmnz", False, _equal("combmnz")),
-        Fuser("stacking", True, _fit_stacking),
+        Fuser("weighted", True, _tuned("weighted", normalised=True), _apply_table,
+              normalised=True),
+        Fuser("rrf", True, _tuned("rrf"), _apply_table),
+        Fuser("borda", True, _tuned("borda"), _apply_table),
+        Fuser("combsum", False, _equal("combsum"), _apply_table),
+        Fuser("combmnz", False, _equal("combmnz"), _apply_table),
+        Fuser(STACKING, True, _fit_stacking, _apply_stacking, weights=False, needs_labels=True),
     )
 }
 
@@ -194,20 +226,12 @@ def apply_recipe(
         if recipe.modality not in modalities:
             return _empty(modalities)
         m = str(recipe.modality)
-        fused = fuse_table(pool.single(m), "weighted", k, {"warm": {m: 1.0}})
+        fused = fuse_table(pool.single(m), DEFAULT_FUSER, k, {"warm": {m: 1.0}})
         return _with_all_contribs(fused, modalities)
-    if recipe.fuser == "stacking":
-        if recipe.stacker is None or data is None:
-            raise ValueError("a stacking recipe needs its fitted model and the Dataset")
-        known = pool.candidates.filter(
-            pl.col("modality").is_in(list(recipe.stacker.modalities))
-        )
-        return _with_all_contribs(fuse_stacking(known, data, recipe.stacker, k), modalities)
-    if recipe.fuser not in FUSERS:
+    fuser = FUSERS.get(recipe.fuser)
+    if fuser is None:
         raise ValueError(f"unknown fuser {recipe.fuser!r}")
-    weights = {"warm": recipe.weights} if recipe.weights else None
-    norm = recipe.normalisation if recipe.fuser == "weighted" else "minmax"
-    return fuse_table(pool.table(norm), recipe.fuser, k, weights)
+    return fuser.apply(recipe, pool, k, data)
 
 
 def _empty(modalities: list[str]) -> pl.DataFrame:

@@ -21,6 +21,8 @@ import polars as pl
 
 from tasks.data.dataset import Dataset
 from tasks.fusion.plan import (
+    AUTO,
+    DEFAULT_FUSER,
     FUSERS,
     SINGLE,
     CandidatePool,
@@ -33,6 +35,7 @@ from tasks.fusion.plan import (
 )
 from tasks.fusion.stacking import StackingParams
 from tasks.fusion.table import Normalisation
+from tasks.modalities.registry import FLOOR_MODALITY
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,7 @@ def _score_recipes(
               for side in (True, False)}
     for name in fusers:
         fuser = FUSERS[name]
-        if not fuser.learned or ctx.fixed_weights and name != "stacking":
+        if not fuser.learned or ctx.fixed_weights and fuser.weights:
             recipe_all = fuser.fit(pool, truth, ctx)
             if recipe_all is None:
                 continue
@@ -160,7 +163,7 @@ def _row(name: str, scores: _Scores, mask: np.ndarray, base: str) -> dict[str, o
         "gain": p.gain, "std_error": p.std_error if math.isfinite(p.std_error) else None,
         "n_users": p.n, "vs": base,
     }
-    pop = next((n for n in ("popularity", *scores.references) if n in scores.values), None)
+    pop = next((n for n in (FLOOR_MODALITY, *scores.references) if n in scores.values), None)
     if pop is not None:
         q = Paired.of(scores.values[name][mask], scores.values[pop][mask])
         row |= {"gain_vs_popularity": q.gain,
@@ -173,7 +176,7 @@ def select_plan(
     truth: pl.DataFrame,
     data: Dataset,
     k: int,
-    strategy: str = "auto",
+    strategy: str = AUTO,
     z: float = 1.0,
     cold_history_max: int | None = None,
     cold_users: np.ndarray | None = None,
@@ -192,13 +195,13 @@ def select_plan(
     `references`: ready lists (e.g. a popularity baseline) scored for the record, never chosen.
     """
     users = np.unique(truth["user_idx"].to_numpy()).astype(np.int64)
-    fusers = list(FUSERS) if strategy == "auto" else [strategy]
-    if strategy != "auto" and strategy not in FUSERS:
+    fusers = list(FUSERS) if strategy == AUTO else [strategy]
+    if strategy != AUTO and strategy not in FUSERS:
         raise ValueError(f"unknown fusion strategy {strategy!r}")
     ctx = FitContext(data, k, seed, normalisation, fixed_weights, stacking)
     pool = CandidatePool.of(candidates)
     if len(users) == 0 or pool.height == 0:
-        return FusionPlan(Recipe(fusers[0] if strategy != "auto" else "weighted",
+        return FusionPlan(Recipe(fusers[0] if strategy != AUTO else DEFAULT_FUSER,
                                  weights=dict(fixed_weights) if fixed_weights else None))
     scores = _score_recipes(pool, truth, users, fusers, ctx, references)
     in_pool = (np.zeros(len(users), dtype=bool) if cold_users is None
@@ -210,7 +213,7 @@ def select_plan(
 
     base = max(singles, key=lambda n: (scores.values[n][main].mean(), n))
     default = base
-    if strategy == "auto":
+    if strategy == AUTO:
         best_gain = 0.0
         for name in complex_:
             p = Paired.of(scores.values[name][main], scores.values[base][main])
@@ -242,7 +245,7 @@ def refit_recipe(
 ) -> Recipe:
     """The same recipe learned again on these candidates and labels (singles need nothing)."""
     fuser = FUSERS.get(recipe.fuser)
-    if fuser is None or not fuser.learned or ctx.fixed_weights and recipe.fuser != "stacking":
+    if fuser is None or not fuser.learned or ctx.fixed_weights and fuser.weights:
         return recipe
     return fuser.fit(pool, truth, ctx) or recipe
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,27 +13,11 @@ import polars as pl
 from tasks.data.dataset import Dataset
 from tasks.kernels.blocks import CANDIDATE_SCHEMA, top_n
 from tasks.modalities.base import Modality
-from tasks.modalities.behavior import make_behavior
-from tasks.modalities.content import MissingModalityInput, make_content
-from tasks.modalities.hybrid import make_feature_fusion, make_sample_fusion
-from tasks.modalities.popularity import make_popularity
-from tasks.modalities.social import make_social
+from tasks.modalities.content import MissingModalityInput
+from tasks.modalities.registry import build_modality
 from tasks.parameters import RunParameters
 
 log = logging.getLogger(__name__)
-
-
-def build_modality(name: str, params: RunParameters) -> Modality:
-    """The one place that knows which module implements which modality."""
-    factories: dict[str, Callable[[], Modality]] = {
-        "behavior": lambda: make_behavior(params.behavior),
-        "content": lambda: make_content(params.content),
-        "social": lambda: make_social(params.social),
-        "popularity": lambda: make_popularity(params.popularity),
-        "hybrid_features": lambda: make_feature_fusion(params.hybrid),
-        "hybrid_samples": lambda: make_sample_fusion(params.hybrid),
-    }
-    return factories[name]()
 
 
 @dataclass

@@ -87,13 +87,17 @@ class _Ease:
 class FeatureFusionModel(_Ease):
     name = "hybrid_features"
 
+    def __init__(self, params: HybridParams, content: ContentParams | None = None) -> None:
+        super().__init__(params)
+        self.content = content or ContentParams()  # the run's: the same attribute vectors
+
     def fit(self, data: Dataset) -> FeatureFusionModel:
         x = _binary(data.interactions)
         self.items_ = ease_item_subset(np.diff(x.tocsc().indptr), self.params.max_items)
         sub = x[:, self.items_].tocsr()
         extra = None
         if data.items is not None and self.params.feature_weight > 0:
-            sparse_f, dense_f = item_features(data.items, ContentParams())
+            sparse_f, dense_f = item_features(data.items, self.content)
             f, d = sparse_f[self.items_], dense_f[self.items_]
             extra = self.params.feature_weight * (sparse_gram(f.T) + d @ d.T)
         self._fit_gram(sub, extra, self.params.features_l2)
@@ -121,8 +125,10 @@ class SampleFusionModel(_Ease):
         return self
 
 
-def make_feature_fusion(params: HybridParams | None = None) -> Modality:
-    return FeatureFusionModel(params or HybridParams())
+def make_feature_fusion(
+    params: HybridParams | None = None, content: ContentParams | None = None
+) -> Modality:
+    return FeatureFusionModel(params or HybridParams(), content)
 
 
 def make_sample_fusion(params: HybridParams | None = None) -> Modality:

@@ -8,18 +8,9 @@ import scipy.sparse as sp
 
 from tasks.data.dataset import Dataset
 from tasks.data.segments import EXACT_AUDIENCE_USERS, projected_audiences, unit_audiences
+from tasks.modalities.registry import FALLBACK_REASON, REGISTRY
 
 REASON_DIMENSIONS = 256
-
-GENERIC = {
-    "behavior": "people with similar taste chose it",
-    "content": "similar to items you interacted with",
-    "social": "popular among your friends",
-    "popularity": "popular right now",
-    "hybrid_features": "similar to items you interacted with",
-    "hybrid_samples": "people like you and your friends chose it",
-}
-
 
 def friends_who_have(data: Dataset, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """For each (user, item) pair: how many of the user's friends interacted with the item.
@@ -83,9 +74,11 @@ def explain(fused: pl.DataFrame, data: Dataset) -> pl.DataFrame:
     top = np.array(names)[np.argmax(values, axis=1)]
     users = fused["user_idx"].to_numpy().astype(np.int64)
     items = fused["item_idx"].to_numpy().astype(np.int64)
-    reason = np.array([GENERIC.get(t, "recommended for you") for t in top], dtype=object)
+    generic = {m: spec.reason for m, spec in REGISTRY.items()}
+    reason = np.array([generic.get(t, FALLBACK_REASON) for t in top], dtype=object)
 
-    social_rows = np.flatnonzero(top == "social")
+    friends = [m for m, spec in REGISTRY.items() if spec.friends_reason]
+    social_rows = np.flatnonzero(np.isin(top, friends))
     if social_rows.size:
         n = friends_who_have(data, users[social_rows], items[social_rows])
         reason[social_rows] = np.where(
@@ -96,12 +89,7 @@ def explain(fused: pl.DataFrame, data: Dataset) -> pl.DataFrame:
         reason[social_rows[n == 0]] = "liked by friends of your friends"
 
     titles = _titles(data)
-    for modality, template in (
-        ("behavior", "because you liked {}"),
-        ("hybrid_features", "because you liked {}"),
-        ("hybrid_samples", "because you liked {}"),
-        ("content", "similar to {}"),
-    ):
+    for modality, template in ((m, s.because) for m, s in REGISTRY.items() if s.because):
         rows = np.flatnonzero(top == modality)
         if rows.size and titles is not None:
             closest = _closest_history_item(data, users[rows], items[rows])

@@ -7,8 +7,8 @@ on), so the nightly's own test split never informs a hyperparameter. Optuna's TP
 seeded, with the current values as the first trial: the best found is never worse than the
 defaults on validation, and the same data, seed and trial count give the same result.
 
-A search space is one entry of `SEARCH_SPACES`: a modality name → a function of an Optuna trial
-returning the run-parameter update to try (nested like `RunParameters`).
+A modality's search space is its registry entry's `search` (tasks/modalities/registry.py): a
+function of an Optuna trial returning the values to try.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tasks.data.splits import holdout_split
 from tasks.fusion.selection import per_user_ndcg
 from tasks.kernels.blocks import top_n
 from tasks.modalities.content import MissingModalityInput
-from tasks.modalities.generation import build_modality
+from tasks.modalities.registry import REGISTRY, build_modality, search_update
 from tasks.parameters import RunParameters
 from tasks.recommend import dataset_from, sample_users
 
@@ -35,37 +35,14 @@ log = logging.getLogger(__name__)
 
 Space = Callable[[Any], dict[str, Any]]  # optuna.Trial -> nested run-parameter update
 
-SEARCH_SPACES: dict[str, Space] = {
-    "behavior": lambda t: {"behavior": {
-        "factors": t.suggest_categorical("factors", [16, 32, 64, 128]),
-        "als_regularization": t.suggest_float("als_regularization", 1.0, 1000.0, log=True),
-        "als_alpha": t.suggest_float("als_alpha", 0.5, 100.0, log=True),
-    }},
-    "content": lambda t: {"content": {
-        "neighbours": t.suggest_int("neighbours", 50, 3000, log=True),
-        "similarity_power": t.suggest_float("similarity_power", 0.5, 4.0),
-        "half_life_days": t.suggest_categorical("half_life_days", [None, 7.0, 30.0, 180.0]),
-    }},
-    "social": lambda t: {"social": {
-        "taste_weight": t.suggest_float("taste_weight", 0.0, 1.0),
-        "restart": t.suggest_float("restart", 0.1, 0.9),
-        "half_life_days": t.suggest_categorical("half_life_days", [None, 7.0, 30.0, 180.0]),
-    }},
-    "popularity": lambda t: {"popularity": {
-        "half_life_days": t.suggest_categorical("half_life_days",
-                                                [None, 1.0, 7.0, 14.0, 60.0, 365.0]),
-        "category_blend": t.suggest_float("category_blend", 0.0, 1.0),
-    }},
-    "hybrid_features": lambda t: {"hybrid": {
-        "features_l2": t.suggest_float("features_l2", 10.0, 3000.0, log=True),
-        "feature_weight": t.suggest_categorical("feature_weight",
-                                                [0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
-    }},
-    "hybrid_samples": lambda t: {"hybrid": {
-        "samples_l2": t.suggest_float("samples_l2", 10.0, 3000.0, log=True),
-        "social_weight": t.suggest_float("social_weight", 0.0, 1.0),
-    }},
-}
+
+
+def _space(name: str) -> Space:
+    return lambda trial: search_update(name, trial)
+
+
+#: Each modality's space, from its registry entry (`ModalitySpec.search`).
+SEARCH_SPACES: dict[str, Space] = {name: _space(name) for name in REGISTRY}
 
 
 @dataclass
