@@ -213,9 +213,21 @@ def _source_label(args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+def _flow_server() -> None:
+    """A temporary Prefect server that dies with this process (none when PREFECT_API_URL is set).
+
+    Started only once the command's parameters passed, so a typo is told at once, not after the
+    server's start-up.
+    """
+    from flows.prefect_server import start_temporary_server
+
+    start_temporary_server()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     params = run_parameters(args)
     _folder(params.source, _source_label(args))
+    _flow_server()
     from flows.nightly import RunSummary, nightly
 
     state = nightly(params=params, return_state=True)
@@ -405,6 +417,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _folder(args.source, "--source")
+    _flow_server()
     from flows.serve import serve_all
 
     source = str(Path(args.source).resolve()) if args.source else None
@@ -422,6 +435,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         {"start": args.start, "end": args.end, "force": args.force, "run": run},
         {"start": "--start", "end": "--end"},
     )
+    _flow_server()
     summaries = backfill(params=params)
     failed = [s for s in summaries if s.status != "published"]
     for s in summaries:
@@ -440,6 +454,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     params = validated(TuneParameters, data, {"trials": "--trials", "budget_seconds": "--budget",
                                               "max_users": "--max-users",
                                               "modalities": "--modalities"})
+    _flow_server()
     summary = tune(params=params)
     if not summary.improved:
         print(f"tuning {summary.tuning_id}: the current values are the best found")
@@ -680,19 +695,12 @@ def explain(exc: BaseException) -> tuple[list[str], int]:
 
 
 #: Commands that run a Prefect flow (and so may need a temporary Prefect server).
-FLOW_COMMANDS = ("run", "backfill", "serve", "tune")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # known even when parsing fails
     try:
         args = build_parser().parse_args(argv)
         debug = bool(getattr(args, "debug", False))
-        if args.command in FLOW_COMMANDS:  # its temporary Prefect server dies with it
-            from flows.prefect_server import start_temporary_server
-
-            start_temporary_server()
         return int(args.func(args))
     except KeyboardInterrupt:
         if debug:

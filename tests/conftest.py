@@ -55,3 +55,14 @@ def published_db(
     state = nightly(params=RunParameters(source=str(small_source), db=str(db)), return_state=True)
     assert state.is_completed(), state.message
     return db
+
+
+#: A test that needs one of these starts (or shares) a Prefect server and runs real flows.
+SLOW_FIXTURES = {"prefect_harness", "published_db", "api_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow`: real flow runs, servers or subprocesses. `pytest -m "not slow"` = unit suite."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

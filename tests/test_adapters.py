@@ -343,6 +343,7 @@ def test_convert_then_ingest_through_the_cli_quarantines_nothing(
     assert rows(db, "select count(*) from raw.events") == [(len(counts["events"]),)]
 
 
+@pytest.mark.slow
 def test_the_installed_command_converts_and_ingests(tmp_path: Path) -> None:
     src, out = written(tmp_path, "movielens", "ml-1m"), tmp_path / "source"
     script = Path(sys.executable).with_name("recfusion")

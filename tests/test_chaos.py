@@ -30,6 +30,8 @@ from flows.nightly import staging_dirs
 from tasks.fault_injection import FAULT_ENV, POINTS
 from tasks.sources.demo import generate_demo_source
 
+pytestmark = pytest.mark.slow  # SIGKILLs real runs at random moments (minutes)
+
 KILLS = int(os.environ.get("RECFUSION_CHAOS_KILLS", "4"))
 SEED = int(os.environ.get("RECFUSION_CHAOS_SEED", "20261201"))
 LATEST = (

@@ -184,6 +184,7 @@ for i in range(2):
 """
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_database_do_not_conflict(tmp_path):
     """Both create the context at once on first use, then keep updating the same site."""
     import subprocess

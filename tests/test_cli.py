@@ -39,6 +39,7 @@ def params_file(tmp_path: Path, content: object, name: str = "p.json") -> str:
 # --------------------------------------------------------------------------- finding 5
 
 
+@pytest.mark.slow
 def test_top_k_zero_reaches_validation(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     db = tmp_path / "rf.duckdb"
     line = fails(["run", "--top-k", "0", "--db", str(db)], capsys)
@@ -314,6 +315,7 @@ def _recfusion() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
+@pytest.mark.slow
 def test_the_installed_command_prints_no_traceback_for_user_errors(tmp_path: Path) -> None:
     typo = params_file(tmp_path, {"topk": 20, "fusion": {"weights": {"behavior": 0}}})
     cases = [

@@ -44,7 +44,9 @@ def _useless_content_source(small_source: Path, out: Path) -> Path:
     return out
 
 
-def test_the_alarm_stops_a_run_whose_only_source_is_useless(small_source: Path, tmp_path: Path):
+def test_the_alarm_stops_a_run_whose_only_source_is_useless(
+    prefect_harness: None, small_source: Path, tmp_path: Path
+) -> None:
     source = _useless_content_source(small_source, tmp_path / "src")
     db = tmp_path / "rf.duckdb"
     summary = run_nightly(source, db, modalities=["content"])

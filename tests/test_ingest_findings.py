@@ -302,6 +302,7 @@ def test_a_table_file_that_is_not_a_file_is_a_source_error(tmp_path: Path, kind:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_an_unreadable_table_file_is_a_source_error(tmp_path: Path):
     src = _source(tmp_path, {"items.csv": "item_id\ni1\n"})
     (src / "items.csv").chmod(0)

@@ -39,6 +39,8 @@ from hypothesis import strategies as st
 from tasks.sources.ingest import IngestReport, load_source, read_source
 from tasks.warehouse import apply_schema, connect
 
+pytestmark = pytest.mark.slow  # hundreds of generated sources through the real ingest
+
 TOTAL_EXAMPLES = int(os.environ.get("RECFUSION_HYPOTHESIS_EXAMPLES", "120"))
 SHARES = {"events": 0.4, "items": 0.25, "users": 0.15, "social": 0.2}
 CASES_RUN: Counter[str] = Counter()
