@@ -15,17 +15,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
-from uuid import UUID
+from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
-from flows.artifacts import publish_artifacts
+from flows.artifacts import Progress, publish_artifacts
 from flows.triggers import (
     Applied,
     DeploymentParametersInvalid,
@@ -570,28 +568,38 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
     return Failed(data=summary, message=summary.message or summary.status)
 
 
+#: The steps of a run, as timed in `runs.timings` and shown by the progress artifact.
+STEPS = ("ingest", "snapshot_and_checks", "evaluate", "recommend", "explain_and_check", "publish")
+
+
 def _run(
     params: RunParameters, run_id: str, source: Path, timings: dict[str, float], clock: float
 ) -> RunSummary:
-    progress = create_progress_artifact(progress=0.0, description=f"run {run_id}")
-    steps = (
-        "ingest",
-        "snapshot_and_checks",
-        "evaluate",
-        "recommend",
-        "explain_and_check",
-        "publish",
-    )
+    """The run's steps, with its progress artifact ending at 100% however they end."""
+    progress = Progress(run_id, STEPS)
+    try:
+        summary = _steps(params, run_id, source, timings, clock, progress)
+    except BaseException as exc:
+        progress.finish("failed", _message(exc))
+        raise
+    progress.finish(summary.status, summary.message)
+    return summary
 
+
+def _steps(
+    params: RunParameters,
+    run_id: str,
+    source: Path,
+    timings: dict[str, float],
+    clock: float,
+    progress: Progress,
+) -> RunSummary:
     def lap(name: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
         clock = now
-        if progress is not None:
-            update_progress_artifact(
-                cast(UUID, progress), 100.0 * (steps.index(name) + 1) / len(steps)
-            )
+        progress.step_done(name)
 
     ingest_report = ingest(params.db, source, run_id)
     lap("ingest")
