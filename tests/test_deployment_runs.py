@@ -118,3 +118,34 @@ def test_a_trigger_whose_merge_is_invalid_fails_in_one_line_and_writes_nothing(
         "fused from these candidates (got 50)"
     )
     assert not db.exists()
+
+
+def test_a_tune_trigger_with_one_field_tunes_the_deployment_s_database(
+    api_url: str, published_db: Path, tmp_path: Path
+):
+    import shutil
+
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.tune import tune
+
+    db = tmp_path / "tuned" / "rf.duckdb"
+    db.parent.mkdir()
+    shutil.copy(published_db, db)
+    [(source,)] = query(db, "SELECT DISTINCT source FROM runs")
+    saved = {
+        "run": {"source": source, "db": str(db), "evaluate": False},
+        "modalities": ["popularity"], "trials": 5, "max_users": 100, "budget_seconds": 60,
+    }
+    deployment = tune.to_deployment(
+        name=f"tune-{uuid4().hex[:8]}", parameters={"params": saved},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    flow_run_id = trigger(UUID(str(deployment.apply())), {"params": {"trials": 2}})
+    # Before: the run took the model's defaults (every modality, ./recfusion.duckdb in the
+    # worker's folder) and failed there; this database got no tuning.
+    done = execute(flow_run_id, api_url, tmp_path / "worker-cwd")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert flow_run_state(flow_run_id)[0] == "COMPLETED"
+    rows = query(db, "SELECT modality, source, n_trials, flow_run_id FROM tuning_results")
+    assert rows == [("popularity", source, 2, str(flow_run_id))]

@@ -54,7 +54,7 @@ async def _deployments() -> dict[str, object]:
 def test_prefect_yaml_is_accepted_by_prefect_deploy(api_url: str):
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     names = {d["name"]: d for d in spec["deployments"]}
-    assert set(names) == {"nightly", "backfill", "evaluate"}
+    assert set(names) == {"nightly", "backfill", "evaluate", "tune"}
     assert names["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
     assert names["nightly"]["schedules"][0]["timezone"] == "UTC"
     RunParameters(**names["nightly"]["parameters"]["params"])  # defaults are valid parameters
@@ -92,10 +92,20 @@ def test_prefect_yaml_is_accepted_by_prefect_deploy(api_url: str):
     schema = nightly_dep.parameter_openapi_schema  # type: ignore[attr-defined]
     run_form = schema["definitions"]["RunParameters"]["properties"]
     assert run_form["top_k"]["default"] == 10 and "description" in run_form["top_k"]
-    assert {"backfill", "evaluate"} <= set(deployed)
+    assert {"backfill", "evaluate", "tune"} <= set(deployed)
+    # Before: the pull step kept `{{ $RECFUSION_HOME }}` for the worker to resolve (to None).
+    for name in names:
+        [step] = deployed[name].pull_steps  # type: ignore[attr-defined]
+        assert step == {
+            "prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}
+        }, name
 
 
 def test_serve_registers_the_nightly_schedule(api_url: str, tmp_path: Path):
+    before = {
+        name: dep for name, dep in asyncio.run(_deployments()).items()
+        if not name.endswith("-serve")
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -114,21 +124,32 @@ def test_serve_registers_the_nightly_schedule(api_url: str, tmp_path: Path):
         text=True,
     )
     try:
-        # Poll until one deployment carries both the schedule and this database. "nightly" already
-        # exists (from `prefect deploy` above) and serve updates it in place; CI once read the new
-        # schedule with the old parameters, so one read that sees half of it is not a failure.
+        # Poll until all four are there and `nightly-serve` carries both the schedule and this
+        # database: serve registers them one by one, and one read may see the new schedule with
+        # the old parameters (CI once did); neither is a failure.
+        names = {"nightly-serve", "backfill-serve", "evaluate-serve", "tune-serve"}
         deadline = time.monotonic() + 180
-        seen: list[tuple[list[str], str]] = []
+        seen: list[tuple[str, list[str], str]] = []
         served = False
         while time.monotonic() < deadline and not served:
             time.sleep(2)
-            for dep in asyncio.run(_deployments()).values():
+            after = asyncio.run(_deployments())
+            for name, dep in after.items():
                 crons = [s.schedule.cron for s in dep.schedules]  # type: ignore[attr-defined]
                 db = str(dep.parameters.get("params", {}).get("db", ""))  # type: ignore[attr-defined]
-                seen.append((crons, db))
-                served = served or ("30 3 * * *" in crons and db.endswith("served.duckdb"))
+                seen.append((name, crons, db))
+                served = served or (
+                    names <= set(after)
+                    and name == "nightly-serve"
+                    and "30 3 * * *" in crons
+                    and db.endswith("served.duckdb")
+                )
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert served, f"serve did not register the nightly schedule in time; saw {seen[-5:]}"
+        assert served, f"serve did not register its deployments in time; saw {seen[-5:]}"
+        # Before: serve reused the name `nightly` and overwrote `prefect deploy`'s in place.
+        for name, dep in before.items():
+            assert after[name].parameters == dep.parameters, name  # type: ignore[attr-defined]
+            assert after[name].pull_steps == dep.pull_steps, name  # type: ignore[attr-defined]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
