@@ -2,16 +2,25 @@
 
 `recfusion-report` is the whole report as markdown: the Prefect UI cannot follow `file://` links
 to the worker's disk, so the report itself lives in the UI and names the host and paths of the
-HTML file and the Great Expectations Data Docs.
+HTML file and the Great Expectations Data Docs. `recfusion-progress` moves at every step of a
+run and ends at 100% however the run ends, saying how.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+from collections.abc import Sequence
 from pathlib import Path
+from uuid import UUID
 
 import polars as pl
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from tasks.outputs.report import ReportInput, headline_frame, lift_table, render_markdown
 
@@ -21,7 +30,10 @@ KEYS = {
     "checks": "recfusion-checks",
     "row_counts": "recfusion-row-counts",
     "report": "recfusion-report",
+    "progress": "recfusion-progress",
 }
+
+log = logging.getLogger(__name__)
 
 
 def _records(frame: pl.DataFrame) -> list[dict[str, object]]:
@@ -63,3 +75,51 @@ def publish_artifacts(data: ReportInput, report: Path | None, host: str | None =
         markdown=render_markdown(data, host, report.resolve() if report else None),
         description=f"Report of run {data.run_id} ({data.status}) on {host}",
     )
+
+
+class Progress:
+    """A run's progress artifact: one key for every run, moved after each step, 100% at the end.
+
+    The end says how the run ended (published, rejected, failed and why), so a run that stops
+    half-way does not sit at a stale percentage. Trouble reaching the API never fails the run.
+    """
+
+    def __init__(self, run_id: str, steps: Sequence[str]) -> None:
+        self.run_id = run_id
+        self.steps = tuple(steps)
+        self.done = 0
+        self.artifact: UUID | None = None
+        try:
+            created = create_progress_artifact(
+                progress=0.0, key=KEYS["progress"], description=self.describe()
+            )
+            self.artifact = created if isinstance(created, UUID) else None  # sync in a flow
+        except Exception as exc:
+            log.warning("could not create the progress artifact of run %s: %s", run_id, exc)
+
+    def describe(self, ended: str | None = None) -> str:
+        if ended is not None:
+            return f"run {self.run_id} {ended}"
+        running = self.steps[self.done] if self.done < len(self.steps) else "report"
+        return f"run {self.run_id}: {self.done}/{len(self.steps)} steps done; now {running}"
+
+    def percent(self) -> float:
+        return round(100.0 * self.done / len(self.steps), 1) if self.steps else 100.0
+
+    def step_done(self, name: str) -> None:
+        self.done = self.steps.index(name) + 1
+        self._update(self.percent(), self.describe())
+
+    def finish(self, status: str, message: str = "") -> None:
+        """100%, and how the run ended (its one-line message, shortened)."""
+        text = " ".join(message.split())
+        ended = f"{status}: {text[:400]}" if text else status
+        self._update(100.0, self.describe(ended))
+
+    def _update(self, percent: float, description: str) -> None:
+        if self.artifact is None:
+            return
+        try:
+            update_progress_artifact(self.artifact, percent, description=description)
+        except Exception as exc:
+            log.warning("could not update the progress artifact of run %s: %s", self.run_id, exc)

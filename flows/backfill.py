@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from flows.nightly import RunSummary, nightly
+from flows.triggers import apply_deployment_parameters
 from tasks.modalities.base import PARAMETER_CONFIG
 from tasks.parameters import RunParameters
 from tasks.warehouse import connect
@@ -77,6 +78,7 @@ def published_as_of(db: str) -> set[datetime]:
 @flow(name="recfusion-backfill", log_prints=True)
 def backfill(params: BackfillParameters) -> list[RunSummary]:
     logger = get_run_logger()
+    params, _ = apply_deployment_parameters(params)  # a partial trigger keeps the rest
     if params.end < params.start:
         raise ValueError(f"end {params.end} is before start {params.start}")
     done = published_as_of(params.run.db)
@@ -87,7 +89,7 @@ def backfill(params: BackfillParameters) -> list[RunSummary]:
         if as_of in done and not params.force:
             logger.info("%s already published; skipping (force=True to rerun)", day)
         else:
-            run_params = params.run.model_copy(update={"as_of": as_of, "triggered_by": "backfill"})
+            run_params = params.run.model_copy(update={"as_of": as_of})
             state = nightly(params=run_params, return_state=True)
             summary = state.result(raise_on_failure=False)
             if isinstance(summary, RunSummary):

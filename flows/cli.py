@@ -193,7 +193,6 @@ def run_parameters(args: argparse.Namespace) -> RunParameters:
             target = inner
         else:
             target[path[-1]] = value
-    data.setdefault("triggered_by", "cli")
     origins = {".".join(path): shown.split(" ")[0] for path, (shown, _) in flags.items()}
     params: RunParameters = validated(RunParameters, data, origins)
     return params

@@ -15,18 +15,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
-from uuid import UUID
+from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
-from flows.artifacts import publish_artifacts
+from flows.artifacts import Progress, publish_artifacts
+from flows.triggers import (
+    Applied,
+    DeploymentParametersInvalid,
+    apply_deployment_parameters,
+    current_trigger,
+)
 from tasks import runs
 from tasks.data.dataset import Dataset
 from tasks.data.snapshot import Snapshot, load_snapshot
@@ -102,9 +105,15 @@ class RunRefused(RunFailed):
 
 
 #: Errors that stop a run before it is opened: no `runs` row, the message is all there is.
-REFUSALS = (RunLockTimeout, SourceError, RunRefused, DatabaseBusy, DatabaseUnusable)
+REFUSALS = (
+    RunLockTimeout, SourceError, RunRefused, DatabaseBusy, DatabaseUnusable,
+    DeploymentParametersInvalid,
+)
 #: Errors whose message is already the one line an operator needs.
-OWN_MESSAGE = (RunFailed, SourceError, RunLockTimeout, DatabaseBusy, DatabaseUnusable)
+OWN_MESSAGE = (
+    RunFailed, SourceError, RunLockTimeout, DatabaseBusy, DatabaseUnusable,
+    DeploymentParametersInvalid,
+)
 
 
 def _message(exc: BaseException) -> str:
@@ -181,12 +190,11 @@ def _staging_of_finished_runs(con: Any) -> list[Path]:
 
 
 @io_task("open-run")
-def open_run(params: RunParameters, run_id: str, source: Path) -> None:
-    ctx = get_run_context()
-    flow_run = getattr(ctx, "flow_run", None) or getattr(
-        getattr(ctx, "task_run", None), "flow_run_id", None
-    )
-    flow_run_id = str(getattr(flow_run, "id", flow_run) or "")
+def open_run(
+    params: RunParameters, run_id: str, source: Path, applied: Applied | None = None
+) -> None:
+    """The run's `runs` row, with what started it (from Prefect's runtime, not a hand-set note)."""
+    trigger = current_trigger(applied)
     logger = get_run_logger()
     with connect(params.db) as con:
         apply_schema(con)
@@ -209,8 +217,12 @@ def open_run(params: RunParameters, run_id: str, source: Path) -> None:
             params.model_dump(mode="json"),
             str(source),
             "recfusion-nightly",
-            flow_run_id or None,
-            params.triggered_by,
+            trigger.flow_run_id,
+            trigger.kind,
+            deployment_name=trigger.deployment,
+            trigger_detail=trigger.detail,
+            trigger_note=(params.triggered_by or "").strip() or None,
+            trigger_overrides=applied.changed if applied and applied.deployment else None,
         )
     for folder in leftovers:
         shutil.rmtree(folder, ignore_errors=True)
@@ -546,9 +558,11 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
     clock = time.perf_counter()
     summary = RunSummary(run_id, "failed", db=params.db)
     try:
+        params, applied = apply_deployment_parameters(params)  # a partial trigger keeps the rest
+        summary.db = params.db
         with run_lock(params.db, params.lock_timeout_seconds):
             source = prepare_source(params)
-            open_run(params, run_id, source)
+            open_run(params, run_id, source, applied)
             try:
                 summary = _run(params, run_id, source, timings, clock)
             except Exception as exc:
@@ -562,28 +576,38 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
     return Failed(data=summary, message=summary.message or summary.status)
 
 
+#: The steps of a run, as timed in `runs.timings` and shown by the progress artifact.
+STEPS = ("ingest", "snapshot_and_checks", "evaluate", "recommend", "explain_and_check", "publish")
+
+
 def _run(
     params: RunParameters, run_id: str, source: Path, timings: dict[str, float], clock: float
 ) -> RunSummary:
-    progress = create_progress_artifact(progress=0.0, description=f"run {run_id}")
-    steps = (
-        "ingest",
-        "snapshot_and_checks",
-        "evaluate",
-        "recommend",
-        "explain_and_check",
-        "publish",
-    )
+    """The run's steps, with its progress artifact ending at 100% however they end."""
+    progress = Progress(run_id, STEPS)
+    try:
+        summary = _steps(params, run_id, source, timings, clock, progress)
+    except BaseException as exc:
+        progress.finish("failed", _message(exc))
+        raise
+    progress.finish(summary.status, summary.message)
+    return summary
 
+
+def _steps(
+    params: RunParameters,
+    run_id: str,
+    source: Path,
+    timings: dict[str, float],
+    clock: float,
+    progress: Progress,
+) -> RunSummary:
     def lap(name: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
         clock = now
-        if progress is not None:
-            update_progress_artifact(
-                cast(UUID, progress), 100.0 * (steps.index(name) + 1) / len(steps)
-            )
+        progress.step_done(name)
 
     ingest_report = ingest(params.db, source, run_id)
     lap("ingest")

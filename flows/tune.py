@@ -13,6 +13,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from flows.triggers import apply_deployment_parameters
 from tasks.data.snapshot import load_snapshot
 from tasks.modalities.base import PARAMETER_CONFIG
 from tasks.parameters import ModalityName, RunParameters
@@ -58,7 +59,7 @@ class TuneSummary:
 @flow(name="recfusion-tune", log_prints=True, validate_parameters=True)
 def tune(params: TuneParameters | None = None) -> TuneSummary:
     """Tune, then store every modality's best values with its validation score."""
-    params = params or TuneParameters()
+    params, _ = apply_deployment_parameters(params or TuneParameters())  # keeps saved `run`
     logger = get_run_logger()
     run = params.run
     with connect(run.db, read_only=True) as con:

@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id             VARCHAR PRIMARY KEY,
     flow_name          VARCHAR,
     flow_run_id        VARCHAR,
-    triggered_by       VARCHAR,
+    triggered_by       VARCHAR,  -- schedule | deployment | cli | backfill | subflow (from Prefect)
     status             VARCHAR NOT NULL,  -- running | failed | rejected | published
     parameters         JSON,
     source             VARCHAR,
@@ -74,12 +74,20 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at         TIMESTAMPTZ NOT NULL,
     finished_at        TIMESTAMPTZ,
     evaluation_protocol VARCHAR,  -- canonical JSON: how metrics were measured (tasks/protocol.py)
-    evaluation         JSON      -- split kind, cutoff, users and events of each hold-out, the
+    evaluation         JSON,     -- split kind, cutoff, users and events of each hold-out, the
                                  -- chosen plan and its selection, tuning results used
+    deployment_name    VARCHAR,  -- 'flow/deployment' that ran it (a backfill day: the backfill's)
+    trigger_detail     VARCHAR,  -- who or what, when Prefect says (a user, an automation, a parent)
+    trigger_note       VARCHAR,  -- the free-text parameter triggered_by
+    trigger_overrides  JSON      -- what the trigger changed from the deployment's saved parameters
 );
 -- Databases created before a column existed get it here (NULL for their old runs).
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS evaluation_protocol VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS evaluation JSON;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS deployment_name VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger_detail VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger_note VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger_overrides JSON;
 
 CREATE TABLE IF NOT EXISTS candidates (
     run_id    VARCHAR NOT NULL,

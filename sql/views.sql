@@ -10,8 +10,17 @@ SELECT r.user_id, r.item_id, r.rank, r.score, r.reason, r.contributions, r.segme
 FROM recommendations r
 JOIN last_published_run p USING (run_id);
 
+-- Every run, newest first: what started it (Prefect's flow run and deployment), on what
+-- (source, database, K, strategy asked for, evaluated or not), and how it ended.
 CREATE OR REPLACE VIEW run_history AS
-SELECT run_id, status, triggered_by, fusion_strategy, as_of, started_at, finished_at,
+SELECT run_id, status, triggered_by, trigger_detail, trigger_note, deployment_name, flow_run_id,
+       source, parameters ->> 'db' AS db,
+       TRY_CAST(parameters ->> 'top_k' AS INTEGER) AS top_k,
+       parameters -> 'fusion' ->> 'strategy' AS requested_strategy,
+       fusion_strategy,
+       TRY_CAST(parameters ->> 'evaluate' AS BOOLEAN) AS evaluate,
+       trigger_overrides,
+       as_of, started_at, finished_at,
        date_diff('millisecond', started_at, finished_at) / 1000.0 AS seconds,
        n_users, n_items, n_events, n_recommendations, message, evaluation_protocol
 FROM runs

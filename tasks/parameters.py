@@ -217,7 +217,11 @@ class RunParameters(BaseModel):
         description="Wait this long (seconds, >= 0) for another run on the same database to "
         "finish.",
     )
-    triggered_by: str = Field("cli", min_length=1, description="Who or what started the run.")
+    triggered_by: str | None = Field(
+        None,
+        description="An optional note kept with the run (who asked for it, why). What started "
+        "it (schedule, deployment, cli, backfill) and the flow run are recorded from Prefect.",
+    )
 
     @field_validator("source", mode="before")
     @classmethod

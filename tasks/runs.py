@@ -48,11 +48,21 @@ def start_run(
     flow_name: str,
     flow_run_id: str | None,
     triggered_by: str,
+    *,
+    deployment_name: str | None = None,
+    trigger_detail: str | None = None,
+    trigger_note: str | None = None,
+    trigger_overrides: dict[str, Any] | None = None,
 ) -> None:
+    """The run's row, with what started it: enough to tell a 2 a.m. schedule from a hand trigger.
+
+    `parameters` are the ones the run applies (a deployment's saved values merged with the
+    trigger's); `trigger_overrides` what the trigger changed from those saved values.
+    """
     con.execute(
         "INSERT INTO runs (run_id, flow_name, flow_run_id, triggered_by, status, parameters, "
-        "source, "
-        "started_at) VALUES (?, ?, ?, ?, 'running', CAST(? AS JSON), ?, ?)",
+        "source, started_at, deployment_name, trigger_detail, trigger_note, trigger_overrides) "
+        "VALUES (?, ?, ?, ?, 'running', CAST(? AS JSON), ?, ?, ?, ?, ?, CAST(? AS JSON))",
         [
             run_id,
             flow_name,
@@ -61,6 +71,10 @@ def start_run(
             json.dumps(parameters, default=str),
             source,
             datetime.now(UTC),
+            deployment_name,
+            trigger_detail,
+            trigger_note,
+            None if trigger_overrides is None else json.dumps(trigger_overrides, default=str),
         ],
     )
 

@@ -133,6 +133,7 @@ def connect(
 def apply_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(read_sql("schema.sql"))
     con.execute(read_sql("views.sql"))
+    con.execute(read_sql("comments.sql"))  # after views.sql: replacing a view drops its comments
 
 
 def _relations(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -53,7 +54,7 @@ async def _deployments() -> dict[str, object]:
 def test_prefect_yaml_is_accepted_by_prefect_deploy(api_url: str):
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     names = {d["name"]: d for d in spec["deployments"]}
-    assert set(names) == {"nightly", "backfill", "evaluate"}
+    assert set(names) == {"nightly", "backfill", "evaluate", "tune"}
     assert names["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
     assert names["nightly"]["schedules"][0]["timezone"] == "UTC"
     RunParameters(**names["nightly"]["parameters"]["params"])  # defaults are valid parameters
@@ -91,10 +92,20 @@ def test_prefect_yaml_is_accepted_by_prefect_deploy(api_url: str):
     schema = nightly_dep.parameter_openapi_schema  # type: ignore[attr-defined]
     run_form = schema["definitions"]["RunParameters"]["properties"]
     assert run_form["top_k"]["default"] == 10 and "description" in run_form["top_k"]
-    assert {"backfill", "evaluate"} <= set(deployed)
+    assert {"backfill", "evaluate", "tune"} <= set(deployed)
+    # Before: the pull step kept `{{ $RECFUSION_HOME }}` for the worker to resolve (to None).
+    for name in names:
+        [step] = deployed[name].pull_steps  # type: ignore[attr-defined]
+        assert step == {
+            "prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}
+        }, name
 
 
 def test_serve_registers_the_nightly_schedule(api_url: str, tmp_path: Path):
+    before = {
+        name: dep for name, dep in asyncio.run(_deployments()).items()
+        if not name.endswith("-serve")
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -113,21 +124,32 @@ def test_serve_registers_the_nightly_schedule(api_url: str, tmp_path: Path):
         text=True,
     )
     try:
-        # Poll until one deployment carries both the schedule and this database. "nightly" already
-        # exists (from `prefect deploy` above) and serve updates it in place; CI once read the new
-        # schedule with the old parameters, so one read that sees half of it is not a failure.
+        # Poll until all four are there and `nightly-serve` carries both the schedule and this
+        # database: serve registers them one by one, and one read may see the new schedule with
+        # the old parameters (CI once did); neither is a failure.
+        names = {"nightly-serve", "backfill-serve", "evaluate-serve", "tune-serve"}
         deadline = time.monotonic() + 180
-        seen: list[tuple[list[str], str]] = []
+        seen: list[tuple[str, list[str], str]] = []
         served = False
         while time.monotonic() < deadline and not served:
             time.sleep(2)
-            for dep in asyncio.run(_deployments()).values():
+            after = asyncio.run(_deployments())
+            for name, dep in after.items():
                 crons = [s.schedule.cron for s in dep.schedules]  # type: ignore[attr-defined]
                 db = str(dep.parameters.get("params", {}).get("db", ""))  # type: ignore[attr-defined]
-                seen.append((crons, db))
-                served = served or ("30 3 * * *" in crons and db.endswith("served.duckdb"))
+                seen.append((name, crons, db))
+                served = served or (
+                    names <= set(after)
+                    and name == "nightly-serve"
+                    and "30 3 * * *" in crons
+                    and db.endswith("served.duckdb")
+                )
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert served, f"serve did not register the nightly schedule in time; saw {seen[-5:]}"
+        assert served, f"serve did not register its deployments in time; saw {seen[-5:]}"
+        # Before: serve reused the name `nightly` and overwrote `prefect deploy`'s in place.
+        for name, dep in before.items():
+            assert after[name].parameters == dep.parameters, name  # type: ignore[attr-defined]
+            assert after[name].pull_steps == dep.pull_steps, name  # type: ignore[attr-defined]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -338,5 +360,110 @@ def test_backfill_runs_each_day_and_skips_published_days(small_source: Path, tmp
     assert [s.status for s in first] == ["published", "published"]
     as_of = query(tmp_path / "b.duckdb", "SELECT count(DISTINCT as_of) FROM runs")[0][0]
     assert as_of == 2
+    what = query(tmp_path / "b.duckdb", "SELECT DISTINCT triggered_by, trigger_detail FROM runs")
+    assert [w[0] for w in what] == ["backfill"]  # from Prefect: each day is the backfill's subflow
+    assert str(what[0][1]).startswith("recfusion-backfill flow run ")
     assert backfill(params=params) == []  # both days already published
     assert len(backfill(params=params.model_copy(update={"force": True}))) == 2
+
+
+def _progress_artifacts(flow_run_id: object) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+    )
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                type=ArtifactFilterType(any_=["progress"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),  # type: ignore[list-item]
+            )
+        )
+
+
+def test_run_history_shows_what_started_a_run_its_flow_run_and_key_parameters(
+    small_source: Path, tmp_path: Path
+):
+    from flows.nightly import nightly
+
+    db = tmp_path / "rf.duckdb"
+    params = RunParameters.model_validate({
+        "source": str(small_source), "db": str(db), "top_k": 4, "evaluate": False,
+        "fusion": {"strategy": "rrf"}, "triggered_by": "checking the rrf lists",
+    })
+    state = nightly(params=params, return_state=True)
+    assert state.is_completed(), state.message
+    rows = query(
+        db,
+        "SELECT triggered_by, trigger_detail, trigger_note, deployment_name, flow_run_id, "
+        "source, db, top_k, requested_strategy, evaluate, trigger_overrides "
+        "FROM run_history",
+    )
+    assert rows == [(
+        "cli", None, "checking the rrf lists", None, str(state.state_details.flow_run_id),
+        str(small_source), str(db), 4, "rrf", False, None,
+    )]
+
+
+def test_progress_artifact_of_a_published_run_has_a_stable_key_and_ends_at_100(
+    published_db: Path,
+):
+    [(run_id, flow_run_id)] = query(published_db, "SELECT run_id, flow_run_id FROM runs")
+    (artifact,) = _progress_artifacts(flow_run_id)
+    assert artifact.key == "recfusion-progress"
+    assert float(artifact.data) == 100.0
+    assert artifact.description.startswith(f"run {run_id} published: regression gate")
+
+
+def test_progress_artifact_of_a_failed_run_ends_at_100_saying_it_failed(
+    small_source: Path, tmp_path: Path
+):
+    from datetime import UTC, datetime
+
+    from flows.nightly import nightly
+
+    db = tmp_path / "rf.duckdb"
+    before_any_event = datetime(2000, 1, 1, tzinfo=UTC)
+    state = nightly(
+        params=RunParameters(source=str(small_source), db=str(db), as_of=before_any_event),
+        return_state=True,
+    )
+    assert state.is_failed()
+    [(run_id, status)] = query(db, "SELECT run_id, status FROM runs")
+    (artifact,) = _progress_artifacts(state.state_details.flow_run_id)
+    assert (artifact.key, float(artifact.data), status) == ("recfusion-progress", 100.0, "failed")
+    assert artifact.description.startswith(f"run {run_id} failed: no events in the warehouse")
+
+
+def test_progress_moves_after_every_step():
+    from prefect import flow
+
+    from flows.artifacts import Progress
+
+    def read(artifact_id: object) -> tuple[float, str]:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+
+        with get_client(sync_client=True) as client:
+            (found,) = client.read_artifacts(
+                artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id]))  # type: ignore[list-item]
+            )
+        return float(found.data), str(found.description)
+
+    @flow
+    def three_steps() -> list[tuple[float, str]]:
+        progress = Progress("r1", ["ingest", "recommend", "publish"])
+        seen = [read(progress.artifact)]
+        for step in progress.steps:
+            progress.step_done(step)
+            seen.append(read(progress.artifact))
+        progress.finish("rejected", "output checks failed: duplicates")
+        return [*seen, read(progress.artifact)]
+
+    seen = three_steps()
+    assert [p for p, _ in seen] == [0.0, 33.3, 66.7, 100.0, 100.0]
+    assert seen[1][1] == "run r1: 1/3 steps done; now recommend"
+    assert seen[-1][1] == "run r1 rejected: output checks failed: duplicates"

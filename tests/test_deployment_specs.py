@@ -1,0 +1,99 @@
+"""What deployments/prefect.yaml and `recfusion serve` register, checked without running them:
+every entrypoint is a real flow whose parameter model accepts the saved values, the two routes'
+deployment names never meet (finding 3: serve overwrote `prefect deploy`'s in place), and the
+deploy step refuses a folder that is not a checkout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flows.backfill import BackfillParameters
+from flows.deploy_steps import NotACheckout, recfusion_home
+from flows.serve import SERVED_SUFFIX, deployments
+from flows.tune import TuneParameters
+from tasks.parameters import RunParameters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spec() -> dict[str, dict[str, Any]]:
+    text = (REPO / "deployments" / "prefect.yaml").read_text(encoding="utf-8")
+    return {d["name"]: d for d in yaml.safe_load(text)["deployments"]}
+
+
+def entrypoint_flow(entrypoint: str) -> Any:
+    from prefect.flows import load_flow_from_entrypoint
+
+    path, name = entrypoint.split(":")
+    assert (REPO / path).is_file(), entrypoint
+    return load_flow_from_entrypoint(f"{REPO / path}:{name}")
+
+
+def test_the_tune_deployment_runs_the_tune_flow_weekly_on_the_nightly_s_database():
+    deployments_ = spec()
+    tune = deployments_["tune"]
+    assert entrypoint_flow(tune["entrypoint"]).name == "recfusion-tune"
+    params = TuneParameters.model_validate(tune["parameters"]["params"])  # extra="forbid"
+    nightly = RunParameters.model_validate(deployments_["nightly"]["parameters"]["params"])
+    assert params.run == nightly  # the same db, source and values as run_defaults
+    [schedule] = tune["schedules"]
+    assert (schedule["cron"], schedule["timezone"], schedule["active"]) == (
+        "0 3 * * 0", "UTC", True
+    )
+    assert tune["work_pool"] == deployments_["nightly"]["work_pool"]
+
+
+@pytest.mark.parametrize(
+    ("name", "flow_name", "model"),
+    [
+        ("nightly", "recfusion-nightly", RunParameters),
+        ("backfill", "recfusion-backfill", BackfillParameters),
+    ],
+)
+def test_every_run_deployment_names_a_real_flow_and_valid_parameters(
+    name: str, flow_name: str, model: Any
+):
+    deployment = spec()[name]
+    assert entrypoint_flow(deployment["entrypoint"]).name == flow_name
+    model.model_validate(deployment["parameters"]["params"])
+
+
+def test_served_deployments_never_take_the_names_prefect_deploy_uses(tmp_path: Path):
+    served = deployments(str(tmp_path / "rf.duckdb"), None)
+    names = {d.name for d in served}
+    assert names == {name + SERVED_SUFFIX for name in spec()}
+    assert names.isdisjoint(spec())
+    [tune] = [d for d in served if d.name == "tune-serve"]
+    assert [s.schedule.cron for s in tune.schedules] == ["0 3 * * 0"]
+    assert TuneParameters.model_validate(tune.parameters["params"]).run.db == str(
+        tmp_path / "rf.duckdb"
+    )
+
+
+def test_deploy_step_stores_the_checkout_it_runs_from(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("RECFUSION_HOME", raising=False)
+    monkeypatch.chdir(REPO)
+    assert recfusion_home() == {"directory": str(REPO)}
+
+
+def test_deploy_step_refuses_a_folder_that_is_not_a_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    # Before: the pull step stored `{{ $RECFUSION_HOME }}` unresolved, and workers ran in None.
+    monkeypatch.setenv("RECFUSION_HOME", str(tmp_path))
+    with pytest.raises(NotACheckout) as error:
+        recfusion_home()
+    assert str(error.value) == (
+        f"RECFUSION_HOME={tmp_path} does not hold recfusion (flows/nightly.py is missing): run "
+        "`prefect deploy` from the recfusion checkout, or set RECFUSION_HOME to the checkout the "
+        "workers run from"
+    )
+    monkeypatch.delenv("RECFUSION_HOME")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NotACheckout, match=r"RECFUSION_HOME is not set and .* does not hold"):
+        recfusion_home()
