@@ -64,9 +64,9 @@ def _run_ours(names: Sequence[str], source: Path, k: int, block: int) -> dict[st
     """Fit `names` side by side, then let each recommend for every user (times are totals)."""
     import numpy as np
 
+    from tasks.config import RunParameters
     from tasks.kernels.blocks import top_n
     from tasks.modalities.generation import build_modality
-    from tasks.parameters import RunParameters
 
     data = _load(source)
     after_load = _peak_rss_gb()
@@ -193,7 +193,7 @@ def main() -> int:
     behavior = results.get("behavior", {})
     if behavior and "error" not in behavior:
         # ALS scores a user as one row of a (users × factors) @ (factors × items) product.
-        from tasks.parameters import RunParameters
+        from tasks.config import RunParameters
 
         factors = RunParameters().behavior.factors
         flops = 2.0 * behavior["served"] * behavior["items"] * factors  # conservative: served only

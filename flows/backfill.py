@@ -10,9 +10,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from flows.nightly import RunSummary, nightly
 from flows.triggers import apply_deployment_parameters
+from tasks.config import RunParameters
 from tasks.modalities.base import PARAMETER_CONFIG
-from tasks.parameters import RunParameters
-from tasks.warehouse import connect
+from tasks.warehouse.connection import connect
 
 
 class BackfillParameters(BaseModel):

@@ -26,7 +26,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from tasks.parameters import RunParameters
+    from tasks.config import RunParameters
     from tasks.sources.adapters.mapping import ColumnMapping
 
 DEFAULT_DB = "recfusion.duckdb"
@@ -124,7 +124,7 @@ def _same(path: tuple[str, ...], flag_value: Any, file_value: Any) -> bool:
     """Do a flag and a params-file value mean the same parameter value?"""
     from pydantic import TypeAdapter, ValidationError
 
-    from tasks.parameters import FusionParams, RunParameters
+    from tasks.config import FusionParams, RunParameters
 
     if path in PATH_PARAMETERS and isinstance(file_value, str):
         return _resolved(flag_value) == _resolved(file_value)
@@ -156,7 +156,7 @@ def validated(model: type[BaseModel], data: Any, origins: Mapping[str, str] | No
     """`model` from `data`, or a UsageError with one line per invalid parameter."""
     from pydantic import ValidationError
 
-    from tasks.parameters import parameter_errors
+    from tasks.config import parameter_errors
 
     try:
         return model.model_validate(data)
@@ -169,7 +169,7 @@ def run_parameters(args: argparse.Namespace) -> RunParameters:
 
     A flag that disagrees with the params file is an error naming both, not a silent winner.
     """
-    from tasks.parameters import RunParameters
+    from tasks.config import RunParameters
 
     params_file = getattr(args, "params", None)
     data: dict[str, Any] = read_params_file(params_file) if params_file else {}
@@ -255,9 +255,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     params = run_parameters(args)  # checks --db and --lock-timeout like a run's
     _folder(params.source, "--source")
-    from tasks.runs import new_run_id
     from tasks.sources.ingest import load_source, read_source
-    from tasks.warehouse import apply_schema, connect, run_lock
+    from tasks.warehouse.connection import apply_schema, connect, run_lock
+    from tasks.warehouse.runs import new_run_id
 
     assert params.source is not None  # --source is required
     mapping = _column_mapping(args)
@@ -374,10 +374,10 @@ def _query_params(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from tasks.warehouse import sql_query_names
+    from tasks.warehouse.connection import sql_query_names
 
     if args.list or not args.name:
-        from tasks.queries import describe
+        from tasks.warehouse.queries import describe
 
         for name in sql_query_names():
             print(f"{name:32s} {describe(name)}")
@@ -385,7 +385,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     params = _query_params(args.param)
     import polars as pl
 
-    from tasks.queries import run_query
+    from tasks.warehouse.queries import run_query
 
     frame = run_query(args.db, args.name, params)
     with pl.Config(tbl_rows=args.limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
@@ -513,7 +513,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, as_of: bool = True) -> None:
     )
     parser.add_argument(
         "--params",
-        help="JSON file with an object of more run parameters (see tasks/parameters.py); "
+        help="JSON file with an object of more run parameters (see tasks/config.py); "
         "a flag and the file may not disagree",
     )
 
@@ -656,13 +656,16 @@ def _one_line(value: object, limit: int = 400) -> str:
 #: Looked up only if their module is loaded: an error cannot come from a module never imported.
 FAILURES = (
     ("tasks.sources.files", "SourceError"),
-    ("tasks.warehouse", "RunLockTimeout"),
+    ("tasks.warehouse.connection", "RunLockTimeout"),
     ("flows.nightly", "RunFailed"),
-    ("tasks.warehouse", "DatabaseBusy"),
-    ("tasks.warehouse", "DatabaseUnusable"),
+    ("tasks.warehouse.connection", "DatabaseBusy"),
+    ("tasks.warehouse.connection", "DatabaseUnusable"),
 )
 #: … and those that mean the request itself is wrong: EXIT_USAGE.
-USAGE = (("tasks.queries", "QueryError"), ("tasks.sources.adapters.mapping", "MappingError"))
+USAGE = (
+    ("tasks.warehouse.queries", "QueryError"),
+    ("tasks.sources.adapters.mapping", "MappingError"),
+)
 
 
 def _is(exc: BaseException, kinds: tuple[tuple[str, str], ...]) -> bool:
@@ -680,7 +683,7 @@ def explain(exc: BaseException) -> tuple[list[str], int]:
     if isinstance(exc, UsageError):
         return exc.lines, EXIT_USAGE
     if isinstance(exc, ValidationError):  # a model validated outside `validated`
-        from tasks.parameters import parameter_errors
+        from tasks.config import parameter_errors
 
         return parameter_errors(exc), EXIT_USAGE
     if _is(exc, USAGE):

@@ -30,7 +30,7 @@ from flows.triggers import (
     apply_deployment_parameters,
     current_trigger,
 )
-from tasks import runs
+from tasks.config import RunParameters
 from tasks.data.dataset import Dataset
 from tasks.data.snapshot import Snapshot, load_snapshot
 from tasks.evaluation.alarm import evaluation_checks
@@ -47,15 +47,14 @@ from tasks.outputs.report import (
     read_run_records,
     write_report,
 )
-from tasks.parameters import RunParameters
-from tasks.publish import FinalStatus, RunOutputs, last_published_ndcg, publish_run
 from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_holdout, recommend
 from tasks.sources.demo import generate_demo_source
 from tasks.sources.files import SourceError
 from tasks.sources.ingest import IngestReport, load_source, read_source
 from tasks.tuning.search import apply_tuning
 from tasks.tuning.store import latest_results
-from tasks.warehouse import (
+from tasks.warehouse import runs
+from tasks.warehouse.connection import (
     DatabaseBusy,
     DatabaseUnusable,
     RunLockTimeout,
@@ -64,6 +63,7 @@ from tasks.warehouse import (
     non_demo_contents,
     run_lock,
 )
+from tasks.warehouse.publish import FinalStatus, RunOutputs, last_published_ndcg, publish_run
 
 IO_RETRIES = 2
 IO_BACKOFF = exponential_backoff(backoff_factor=2)

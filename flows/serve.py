@@ -18,7 +18,7 @@ from flows.backfill import BackfillParameters, backfill
 from flows.evaluate import evaluate
 from flows.nightly import nightly
 from flows.tune import TuneParameters, tune
-from tasks.parameters import RunParameters
+from tasks.config import RunParameters
 
 NIGHTLY_CRON = "0 2 * * *"
 #: Sundays, an hour after the nightly: tune reads the database the nightly writes.

@@ -27,7 +27,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.parameters import parameter_errors
+from tasks.config import parameter_errors
 
 M = TypeVar("M", bound=BaseModel)
 

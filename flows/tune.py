@@ -14,12 +14,12 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from flows.triggers import apply_deployment_parameters
+from tasks.config import ModalityName, RunParameters
 from tasks.data.snapshot import load_snapshot
 from tasks.modalities.base import PARAMETER_CONFIG
-from tasks.parameters import ModalityName, RunParameters
 from tasks.tuning.search import tune_modalities
 from tasks.tuning.store import save_results
-from tasks.warehouse import connect, run_lock
+from tasks.warehouse.connection import connect, run_lock
 
 ARTIFACT_KEY = "recfusion-tuning"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tasks.config import RunParameters
 from tasks.data.dataset import Dataset, build_dataset
 from tasks.data.snapshot import Snapshot
 from tasks.data.splits import Holdout, holdout_split
@@ -39,7 +40,6 @@ from tasks.modalities.generation import (
 )
 from tasks.modalities.popularity import PopularityParams, make_popularity
 from tasks.modalities.registry import FLOOR_BASELINE, FLOOR_MODALITY, REGISTRY
-from tasks.parameters import RunParameters
 
 log = logging.getLogger(__name__)
 

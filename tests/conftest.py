@@ -49,7 +49,7 @@ def published_db(
 ) -> Path:
     """A database produced by one real nightly run (with evaluation) on the small source."""
     from flows.nightly import nightly
-    from tasks.parameters import RunParameters
+    from tasks.config import RunParameters
 
     db = tmp_path_factory.mktemp("published") / "rf.duckdb"
     state = nightly(params=RunParameters(source=str(small_source), db=str(db)), return_state=True)

@@ -8,7 +8,7 @@ from typing import Any
 import duckdb
 
 from flows.nightly import RunSummary, nightly
-from tasks.parameters import RunParameters
+from tasks.config import RunParameters
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:

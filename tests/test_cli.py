@@ -17,8 +17,8 @@ import prefect.main  # noqa: F401  (sets up Prefect's console log handler on the
 import pytest  # import time: here, not inside a test whose capsys stderr is gone afterwards)
 
 from flows.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main, run_parameters
-from tasks.parameters import TOP_K_MAX, RunParameters
-from tasks.warehouse import apply_schema, connect, run_lock
+from tasks.config import TOP_K_MAX, RunParameters
+from tasks.warehouse.connection import apply_schema, connect, run_lock
 
 
 def fails(argv: list[str], capsys: pytest.CaptureFixture[str], code: int = EXIT_USAGE) -> str:

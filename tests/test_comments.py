@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 from support import query
 
-from tasks.warehouse import apply_schema
+from tasks.warehouse.connection import apply_schema
 
 
 def undescribed(con: duckdb.DuckDBPyConnection) -> list[str]:

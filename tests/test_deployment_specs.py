@@ -16,7 +16,7 @@ from flows.backfill import BackfillParameters
 from flows.deploy_steps import NotACheckout, recfusion_home
 from flows.serve import SERVED_SUFFIX, deployments
 from flows.tune import TuneParameters
-from tasks.parameters import RunParameters
+from tasks.config import RunParameters
 
 REPO = Path(__file__).resolve().parents[1]
 

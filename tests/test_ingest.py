@@ -11,7 +11,7 @@ import pytest
 
 from tasks.sources.files import SourceError
 from tasks.sources.ingest import load_source, read_source
-from tasks.warehouse import apply_schema, connect
+from tasks.warehouse.connection import apply_schema, connect
 
 EVENTS_CSV = """user_id,item_id,event_type,ts,value,colour
 u1,i1,view,2024-01-01T00:00:00Z,1,red

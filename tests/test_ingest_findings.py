@@ -20,7 +20,7 @@ import pytest
 
 from tasks.sources.files import SourceError
 from tasks.sources.ingest import IngestReport, load_source, read_source
-from tasks.warehouse import apply_schema, connect
+from tasks.warehouse.connection import apply_schema, connect
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS_CSV = "user_id,item_id,event_type,ts\nu1,i1,view,2024-01-01\n"
@@ -176,8 +176,8 @@ def test_a_huge_finite_value_under_raw_weighting_keeps_the_event_and_the_run_pub
 ):
     from support import run_nightly
 
+    from tasks.config import RunParameters
     from tasks.data.snapshot import load_snapshot
-    from tasks.parameters import RunParameters
     from tasks.recommend import dataset_from
 
     src = tmp_path / "huge"

@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.sources.ingest import IngestReport, load_source, read_source
-from tasks.warehouse import apply_schema, connect
+from tasks.warehouse.connection import apply_schema, connect
 
 pytestmark = pytest.mark.slow  # hundreds of generated sources through the real ingest
 

@@ -16,10 +16,10 @@ from support import query, run_nightly
 
 from flows.cli import main as cli
 from flows.nightly import staging_dirs
+from tasks.config import RunParameters
 from tasks.fault_injection import FAULT_ENV
-from tasks.parameters import RunParameters
-from tasks.queries import query_parameters, run_query
-from tasks.warehouse import read_sql, run_lock, sql_query_names
+from tasks.warehouse.connection import read_sql, run_lock, sql_query_names
+from tasks.warehouse.queries import query_parameters, run_query
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_harness")

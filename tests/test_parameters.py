@@ -15,8 +15,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from flows.backfill import BackfillParameters
+from tasks.config import RunParameters, parameter_errors
 from tasks.fusion.stacking import StackingParams
-from tasks.parameters import RunParameters, parameter_errors
 
 
 def errors_of(data: Any, model: type[BaseModel] = RunParameters) -> list[str]:

@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.publish import RunOutputs, publish_run
-from tasks.runs import fail_run, start_run
-from tasks.warehouse import apply_schema
+from tasks.warehouse.connection import apply_schema
+from tasks.warehouse.publish import RunOutputs, publish_run
+from tasks.warehouse.runs import fail_run, start_run
 
 USERS = np.array(["ann", "bob", "cy"], dtype=object)
 ITEMS = np.array(["i0", "i1", "i2", "i3"], dtype=object)

@@ -8,9 +8,9 @@ from typing import Any
 import polars as pl
 from polars.testing import assert_frame_equal
 
+from tasks.config import FusionParams, RunParameters
 from tasks.data.snapshot import Snapshot
 from tasks.data.splits import EvaluationParams
-from tasks.parameters import FusionParams, RunParameters
 from tasks.recommend import dataset_from, evaluate_holdout, recommend
 
 

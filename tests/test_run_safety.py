@@ -31,12 +31,18 @@ from process_support import (
 from support import query, run_nightly
 
 from flows.nightly import RunSummary, demo_source_dir, nightly, staging_dirs
+from tasks.config import RunParameters
 from tasks.evaluation.protocol import protocol_key
 from tasks.fault_injection import FAULT_ENV
-from tasks.parameters import RunParameters
-from tasks.runs import failure_sidecar
 from tasks.sources.ingest import load_source, read_source
-from tasks.warehouse import BUSY_WAIT_ENV, RunLockTimeout, apply_schema, connect, run_lock
+from tasks.warehouse.connection import (
+    BUSY_WAIT_ENV,
+    RunLockTimeout,
+    apply_schema,
+    connect,
+    run_lock,
+)
+from tasks.warehouse.runs import failure_sidecar
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -200,7 +206,7 @@ def hold_lock(path: Path) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom tasks.warehouse import run_lock\n"
+            "import sys, time\nfrom tasks.warehouse.connection import run_lock\n"
             "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
             str(path),
         ],

@@ -22,7 +22,7 @@ from flows.triggers import (
     merge_parameters,
     merged_run_parameters,
 )
-from tasks.parameters import RunParameters
+from tasks.config import RunParameters
 
 #: What an operator saves under `run_defaults` in deployments/prefect.yaml.
 SAVED: dict[str, Any] = {

@@ -11,8 +11,8 @@ import duckdb
 from support import query, run_nightly
 
 from flows.tune import TuneParameters, tune
+from tasks.config import RunParameters
 from tasks.data.snapshot import load_snapshot
-from tasks.parameters import RunParameters
 from tasks.tuning.search import apply_tuning, tune_modalities
 
 

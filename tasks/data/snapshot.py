@@ -9,7 +9,7 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from tasks.warehouse import read_sql
+from tasks.warehouse.connection import read_sql
 
 
 @dataclass

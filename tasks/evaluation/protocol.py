@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tasks.parameters import RunParameters
+from tasks.config import RunParameters
 
 PROTOCOL_VERSION = 2  # 2: per-user temporal/random with a cold pool, paired selection
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from tasks.evaluation.metrics import catalog_coverage, ranking_metrics
-from tasks.warehouse import connect, read_sql
+from tasks.warehouse.connection import connect, read_sql
 
 REPORTED = ("ndcg", "recall", "precision", "f1", "map", "mrr", "hit_rate")
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from tasks.config import RunParameters
 from tasks.data.dataset import Dataset
 from tasks.kernels.blocks import CANDIDATE_SCHEMA, top_n
 from tasks.modalities.base import Modality
 from tasks.modalities.content import MissingModalityInput
 from tasks.modalities.registry import build_modality
-from tasks.parameters import RunParameters
 
 log = logging.getLogger(__name__)
 

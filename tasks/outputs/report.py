@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from tasks.fusion.plan import FUSERS
-from tasks.warehouse import connect, read_sql
+from tasks.warehouse.connection import connect, read_sql
 
 HEADLINE = ("ndcg", "recall", "precision", "coverage")
 #: Per-user means at K: shown with their standard error and their K.

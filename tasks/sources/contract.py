@@ -20,7 +20,7 @@ import polars as pl
 from polars.datatypes import DataTypeClass
 
 from tasks.sources.files import QUARANTINE_SCHEMA, ROW, RawTable, SourceError, scratch_duckdb
-from tasks.warehouse import read_sql
+from tasks.warehouse.connection import read_sql
 
 REQUIRED_COLUMNS = {
     "events": ("user_id", "item_id", "event_type", "ts"),

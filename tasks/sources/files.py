@@ -37,7 +37,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from tasks.warehouse import read_sql
+from tasks.warehouse.connection import read_sql
 
 TABLES = ("events", "items", "users", "social")
 EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}

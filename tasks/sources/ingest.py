@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from tasks.sources.contract import SIDE_TABLE_VALIDATORS, Validated, validate_events
 from tasks.sources.files import SourceError, find_table_files, read_table_file, unrecognised_files
-from tasks.warehouse import execute_script, read_sql
+from tasks.warehouse.connection import execute_script, read_sql
 
 log = logging.getLogger(__name__)
 

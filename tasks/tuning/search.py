@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from tasks.config import RunParameters
 from tasks.data.snapshot import Snapshot
 from tasks.data.splits import holdout_split
 from tasks.fusion.selection import per_user_ndcg
 from tasks.kernels.blocks import top_n
 from tasks.modalities.content import MissingModalityInput
 from tasks.modalities.registry import REGISTRY, build_modality, search_update
-from tasks.parameters import RunParameters
 from tasks.recommend import dataset_from, sample_users
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 
 from tasks.tuning.search import TuningResult
-from tasks.warehouse import apply_schema, read_sql
+from tasks.warehouse.connection import apply_schema, read_sql
 
 
 def save_results(

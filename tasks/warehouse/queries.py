@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from tasks.warehouse import connect, read_sql, sql_query_names
+from tasks.warehouse.connection import connect, read_sql, sql_query_names
 
 PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 WHOLE = re.compile(r"[+-]?[0-9]+")

@@ -8,12 +8,14 @@ file serialises whole runs so two runs never interleave their writes.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import duckdb
@@ -31,9 +33,27 @@ class DatabaseUnusable(RuntimeError):
     """The database file cannot be opened at all (not a database, corrupt, no permission, …)."""
 
 
+#: sql/ is grouped as tasks/ is; `queries/` holds the analysts' saved queries.
+SQL_GROUPS = ("sources", "data", "warehouse", "evaluation", "outputs", "tuning")
+
+
+@functools.cache
+def _sql_files() -> dict[str, Traversable]:
+    files: dict[str, Traversable] = {}
+    for group in SQL_GROUPS:
+        for path in resources.files("sql").joinpath(group).iterdir():
+            if path.name.endswith(".sql"):
+                if path.name in files:
+                    raise RuntimeError(f"two SQL files named {path.name} in sql/")
+                files[path.name] = path
+    return files
+
+
 def read_sql(name: str) -> str:
-    """Load a `.sql` file shipped in the `sql` package (e.g. 'schema.sql', 'queries/x.sql')."""
-    return resources.files("sql").joinpath(name).read_text(encoding="utf-8")
+    """A `.sql` file of the `sql` package by its name ('schema.sql', found in whichever group
+    folder holds it: names are unique) or by its path ('queries/x.sql')."""
+    path = resources.files("sql").joinpath(name) if "/" in name else _sql_files()[name]
+    return path.read_text(encoding="utf-8")
 
 
 def execute_script(

@@ -18,7 +18,7 @@ from typing import Any
 
 import duckdb
 
-from tasks.warehouse import real_path
+from tasks.warehouse.connection import real_path
 
 log = logging.getLogger(__name__)
 

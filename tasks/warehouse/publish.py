@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from tasks.fault_injection import fault_point
-from tasks.warehouse import execute_script, read_sql
+from tasks.warehouse.connection import execute_script, read_sql
 
 FinalStatus = Literal["published", "rejected"]
 KEEP_ALL = 1_000_000_000
