@@ -39,8 +39,8 @@ def evaluate_published(
     """Metrics@k for `fused` and each modality of the latest published run, keyed 'ndcg@10' etc."""
     with connect(db, read_only=True) as con:
         lists = con.sql(read_sql("published_lists.sql"), params={"k": k}).pl()
-        train_users = con.sql("SELECT DISTINCT user_id FROM raw.events").pl()
-        n_train_items = con.sql("SELECT count(DISTINCT item_id) FROM raw.events").fetchall()[0][0]
+        train_users = con.sql(read_sql("train_users.sql")).pl()
+        n_train_items = con.sql(read_sql("train_item_count.sql")).fetchall()[0][0]
     users = truth.join(train_users, on="user_id", how="semi")["user_id"].unique()
     out: dict[str, dict[str, float]] = {}
     for name in ["fused", *sorted(n for n in lists["list"].unique().to_list() if n != "fused")]:

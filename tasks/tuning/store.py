@@ -26,13 +26,13 @@ def save_results(
     tuning_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     now = datetime.now(UTC)
     for r in results.values():
-        con.execute(
-            "INSERT INTO tuning_results VALUES (?, ?, ?, ?, ?, CAST(? AS JSON), ?, ?, ?, ?, "
-            "CAST(? AS JSON), ?)",
-            [tuning_id, r.modality, now, source, fingerprint, json.dumps(r.update),
-             r.validation_ndcg, r.default_ndcg, r.n_trials, r.seconds,
-             json.dumps(protocol, default=str), flow_run_id],
-        )
+        con.execute(read_sql("tuning_insert.sql"), {
+            "tuning_id": tuning_id, "modality": r.modality, "tuned_at": now, "source": source,
+            "fingerprint": fingerprint, "parameters": json.dumps(r.update),
+            "validation_ndcg": r.validation_ndcg, "default_ndcg": r.default_ndcg,
+            "n_trials": r.n_trials, "seconds": r.seconds,
+            "protocol": json.dumps(protocol, default=str), "flow_run_id": flow_run_id,
+        })
     return tuning_id
 
 
@@ -43,9 +43,7 @@ def latest_results(
 
     Read-only: a database from before the tune flow existed has no such table, hence nothing.
     """
-    exists = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'tuning_results'"
-    ).fetchall()[0][0]
+    exists = con.execute(read_sql("tuning_table_exists.sql")).fetchall()[0][0]
     if not exists:
         return {}
     rows = con.execute(read_sql("tuning_latest.sql"), {"source": source}).fetchall()

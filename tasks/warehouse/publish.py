@@ -40,13 +40,11 @@ class RunOutputs:
     n_candidates: int = 0  # rows in `candidates` or in the staged files
 
 
-def _insert(
-    con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, select_sql: str
-) -> None:
+def _insert(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, sql_file: str) -> None:
     if frame.height == 0:
         return
     with _staged(con, {"staged_output": frame.to_arrow()}):
-        con.execute(f"INSERT INTO {table} {select_sql}")
+        con.execute(read_sql(sql_file))
 
 
 @contextmanager
@@ -124,27 +122,13 @@ def publish_run(
     try:
         _insert_candidates(con, run_id, outputs)
         fault_point("publish:after_candidates")
-        _insert(
-            con,
-            "recommendations",
-            outputs.recommendations.with_columns(run),
-            "SELECT run_id, user_id, rank, item_id, score, CAST(contributions AS JSON), reason, "
-            "segment FROM staged_output",
-        )
+        _insert(con, outputs.recommendations.with_columns(run), "publish_recommendations.sql")
         fault_point("publish:after_recommendations")
+        _insert(con, _with_std_error(outputs.metrics).with_columns(run), "publish_metrics.sql")
         _insert(
             con,
-            "run_metrics",
-            _with_std_error(outputs.metrics).with_columns(run),
-            "(run_id, model, metric, k, segment, value, std_error) "
-            "SELECT run_id, model, metric, k, segment, value, std_error FROM staged_output",
-        )
-        _insert(
-            con,
-            "check_results",
             outputs.checks.with_columns(run, pl.lit(datetime.now(UTC)).alias("checked_at")),
-            "SELECT run_id, suite, expectation, column_name, success, observed_value, checked_at "
-            "FROM staged_output",
+            "publish_checks.sql",
         )
         flipped = con.execute(
             read_sql("publish_run.sql"),
