@@ -18,7 +18,7 @@ from flows.nightly import staging_dirs
 from tasks.fault_injection import FAULT_ENV
 from tasks.parameters import RunParameters
 from tasks.queries import query_parameters, run_query
-from tasks.warehouse import read_sql, run_lock, sql_query_names
+from tasks.warehouse import read_sql, run_lock, sql_query_names, warehouse_path
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -181,7 +181,9 @@ def test_killed_run_leaves_latest_exactly_as_before(
         )
         == counts_before
     )
-    [(killed_run,)] = query(db, "SELECT run_id FROM runs WHERE status = 'running'")
+    # The killed run's row is in the private warehouse only: the analyst copy never saw it.
+    assert query(db, "SELECT count(*) FROM runs WHERE status = 'running'") == [(0,)]
+    [(killed_run,)] = query(warehouse_path(db), "SELECT run_id FROM runs WHERE status = 'running'")
     left_behind = staging_dirs(killed_run)
     if point.startswith("publish:"):  # killed after staging its candidates
         assert len(left_behind) == 1 and any(left_behind[0].glob("*.parquet"))
