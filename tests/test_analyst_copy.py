@@ -351,3 +351,37 @@ def test_failing_a_run_never_flips_one_that_finished(tmp_path: Path):
     assert query(db, "SELECT run_id, status, message FROM runs ORDER BY run_id") == [
         ("done", "published", None), ("open", "failed", "trouble")
     ]
+
+
+HOLDER = (
+    "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1], read_only=True)\n"
+    "print(con.execute('SELECT count(*) FROM raw.events').fetchone()[0], flush=True)\n"
+    "time.sleep(600)"
+)
+
+
+def test_ingest_and_tune_show_their_work_in_the_analyst_copy_while_a_session_holds_it(
+    small_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from flows.cli import main
+    from tasks.demo_data import generate_demo_source
+
+    db = tmp_path / "rf.duckdb"
+    more = tmp_path / "more"
+    generate_demo_source(more, users=50, items=40, events=500, seed=11)
+    assert main(["ingest", "--source", str(small_source), "--db", str(db)]) == 0
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and int(holder.stdout.readline()) == 8000
+        assert main(["ingest", "--source", str(more), "--db", str(db)]) == 0
+        assert "events: read 500, added 500" in capsys.readouterr().out
+        assert query(db, "SELECT count(*) FROM raw.events") == [(8500,)]
+        assert main(["tune", "--source", str(small_source), "--db", str(db), "--trials", "1",
+                     "--modalities", "popularity", "--max-users", "100"]) == 0
+        [(tuning_id,)] = query(db, "SELECT DISTINCT tuning_id FROM tuning_results")
+        assert f"stored as tuning {tuning_id} in {db}" in capsys.readouterr().out
+        assert holder.poll() is None  # the session lived through both
+    finally:
+        holder.kill()
+        holder.wait()
