@@ -65,6 +65,9 @@ def end_of_day(day: date) -> datetime:
 
 
 def published_as_of(db: str) -> set[datetime]:
+    """Days already published, from the analyst copy: read outside the run lock, it never
+    waits for (or blocks) a run; a day committed by a run killed before its analyst copy was
+    swapped in is not there yet, and is run again."""
     try:
         with connect(db, read_only=True, retries=1) as con:
             rows = con.execute(

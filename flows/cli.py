@@ -234,6 +234,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(summary, RunSummary):
         print(f"{PROG}: run failed: {_one_line(state.message or summary)}", file=sys.stderr)
         return EXIT_FAILED
+    if summary.analyst_copy_problem:  # finished in the warehouse, but analysts cannot see it
+        print(
+            f"{PROG}: run {summary.run_id} {summary.status}, but "
+            f"{_one_line(summary.analyst_copy_problem)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if summary.status == "published":
         metrics = ", ".join(
             f"{k}={v:.4f}"
@@ -256,7 +263,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     params = run_parameters(args)  # checks --db and --lock-timeout like a run's
     _folder(params.source, "--source")
     from tasks.sources.ingest import load_source, read_source
-    from tasks.warehouse.connection import apply_schema, connect, run_lock
+    from tasks.warehouse.connection import (
+        apply_schema,
+        connect,
+        open_warehouse,
+        refresh_analyst_copy,
+        run_lock,
+    )
     from tasks.warehouse.runs import new_run_id
 
     assert params.source is not None  # --source is required
@@ -268,9 +281,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         validated_source = read_mapped_source(Path(params.source), mapping)
     else:
         validated_source = read_source(Path(params.source))
-    with run_lock(params.db, params.lock_timeout_seconds), connect(params.db) as con:
-        apply_schema(con)
-        report = load_source(con, validated_source, run_id)
+    with run_lock(params.db, params.lock_timeout_seconds):
+        with connect(open_warehouse(params.db)) as con:
+            apply_schema(con)
+            report = load_source(con, validated_source, run_id)
+        refresh_analyst_copy(params.db)  # analysts see the new rows; a failure is one line
     for table in report.read:
         print(
             f"{table}: read {report.read[table]}, added {report.added[table]}, "

@@ -4,6 +4,10 @@ This module only wires tasks; each task body calls plain functions from `tasks/`
 the database retry with backoff while another process holds it (the one trouble that waiting
 fixes); anything else fails the run at once with a one-line message, and a failed run never
 changes what `recommendations_latest` returns.
+
+`params.db` is the analyst copy: the run reads and writes the private warehouse beside it
+(`tasks.warehouse.connection.warehouse_path`) and replaces the analyst copy once it has
+published, been rejected or failed, so an analyst's open session never meets the run's writes.
 """
 
 from __future__ import annotations
@@ -60,8 +64,12 @@ from tasks.warehouse.connection import (
     RunLockTimeout,
     apply_schema,
     connect,
+    database_to_read,
     non_demo_contents,
+    open_warehouse,
+    refresh_analyst_copy,
     run_lock,
+    warehouse_path,
 )
 from tasks.warehouse.publish import FinalStatus, RunOutputs, last_published_ndcg, publish_run
 
@@ -130,6 +138,8 @@ class RunSummary:
     fusion_strategy: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     db: str = ""
+    #: Why the analyst copy does not show this run although it finished ("" when it does).
+    analyst_copy_problem: str = ""
 
 
 def demo_source_dir(db: str) -> Path:
@@ -146,8 +156,9 @@ def prepare_source(params: RunParameters) -> Path:
     if params.source:
         return Path(params.source)
     folder = demo_source_dir(params.db)
-    if Path(params.db).exists():
-        with connect(params.db, read_only=True) as con:
+    current = database_to_read(params.db)
+    if current.exists():
+        with connect(current, read_only=True) as con:
             found = non_demo_contents(con, folder)
         if found:
             raise RunRefused(
@@ -196,7 +207,7 @@ def open_run(
     """The run's `runs` row, with what started it (from Prefect's runtime, not a hand-set note)."""
     trigger = current_trigger(applied)
     logger = get_run_logger()
-    with connect(params.db) as con:
+    with connect(open_warehouse(params.db)) as con:
         apply_schema(con)
         recorded = runs.apply_failures_beside(con, params.db)  # before: they are not abandoned
         if recorded:
@@ -231,7 +242,7 @@ def open_run(
 @io_task("ingest")
 def ingest(db: str, source: Path, run_id: str) -> IngestReport:
     validated = read_source(source)  # raises SourceError before anything is written
-    with connect(db) as con:
+    with connect(warehouse_path(db)) as con:
         report = load_source(con, validated, run_id)
     logger = get_run_logger()
     for table in report.read:
@@ -247,7 +258,7 @@ def ingest(db: str, source: Path, run_id: str) -> IngestReport:
 
 @io_task("load-snapshot")
 def snapshot_task(params: RunParameters) -> Snapshot:
-    with connect(params.db) as con:
+    with connect(warehouse_path(params.db)) as con:
         snap = load_snapshot(con, params.as_of)
     if snap.events.height == 0:
         raise RunFailed(f"no events in the warehouse as of {params.as_of or 'now'}")
@@ -264,7 +275,7 @@ def check_events_task(
 @task(name="build-dataset", cache_policy=NO_CACHE)
 def dataset_task(snap: Snapshot, params: RunParameters, run_id: str) -> Dataset:
     data = dataset_from(snap, params)
-    with connect(params.db) as con:
+    with connect(warehouse_path(params.db)) as con:
         start, end = snap.events["ts"].min(), snap.events["ts"].max()
         runs.record_data_window(
             con,
@@ -285,7 +296,7 @@ def tuning_task(params: RunParameters) -> tuple[RunParameters, dict[str, str]]:
     """The run's parameters with the latest useful `recfusion tune` result for its source."""
     if not params.use_tuned:
         return params, {}
-    with connect(params.db, read_only=True) as con:
+    with connect(warehouse_path(params.db), read_only=True) as con:
         found = latest_results(con, params.source)
     if not found:
         return params, {}
@@ -321,7 +332,7 @@ def record_evaluation_task(
     if evaluation is not None:
         described |= {"protocol": evaluation.protocol, "plan": evaluation.eval_plan.to_dict(),
                       "published_plan": evaluation.plan.to_dict()}
-    with connect(params.db) as con:
+    with connect(warehouse_path(params.db)) as con:
         runs.record_evaluation(con, run_id, described)
 
 
@@ -387,7 +398,7 @@ def publish_task(
     message: str,
     protocol: str | None,
 ) -> None:
-    with connect(params.db) as con:
+    with connect(warehouse_path(params.db)) as con:
         publish_run(
             con,
             run_id,
@@ -402,10 +413,21 @@ def publish_task(
         )
 
 
+@io_task("refresh-analyst-copy")
+def refresh_task(params: RunParameters) -> None:
+    """The analyst copy becomes the warehouse as it is now (the run just committed its status)."""
+    done = refresh_analyst_copy(params.db)
+    get_run_logger().info(
+        "analyst copy %s refreshed: %.1f MB by %s in %.2f s%s",
+        done.path, done.size / 1e6, done.method, done.seconds,
+        f"; the changed copy it replaced is kept as {done.kept}" if done.kept else "",
+    )
+
+
 @io_task("read-previous-run")
 def previous_run_task(db: str) -> tuple[str | None, pl.DataFrame | None]:
     """The last published run's id and metrics, for the lift in reports (before we publish)."""
-    with connect(db, read_only=True) as con:
+    with connect(warehouse_path(db), read_only=True) as con:
         rows = con.execute("SELECT run_id FROM last_published_run").fetchall()
         if not rows:
             return None, None
@@ -443,7 +465,7 @@ def report_task(
     }
     previous_run_id, previous_metrics = previous
     try:
-        records = read_run_records(params.db, [run_id, previous_run_id or ""])
+        records = read_run_records(warehouse_path(params.db), [run_id, previous_run_id or ""])
         not_comparable = comparability(
             records.get(run_id),
             records.get(previous_run_id) if previous_run_id else None,
@@ -513,7 +535,7 @@ def _regression_gate(
     )
     if fused.height == 0:
         return True, f"regression gate not applied: no fused ndcg@{k} was measured"
-    with connect(params.db, read_only=True) as con:
+    with connect(warehouse_path(params.db), read_only=True) as con:
         previous = last_published_ndcg(con, fingerprint, k, protocol)
     if previous is None:
         return True, (
@@ -533,14 +555,21 @@ def _regression_gate(
 
 
 def _fail(params: RunParameters, run_id: str, message: str) -> None:
-    """Mark the run failed; if the database cannot take it, keep the failure beside it."""
+    """Mark the run failed and show it in the analyst copy; where either cannot be done, keep
+    the failure beside the analyst copy, for the next run to record."""
     logger = get_run_logger()
+    warehouse = warehouse_path(params.db)
     try:
-        with connect(params.db) as con:
+        with connect(warehouse) as con:
             runs.fail_run(con, run_id, message)
-        return
     except Exception as exc:  # the database itself may be the problem
-        logger.error("could not record failure of run %s in %s: %s", run_id, params.db, exc)
+        logger.error("could not record failure of run %s in %s: %s", run_id, warehouse, exc)
+    else:
+        try:
+            refresh_analyst_copy(params.db)
+            return
+        except Exception as exc:
+            logger.error("could not show the failure of run %s in %s: %s", run_id, params.db, exc)
     try:
         path = runs.record_failure_beside(params.db, run_id, message)
         logger.warning("failure of run %s kept in %s; the next run records it", run_id, path)
@@ -570,8 +599,11 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
                 _fail(params, run_id, summary.message)
     except REFUSALS as exc:
         summary.message = _message(exc)
-    if summary.status == "published":
+    if summary.status == "published" and not summary.analyst_copy_problem:
         return Completed(data=summary, message=f"published run {run_id}")
+    if summary.analyst_copy_problem:
+        return Failed(data=summary, message=f"run {run_id} {summary.status}, but "
+                      f"{summary.analyst_copy_problem}")
     logger.error("run %s %s: %s", run_id, summary.status, summary.message)
     return Failed(data=summary, message=summary.message or summary.status)
 
@@ -654,6 +686,15 @@ def _steps(
             status = "published" if passed else "rejected"
             get_run_logger().info(message)
         publish_task(params, run_id, outputs, status, strategy, timings, message, protocol)
+        copy_problem = ""
+        try:  # the run is over in the warehouse whatever happens here: never fail it now
+            refresh_task(params)
+        except Exception as exc:
+            copy_problem = (
+                f"the analyst copy {params.db} still shows the previous state ({_message(exc)}); "
+                "the next run refreshes it"
+            )
+            get_run_logger().error("run %s %s, but %s", run_id, status, copy_problem)
         lap("publish")
         fault_point("after_publish")
         report_task(
@@ -677,4 +718,5 @@ def _steps(
         strategy,
         dict(zip(fused["metric"].to_list(), fused["value"].to_list(), strict=True)),
         params.db,
+        copy_problem,
     )

@@ -19,7 +19,7 @@ from tasks.data.snapshot import load_snapshot
 from tasks.modalities.base import PARAMETER_CONFIG
 from tasks.tuning.search import tune_modalities
 from tasks.tuning.store import save_results
-from tasks.warehouse.connection import connect, run_lock
+from tasks.warehouse.connection import connect, open_warehouse, refresh_analyst_copy, run_lock
 
 ARTIFACT_KEY = "recfusion-tuning"
 
@@ -62,6 +62,7 @@ def tune(params: TuneParameters | None = None) -> TuneSummary:
     params, _ = apply_deployment_parameters(params or TuneParameters())  # keeps saved `run`
     logger = get_run_logger()
     run = params.run
+    # The analyst copy: a consistent snapshot that never waits for (or blocks) a nightly run.
     with connect(run.db, read_only=True) as con:
         snapshot = load_snapshot(con, run.as_of)
     if snapshot.events.height == 0:
@@ -72,9 +73,11 @@ def tune(params: TuneParameters | None = None) -> TuneSummary:
     )
     protocol = {"evaluation": run.evaluation.model_dump(mode="json"), "seed": run.seed,
                 "k": run.top_k, "trials": params.trials, "max_users": params.max_users}
-    with run_lock(run.db, run.lock_timeout_seconds), connect(run.db) as con:
-        tuning_id = save_results(con, results, run.source, snapshot.fingerprint(), protocol,
-                                 str(flow_run.id) if flow_run.id else None)
+    with run_lock(run.db, run.lock_timeout_seconds):
+        with connect(open_warehouse(run.db)) as con:
+            tuning_id = save_results(con, results, run.source, snapshot.fingerprint(), protocol,
+                                     str(flow_run.id) if flow_run.id else None)
+        refresh_analyst_copy(run.db)
     create_table_artifact(
         key=ARTIFACT_KEY,
         table=[{"modality": r.modality, "default_ndcg": round(r.default_ndcg, 4),

@@ -17,6 +17,7 @@ POINTS = (
     "publish:after_recommendations",
     "publish:before_commit",
     "after_publish",  # committed; the staged candidates and the report are not cleaned up yet
+    "refresh:before_rename",  # the analyst copy's replacement is on disk, not yet renamed over it
 )
 
 

@@ -1,10 +1,11 @@
 """Chaos: SIGKILL real `recfusion run` processes at random moments and at the fault points.
 
-After every kill: `recommendations_latest` is exactly the previous published list or exactly the
-new run's (every row compared), no run that was not published left a row anywhere, no process
-the run spawned (its temporary Prefect server) is alive, and the database opens. A final run that
-is not killed publishes. Runs start their own temporary Prefect server, as `recfusion run` does
-on a box without PREFECT_API_URL.
+After every kill: `recommendations_latest` in the analyst copy (the `--db` file analysts open) is
+exactly the previous published list or exactly a newly published run's (every row compared), no
+run that was not published left a row anywhere, in the analyst copy or the private warehouse, no
+process the run spawned (its temporary Prefect server) is alive, and both open. A final run that
+is not killed publishes, and leaves no half-made copy behind. Runs start their own temporary
+Prefect server, as `recfusion run` does on a box without PREFECT_API_URL.
 
 RECFUSION_CHAOS_KILLS (default 4) sets the number of kills, RECFUSION_CHAOS_SEED the seed. Kills
 take turns: at a random moment once the flow has begun (ingest to publish to shutdown), at one
@@ -29,6 +30,7 @@ from support import query
 from flows.nightly import staging_dirs
 from tasks.fault_injection import FAULT_ENV, POINTS
 from tasks.sources.demo import generate_demo_source
+from tasks.warehouse.connection import warehouse_path
 
 pytestmark = pytest.mark.slow  # SIGKILLs real runs at random moments (minutes)
 
@@ -53,18 +55,21 @@ def run_ids(db: Path) -> dict[str, str]:
 
 
 def assert_all_or_nothing(
-    db: Path, before: list[tuple], expected: list[tuple], new_run: str | None
+    db: Path, before: list[tuple], expected: list[tuple], shown_before: dict[str, str]
 ) -> str:
-    """The published list is the previous one or the whole new one; returns which it is."""
+    """The analyst copy's list is the previous one or a whole newly published one (the killed
+    run's, or one killed before its copy was swapped in, which the killed run then showed)."""
     after = query(db, LATEST)
     shown = {row[-1] for row in after}
     assert len(shown) == 1, f"recommendations_latest mixes runs: {shown}"
     assert [row[:-1] for row in after] == expected, "the published list is not a whole run's"
     assert query(db, HALF_PUBLISHED) == []
+    assert query(warehouse_path(db), HALF_PUBLISHED) == []
     if after == before:
         return "previous list"
-    assert shown == {new_run}, f"latest switched to {shown}, not to the killed run {new_run}"
-    assert run_ids(db)[new_run] == "published"
+    [run] = shown
+    assert run not in shown_before, f"latest switched back to the older run {run}"
+    assert run_ids(db)[run] == "published"
     return "new list"
 
 
@@ -107,7 +112,7 @@ def test_random_sigkills_never_lose_or_half_publish_the_list(
     while len(log) < KILLS and attempts < 3 * KILLS:
         attempts += 1
         tag = uuid.uuid4().hex
-        known = run_ids(db)
+        known, shown_before = run_ids(warehouse_path(db)), run_ids(db)
         kind = ("in the flow", "at a fault point", "anywhere")[len(log) % 3]
         point = points[(len(log) // 3) % len(points)] if kind == "at a fault point" else None
         extra = {FAULT_ENV: point} if point else {}
@@ -125,17 +130,18 @@ def test_random_sigkills_never_lose_or_half_publish_the_list(
             assert proc.returncode == 0, out[-3000:]
             before = query(db, LATEST)
             continue
-        new = [r for r in run_ids(db) if r not in known]
+        new = [r for r in run_ids(warehouse_path(db)) if r not in known]
         assert len(new) <= 1
         new_run = new[0] if new else None
-        outcome = assert_all_or_nothing(db, before, expected, new_run)
+        outcome = assert_all_or_nothing(db, before, expected, shown_before)
         before = query(db, LATEST)
         where = {
             "in the flow": f"{delay:.1f} s into the flow",
             "at a fault point": f"at {point}",
             "anywhere": f"{delay:.1f} s after start",
         }[kind]
-        state = run_ids(db).get(new_run, "no run row yet") if new_run else "no run row yet"
+        state = (run_ids(warehouse_path(db)).get(new_run, "no run row yet") if new_run
+                 else "no run row yet")
         log.append(f"kill {len(log) + 1} {where}: run {state}, {outcome}, 0 processes left")
 
     assert len(log) == KILLS, f"only {len(log)} of {KILLS} runs were killed: {log}"
@@ -146,5 +152,10 @@ def test_random_sigkills_never_lose_or_half_publish_the_list(
     assert "running" not in run_ids(db).values(), log  # the next run marked each killed run
     left_behind = {r: staging_dirs(r) for r in run_ids(db) if staging_dirs(r)}
     assert left_behind == {}, log  # and removed what it staged
+    assert run_ids(db) == run_ids(warehouse_path(db)), log  # the analyst copy caught up
+    half_made = [p.name for p in db.parent.glob(f".{db.name}.*")]
+    half_made += [p.name for p in warehouse_path(db).parent.glob("*.adopting")]
+    assert half_made == [], log  # no copy a kill interrupted is left taking disk
+    assert not Path(f"{db}.wal").exists() and not list(db.parent.glob(f"{db.name}.changed-*"))
     took = time.monotonic() - started
     print(f"\nchaos: {KILLS} kills (seed {SEED}) in {took:.0f} s, nothing lost:\n" + "\n".join(log))

@@ -18,7 +18,7 @@ from flows.cli import main as cli
 from flows.nightly import staging_dirs
 from tasks.config import RunParameters
 from tasks.fault_injection import FAULT_ENV
-from tasks.warehouse.connection import read_sql, run_lock, sql_query_names
+from tasks.warehouse.connection import read_sql, run_lock, sql_query_names, warehouse_path
 from tasks.warehouse.queries import query_parameters, run_query
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +203,9 @@ def test_killed_run_leaves_latest_exactly_as_before(
         )
         == counts_before
     )
-    [(killed_run,)] = query(db, "SELECT run_id FROM runs WHERE status = 'running'")
+    # The killed run's row is in the private warehouse only: the analyst copy never saw it.
+    assert query(db, "SELECT count(*) FROM runs WHERE status = 'running'") == [(0,)]
+    [(killed_run,)] = query(warehouse_path(db), "SELECT run_id FROM runs WHERE status = 'running'")
     left_behind = staging_dirs(killed_run)
     if point.startswith("publish:"):  # killed after staging its candidates
         assert len(left_behind) == 1 and any(left_behind[0].glob("*.parquet"))

@@ -3,6 +3,7 @@
 Definitions (as in the Last.fm split's README): every user of the test file who also appears in
 the training events is evaluated; a user without recommendations counts as zero; relevance is
 binary; coverage = distinct recommended items / distinct items in the training events.
+Reads the analyst copy (`db`), so it can run beside a nightly run without blocking it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Parameters arrive as text (from `--param k=10`); the SQL casts what it needs (`CAST($k AS
 INTEGER)`), so each value is checked against that same cast before the database is opened, and a
 mistake is one line naming the parameter rather than a DuckDB conversion error.
+
+They read the analyst copy (`db`, outside the run lock), so a query never waits for a run and a
+run never waits for a query.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The `runs` table: one row per run, written when it starts and when it ends.
 
-When a run fails because the database itself cannot be written (another process holds it, the
-disk is full), its failure goes to a small sidecar file next to the database instead; the next
-run, holding the run lock, copies it into `runs`, so the reason survives and the run is not
-later mistaken for one that was killed ("abandoned").
+`runs` lives in the private warehouse and reaches analysts with the analyst copy. When a run's
+failure cannot get there (the warehouse cannot be written: someone holds it, the disk is full;
+or the analyst copy cannot be refreshed), it goes to a small sidecar file next to the analyst
+copy instead; the next run, holding the run lock, copies it into `runs`, so the reason survives
+and the run is not later mistaken for one that was killed ("abandoned").
 """
 
 from __future__ import annotations
@@ -103,8 +104,11 @@ def fail_run(
     message: str,
     finished_at: datetime | None = None,
 ) -> None:
+    """Mark a running run failed; a run already published or rejected keeps its status (the live
+    list is a view over published runs, so flipping one would change what analysts see)."""
     con.execute(
-        "UPDATE runs SET status = 'failed', finished_at = ?, message = ? WHERE run_id = ?",
+        "UPDATE runs SET status = 'failed', finished_at = ?, message = ? "
+        "WHERE run_id = ? AND status = 'running'",
         [finished_at or datetime.now(UTC), message[:2000], run_id],
     )
 
