@@ -1,9 +1,8 @@
 """The nightly flow: ingest → snapshot → checks → evaluate → recommend → checks → publish.
 
-This module only wires tasks; each task body calls plain functions from `tasks/`. Steps that touch
-the database retry with backoff while another process holds it (the one trouble that waiting
-fixes); anything else fails the run at once with a one-line message, and a failed run never
-changes what `recommendations_latest` returns.
+This module only wires tasks; each task body calls plain functions from `tasks/`, and retries and
+error messages are `flows/plumbing.py`'s. A failed run never changes what
+`recommendations_latest` returns.
 
 `params.db` is the analyst copy: the run reads and writes the private warehouse beside it
 (`tasks.warehouse.connection.warehouse_path`) and replaces the analyst copy once it has
@@ -25,25 +24,19 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
-from prefect.tasks import exponential_backoff
 
 from flows.artifacts import Progress, publish_artifacts
-from flows.triggers import (
-    Applied,
-    DeploymentParametersInvalid,
-    apply_deployment_parameters,
-    current_trigger,
-)
+from flows.plumbing import REFUSALS, RunFailed, RunRefused, io_task, one_line
+from flows.triggers import Applied, apply_deployment_parameters, current_trigger
 from tasks.config import RunParameters
 from tasks.data.dataset import Dataset
 from tasks.data.snapshot import Snapshot, load_snapshot
 from tasks.evaluation.alarm import evaluation_checks
+from tasks.evaluation.gate import regression_gate
 from tasks.evaluation.protocol import protocol_key
 from tasks.fault_injection import fault_point
 from tasks.fusion.plan import DEFAULT_FUSER
-from tasks.kernels.blocks import CANDIDATE_SCHEMA
-from tasks.outputs import checks
-from tasks.outputs.reasons import explain
+from tasks.outputs import assemble, checks
 from tasks.outputs.report import (
     DataDocs,
     ReportInput,
@@ -53,80 +46,28 @@ from tasks.outputs.report import (
 )
 from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_holdout, recommend
 from tasks.sources.demo import generate_demo_source
-from tasks.sources.files import SourceError
 from tasks.sources.ingest import IngestReport, load_source, read_source
 from tasks.tuning.search import apply_tuning
 from tasks.tuning.store import latest_results
 from tasks.warehouse import runs
 from tasks.warehouse.connection import (
-    DatabaseBusy,
-    DatabaseUnusable,
-    RunLockTimeout,
     apply_schema,
     connect,
     database_to_read,
     non_demo_contents,
     open_warehouse,
+    read_sql,
     refresh_analyst_copy,
     run_lock,
     warehouse_path,
 )
-from tasks.warehouse.publish import FinalStatus, RunOutputs, last_published_ndcg, publish_run
-
-IO_RETRIES = 2
-IO_BACKOFF = exponential_backoff(backoff_factor=2)
-
-
-def _retry_condition(task: Any, task_run: Any, state: State) -> bool:
-    """Retry only while another process holds the database (bounded by IO_RETRIES).
-
-    A file that is not a database, a full disk, a permission or a source that is wrong as a
-    whole stays wrong however long we wait: those fail at once, naming the file.
-    """
-    try:
-        state.result()
-    except DatabaseBusy:
-        return True
-    except BaseException:
-        return False
-    return False
-
-
-def io_task(name: str) -> Any:
-    """A task that touches files or the database: retried with backoff while the file is busy."""
-    return task(
-        name=name,
-        cache_policy=NO_CACHE,
-        retries=IO_RETRIES,
-        retry_delay_seconds=IO_BACKOFF,
-        retry_jitter_factor=0.2,
-        retry_condition_fn=_retry_condition,
-    )
-
-
-class RunFailed(RuntimeError):
-    """A run that cannot go on; the message is what the operator sees."""
-
-
-class RunRefused(RunFailed):
-    """A run that must not start (nothing was written, not even its `runs` row)."""
-
-
-#: Errors that stop a run before it is opened: no `runs` row, the message is all there is.
-REFUSALS = (
-    RunLockTimeout, SourceError, RunRefused, DatabaseBusy, DatabaseUnusable,
-    DeploymentParametersInvalid,
+from tasks.warehouse.publish import (
+    FinalStatus,
+    RunOutputs,
+    Verdict,
+    last_published_ndcg,
+    publish_run,
 )
-#: Errors whose message is already the one line an operator needs.
-OWN_MESSAGE = (
-    RunFailed, SourceError, RunLockTimeout, DatabaseBusy, DatabaseUnusable,
-    DeploymentParametersInvalid,
-)
-
-
-def _message(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, OWN_MESSAGE) else f"{type(exc).__name__}: {text}"
 
 
 @dataclass
@@ -193,10 +134,7 @@ def _staging_of_finished_runs(con: Any) -> list[Path]:
             folders.setdefault(found.group(1), []).append(folder)
     if not folders:
         return []
-    finished = con.execute(
-        "SELECT run_id FROM runs WHERE status <> 'running' AND list_contains(?, run_id)",
-        [sorted(folders)],
-    ).fetchall()
+    finished = con.execute(read_sql("finished_runs.sql"), {"run_ids": sorted(folders)}).fetchall()
     return [folder for (run,) in finished for folder in folders[run]]
 
 
@@ -351,32 +289,7 @@ def recommend_task(
 def assemble_outputs(
     recs: Recommendations, evaluation: Evaluation | None, check_outcomes: list[checks.CheckOutcome]
 ) -> RunOutputs:
-    data = recs.data
-    explained = explain(recs.fused, data).join(
-        recs.segments.select("user_idx", "segment"), on="user_idx", how="left"
-    )
-    recommendations = data.with_ids(explained).select(
-        "user_id", "rank", "item_id", "score", "contributions", "reason", "segment"
-    )
-    candidates = recs.candidates.candidates.cast(CANDIDATE_SCHEMA)  # type: ignore[arg-type]
-    metrics = (
-        evaluation.metrics
-        if evaluation
-        else pl.DataFrame(
-            schema={
-                "model": pl.String,
-                "metric": pl.String,
-                "k": pl.Int32,
-                "segment": pl.String,
-                "value": pl.Float64,
-            }
-        )
-    )
-    check_frame = pl.concat([c.results.drop("blocking") for c in check_outcomes])
-    return RunOutputs(
-        recommendations, candidates, metrics, check_frame, data.user_ids, data.item_ids,
-        recs.candidate_files, recs.n_candidates,
-    )
+    return assemble.assemble_outputs(recs, evaluation, check_outcomes)
 
 
 @task(name="check-recommendations", cache_policy=NO_CACHE)
@@ -389,27 +302,21 @@ def check_output_task(
 
 @io_task("publish")
 def publish_task(
-    params: RunParameters,
-    run_id: str,
-    outputs: RunOutputs,
-    status: FinalStatus,
-    strategy: str,
+    params: RunParameters, run_id: str, outputs: RunOutputs, verdict: Verdict,
     timings: dict[str, float],
-    message: str,
-    protocol: str | None,
 ) -> None:
     with connect(warehouse_path(params.db)) as con:
         publish_run(
             con,
             run_id,
             outputs,
-            status,
-            strategy,
+            verdict.status,
+            verdict.strategy,
             timings,
-            message,
+            verdict.message,
             keep_recommendations=params.retention_runs,
             keep_candidates=params.retention_runs,
-            evaluation_protocol=protocol,
+            evaluation_protocol=verdict.protocol,
         )
 
 
@@ -428,21 +335,17 @@ def refresh_task(params: RunParameters) -> None:
 def previous_run_task(db: str) -> tuple[str | None, pl.DataFrame | None]:
     """The last published run's id and metrics, for the lift in reports (before we publish)."""
     with connect(warehouse_path(db), read_only=True) as con:
-        rows = con.execute("SELECT run_id FROM last_published_run").fetchall()
+        rows = con.execute(read_sql("previous_run.sql")).fetchall()
         if not rows:
             return None, None
-        return str(rows[0][0]), con.sql(
-            "SELECT model, metric, k, segment, value FROM metrics_latest"
-        ).pl()
+        return str(rows[0][0]), con.sql(read_sql("previous_metrics.sql")).pl()
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(
     params: RunParameters,
     run_id: str,
-    status: str,
-    message: str,
-    strategy: str,
+    verdict: Verdict,
     outputs: RunOutputs,
     previous: tuple[str | None, pl.DataFrame | None],
     check_outcomes: list[checks.CheckOutcome],
@@ -456,10 +359,7 @@ def report_task(
     logged, and the rest of the report still goes out.
     """
     logger = get_run_logger()
-    row_counts = {f"{t}_read": n for t, n in ingest_report.read.items()}
-    row_counts |= {f"{t}_added": n for t, n in ingest_report.added.items()}
-    row_counts |= {f"{t}_quarantined": n for t, n in ingest_report.quarantined.items()}
-    row_counts |= {
+    row_counts = ingest_report.row_counts() | {
         "recommendations": outputs.recommendations.height,
         "candidates": outputs.n_candidates,
     }
@@ -475,12 +375,11 @@ def report_task(
     except Exception as exc:
         logger.warning("could not read the runs to compare: %s", exc)
         not_comparable = "not comparable: the runs could not be read"
-    index = next((c.docs_index for c in check_outcomes if c.docs_index), None)
     data = ReportInput(
         run_id,
-        status,
-        message,
-        strategy,
+        verdict.status,
+        verdict.message,
+        verdict.strategy,
         outputs.metrics,
         previous_metrics,
         previous_run_id,
@@ -489,13 +388,7 @@ def report_task(
         row_counts,
         timings,
         not_comparable=not_comparable,
-        data_docs=DataDocs(
-            index,
-            {c.suite: c.docs_page for c in check_outcomes if c.docs_page},
-            {c.suite: c.docs_problem for c in check_outcomes if c.docs_problem},
-        )
-        if index
-        else None,
+        data_docs=DataDocs.of(check_outcomes),
     )
     path: Path | None = None
     try:
@@ -514,43 +407,23 @@ def report_dir(db: str) -> Path:
     return Path(db).resolve().parent / "recfusion-reports"
 
 
-NO_COMPARABLE_RUN = "no comparable published run"
+@io_task("read-gate-baseline")
+def gate_baseline_task(
+    params: RunParameters, fingerprint: str, protocol: str
+) -> tuple[float, str] | None:
+    """The last comparable published run's fused NDCG@K (same data, same protocol), if any."""
+    with connect(warehouse_path(params.db), read_only=True) as con:
+        return last_published_ndcg(con, fingerprint, params.top_k, protocol)
 
 
 def _regression_gate(
     params: RunParameters, fingerprint: str, evaluation: Evaluation | None, protocol: str | None
 ) -> tuple[bool, str]:
-    """(may publish, what the gate found: the run's message).
-
-    The baseline is the last published run on the same data evaluated the same way (protocol):
-    a score measured another way (a one-second hold-out, another K) says nothing about this one.
-    """
-    k = params.top_k
-    if evaluation is None or protocol is None:
-        return True, "regression gate not applied: the run was not evaluated"
-    if params.allow_regression:
-        return True, "regression gate not applied: allow_regression is set"
-    fused = evaluation.metrics.filter(
-        (pl.col("model") == "fused") & (pl.col("metric") == "ndcg") & (pl.col("segment") == "all")
-    )
-    if fused.height == 0:
-        return True, f"regression gate not applied: no fused ndcg@{k} was measured"
-    with connect(warehouse_path(params.db), read_only=True) as con:
-        previous = last_published_ndcg(con, fingerprint, k, protocol)
-    if previous is None:
-        return True, (
-            f"regression gate: {NO_COMPARABLE_RUN} (same data and evaluation protocol), "
-            "nothing to compare with"
-        )
-    now_value, (before, before_run) = float(fused["value"][0]), previous
-    if now_value < before * (1 - params.regression_tolerance):
-        return False, (
-            f"regression gate: fused ndcg@{k} {now_value:.4f} is more than "
-            f"{params.regression_tolerance:.0%} below {before:.4f} of published run {before_run}"
-        )
-    return True, (
-        f"regression gate passed: fused ndcg@{k} {now_value:.4f} vs {before:.4f} of published "
-        f"run {before_run}"
+    evaluated = evaluation is not None and protocol is not None
+    baseline = gate_baseline_task(params, fingerprint, protocol) if evaluated and protocol else None
+    return regression_gate(
+        evaluation.metrics if evaluated and evaluation else None, params.top_k, baseline,
+        allow_regression=params.allow_regression, tolerance=params.regression_tolerance,
     )
 
 
@@ -595,10 +468,10 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
             try:
                 summary = _run(params, run_id, source, timings, clock)
             except Exception as exc:
-                summary.message = _message(exc)
+                summary.message = one_line(exc)
                 _fail(params, run_id, summary.message)
     except REFUSALS as exc:
-        summary.message = _message(exc)
+        summary.message = one_line(exc)
     if summary.status == "published" and not summary.analyst_copy_problem:
         return Completed(data=summary, message=f"published run {run_id}")
     if summary.analyst_copy_problem:
@@ -620,7 +493,7 @@ def _run(
     try:
         summary = _steps(params, run_id, source, timings, clock, progress)
     except BaseException as exc:
-        progress.finish("failed", _message(exc))
+        progress.finish("failed", one_line(exc))
         raise
     progress.finish(summary.status, summary.message)
     return summary
@@ -685,29 +558,23 @@ def _steps(
             passed, message = _regression_gate(params, snap.fingerprint(), evaluation, protocol)
             status = "published" if passed else "rejected"
             get_run_logger().info(message)
-        publish_task(params, run_id, outputs, status, strategy, timings, message, protocol)
+        verdict = Verdict(status, message, strategy, protocol)
+        publish_task(params, run_id, outputs, verdict, timings)
         copy_problem = ""
         try:  # the run is over in the warehouse whatever happens here: never fail it now
             refresh_task(params)
         except Exception as exc:
             copy_problem = (
-                f"the analyst copy {params.db} still shows the previous state ({_message(exc)}); "
+                f"the analyst copy {params.db} still shows the previous state ({one_line(exc)}); "
                 "the next run refreshes it"
             )
             get_run_logger().error("run %s %s, but %s", run_id, status, copy_problem)
         lap("publish")
         fault_point("after_publish")
         report_task(
-            params,
-            run_id,
-            status,
-            message,
-            strategy,
-            outputs,
-            previous,
+            params, run_id, verdict, outputs, previous,
             [input_check, output_check, *([alarm] if alarm is not None else [])],
-            ingest_report,
-            timings,
+            ingest_report, timings,
         )
     fused = outputs.metrics.filter((pl.col("model") == "fused") & (pl.col("segment") == "all"))
     return RunSummary(

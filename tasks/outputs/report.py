@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from tasks.fusion.plan import FUSERS
+from tasks.outputs.checks import CheckOutcome
 from tasks.warehouse.connection import connect, read_sql
 
 HEADLINE = ("ndcg", "recall", "precision", "coverage")
@@ -54,6 +55,15 @@ class DataDocs:
     index: Path
     pages: Mapping[str, Path] = field(default_factory=dict)  # suite -> this run's page
     problems: Mapping[str, str] = field(default_factory=dict)  # suite -> why it has no page
+
+    @classmethod
+    def of(cls, outcomes: Sequence[CheckOutcome]) -> DataDocs | None:
+        """The site and pages the run's check suites wrote (None without a file context)."""
+        index = next((c.docs_index for c in outcomes if c.docs_index), None)
+        if index is None:
+            return None
+        return cls(index, {c.suite: c.docs_page for c in outcomes if c.docs_page},
+                   {c.suite: c.docs_problem for c in outcomes if c.docs_problem})
 
 
 @dataclass

@@ -40,6 +40,12 @@ class IngestReport:
     warnings: list[str]
     updated: dict[str, int] = field(default_factory=dict)
 
+    def row_counts(self) -> dict[str, int]:
+        """Per table: `<table>_read`, `_added`, `_quarantined` (the report's row counts)."""
+        return ({f"{t}_read": n for t, n in self.read.items()}
+                | {f"{t}_added": n for t, n in self.added.items()}
+                | {f"{t}_quarantined": n for t, n in self.quarantined.items()})
+
 
 def _validate(table: str, path: Path, now: datetime | None) -> Validated:
     raw = read_table_file(path)

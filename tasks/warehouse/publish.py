@@ -40,6 +40,16 @@ class RunOutputs:
     n_candidates: int = 0  # rows in `candidates` or in the staged files
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """How a finished run ends: its status and message, the fusion it used, how it evaluated."""
+
+    status: FinalStatus
+    message: str
+    strategy: str
+    protocol: str | None = None
+
+
 def _insert(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, sql_file: str) -> None:
     if frame.height == 0:
         return
