@@ -12,7 +12,7 @@ from flows.nightly import RunSummary, nightly
 from flows.triggers import apply_deployment_parameters
 from tasks.config import RunParameters
 from tasks.modalities.base import PARAMETER_CONFIG
-from tasks.warehouse.connection import connect
+from tasks.warehouse.connection import connect, read_sql
 
 
 class BackfillParameters(BaseModel):
@@ -70,9 +70,7 @@ def published_as_of(db: str) -> set[datetime]:
     swapped in is not there yet, and is run again."""
     try:
         with connect(db, read_only=True, retries=1) as con:
-            rows = con.execute(
-                "SELECT DISTINCT as_of FROM runs WHERE status = 'published' AND as_of IS NOT NULL"
-            ).fetchall()
+            rows = con.execute(read_sql("published_days.sql")).fetchall()
     except Exception:  # no database or no runs table yet: nothing was published
         return set()
     return {r[0].astimezone(UTC) for r in rows}

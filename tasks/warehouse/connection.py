@@ -176,10 +176,7 @@ def apply_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 def _relations(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
     """'schema.name' -> column names, for every table and view a user (or we) created."""
-    rows = con.execute(
-        "SELECT schema_name || '.' || table_name, column_name FROM duckdb_columns() "
-        "WHERE NOT internal AND database_name = current_database()"
-    ).fetchall()
+    rows = con.execute(read_sql("user_relations.sql")).fetchall()
     found: dict[str, set[str]] = {}
     for relation, column in rows:
         found.setdefault(str(relation), set()).add(str(column))
@@ -211,7 +208,7 @@ def non_demo_contents(con: duckdb.DuckDBPyConnection, demo_folder: Path) -> str 
             return f"{relation} rows from {rows[0][0] or 'an unknown source'}"
     if "main.runs" in present:
         rows = con.execute(
-            "SELECT source FROM runs WHERE source IS DISTINCT FROM ? LIMIT 1", [str(demo_folder)]
+            read_sql("runs_on_other_sources.sql"), {"source": str(demo_folder)}
         ).fetchall()
         if rows:
             return f"runs on {rows[0][0] or 'an unknown source'}"

@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from tasks.warehouse.connection import real_path
+from tasks.warehouse.connection import read_sql, real_path
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,7 @@ def abandon_stale_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
 
     Returns their run ids, so what they left on disk can be removed too.
     """
-    rows = con.execute(
-        "UPDATE runs SET status = 'failed', finished_at = now(), "
-        "message = 'abandoned: the process stopped before finishing' "
-        "WHERE status = 'running' RETURNING run_id"
-    ).fetchall()
+    rows = con.execute(read_sql("runs_abandon_stale.sql")).fetchall()
     return sorted(str(r[0]) for r in rows)
 
 
@@ -60,24 +56,14 @@ def start_run(
     `parameters` are the ones the run applies (a deployment's saved values merged with the
     trigger's); `trigger_overrides` what the trigger changed from those saved values.
     """
-    con.execute(
-        "INSERT INTO runs (run_id, flow_name, flow_run_id, triggered_by, status, parameters, "
-        "source, started_at, deployment_name, trigger_detail, trigger_note, trigger_overrides) "
-        "VALUES (?, ?, ?, ?, 'running', CAST(? AS JSON), ?, ?, ?, ?, ?, CAST(? AS JSON))",
-        [
-            run_id,
-            flow_name,
-            flow_run_id,
-            triggered_by,
-            json.dumps(parameters, default=str),
-            source,
-            datetime.now(UTC),
-            deployment_name,
-            trigger_detail,
-            trigger_note,
-            None if trigger_overrides is None else json.dumps(trigger_overrides, default=str),
-        ],
-    )
+    con.execute(read_sql("runs_start.sql"), {
+        "run_id": run_id, "flow_name": flow_name, "flow_run_id": flow_run_id,
+        "triggered_by": triggered_by, "parameters": json.dumps(parameters, default=str),
+        "source": source, "started_at": datetime.now(UTC), "deployment_name": deployment_name,
+        "trigger_detail": trigger_detail, "trigger_note": trigger_note,
+        "trigger_overrides": None if trigger_overrides is None
+        else json.dumps(trigger_overrides, default=str),
+    })
 
 
 def record_data_window(
@@ -91,11 +77,10 @@ def record_data_window(
     n_events: int,
     fingerprint: str,
 ) -> None:
-    con.execute(
-        "UPDATE runs SET as_of = ?, data_start = ?, data_end = ?, n_users = ?, n_items = ?, "
-        "n_events = ?, data_fingerprint = ? WHERE run_id = ?",
-        [as_of, start, end, n_users, n_items, n_events, fingerprint, run_id],
-    )
+    con.execute(read_sql("runs_data_window.sql"), {
+        "as_of": as_of, "data_start": start, "data_end": end, "n_users": n_users,
+        "n_items": n_items, "n_events": n_events, "fingerprint": fingerprint, "run_id": run_id,
+    })
 
 
 def fail_run(
@@ -106,11 +91,10 @@ def fail_run(
 ) -> None:
     """Mark a running run failed; a run already published or rejected keeps its status (the live
     list is a view over published runs, so flipping one would change what analysts see)."""
-    con.execute(
-        "UPDATE runs SET status = 'failed', finished_at = ?, message = ? "
-        "WHERE run_id = ? AND status = 'running'",
-        [finished_at or datetime.now(UTC), message[:2000], run_id],
-    )
+    con.execute(read_sql("runs_fail.sql"), {
+        "finished_at": finished_at or datetime.now(UTC), "message": message[:2000],
+        "run_id": run_id,
+    })
 
 
 def failure_sidecar(db: str | Path) -> Path:
@@ -158,7 +142,7 @@ def apply_failures_beside(con: duckdb.DuckDBPyConnection, db: str | Path) -> lis
 
 
 def run_status(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
-    rows = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    rows = con.execute(read_sql("runs_status.sql"), {"run_id": run_id}).fetchall()
     return str(rows[0][0]) if rows else None
 
 
@@ -166,7 +150,5 @@ def record_evaluation(
     con: duckdb.DuckDBPyConnection, run_id: str, evaluation: dict[str, Any]
 ) -> None:
     """How the run evaluated itself: splits (kind, cutoff, users, events), plan, tuning used."""
-    con.execute(
-        "UPDATE runs SET evaluation = CAST(? AS JSON) WHERE run_id = ?",
-        [json.dumps(evaluation, default=str), run_id],
-    )
+    con.execute(read_sql("runs_evaluation.sql"),
+                {"evaluation": json.dumps(evaluation, default=str), "run_id": run_id})
