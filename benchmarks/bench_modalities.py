@@ -64,9 +64,9 @@ def _run_ours(names: Sequence[str], source: Path, k: int, block: int) -> dict[st
     """Fit `names` side by side, then let each recommend for every user (times are totals)."""
     import numpy as np
 
+    from tasks.candidates import build_modality
     from tasks.config import RunParameters
     from tasks.kernels.blocks import top_n
-    from tasks.modalities.generation import build_modality
 
     data = _load(source)
     after_load = _peak_rss_gb()

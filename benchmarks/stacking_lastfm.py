@@ -36,6 +36,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tasks.candidates import generate_candidates  # noqa: E402
 from tasks.config import RunParameters  # noqa: E402
 from tasks.data.dataset import Dataset  # noqa: E402
 from tasks.data.snapshot import Snapshot  # noqa: E402
@@ -50,7 +51,6 @@ from tasks.fusion.stacking import (  # noqa: E402
     fuse_stacking,
 )
 from tasks.fusion.weights import FusionPlan, apply_plan, choose_plan  # noqa: E402
-from tasks.modalities.generation import generate_candidates  # noqa: E402
 from tasks.recommend import dataset_from  # noqa: E402
 
 DATA = Path("/work/shared/data/lastfm-2k-split")

@@ -11,7 +11,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from flows.nightly import RunSummary, nightly
 from flows.triggers import apply_deployment_parameters
 from tasks.config import RunParameters
-from tasks.modalities.base import PARAMETER_CONFIG
+from tasks.parameter_rules import PARAMETER_CONFIG
 from tasks.warehouse.connection import connect, read_sql
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from flows.triggers import apply_deployment_parameters
 from tasks.config import ModalityName, RunParameters
 from tasks.data.snapshot import load_snapshot
-from tasks.modalities.base import PARAMETER_CONFIG
+from tasks.parameter_rules import PARAMETER_CONFIG
 from tasks.tuning.search import tune_modalities
 from tasks.tuning.store import save_results
 from tasks.warehouse.connection import connect, open_warehouse, refresh_analyst_copy, run_lock

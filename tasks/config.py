@@ -27,12 +27,12 @@ from tasks.data.dataset import DEFAULT_EVENT_WEIGHTS, InteractionWeighting
 from tasks.data.splits import EvaluationParams
 from tasks.fusion.plan import AUTO, FUSERS
 from tasks.fusion.stacking import StackingParams
-from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG
 from tasks.modalities.behavior import BehaviorParams
 from tasks.modalities.content import ContentParams
 from tasks.modalities.hybrid import HybridParams
 from tasks.modalities.popularity import PopularityParams
 from tasks.modalities.social import SocialParams
+from tasks.parameter_rules import MIN_DAYS, PARAMETER_CONFIG
 
 #: The modalities of `tasks.modalities.registry.REGISTRY`, spelt out because a Literal is what
 #: the Prefect UI shows as a choice (tests/test_registries.py keeps the two equal).

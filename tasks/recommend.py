@@ -15,6 +15,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tasks.candidates import (
+    CandidateSet,
+    fit_modalities,
+    generate_candidates,
+    score_candidates,
+)
 from tasks.config import RunParameters
 from tasks.data.dataset import Dataset, build_dataset
 from tasks.data.snapshot import Snapshot
@@ -32,12 +38,6 @@ from tasks.fusion.plan import (
     top_up,
 )
 from tasks.fusion.selection import per_user_ndcg, refit_plan, select_plan
-from tasks.modalities.generation import (
-    CandidateSet,
-    fit_modalities,
-    generate_candidates,
-    score_candidates,
-)
 from tasks.modalities.popularity import PopularityParams, make_popularity
 from tasks.modalities.registry import FLOOR_BASELINE, FLOOR_MODALITY, REGISTRY
 

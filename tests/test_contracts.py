@@ -14,13 +14,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tasks.candidates import generate_candidates
 from tasks.config import RunParameters
 from tasks.data.dataset import Dataset
 from tasks.data.snapshot import Snapshot
 from tasks.data.splits import EvaluationParams, holdout_split
 from tasks.fusion.plan import FUSERS, CandidatePool, FitContext, apply_recipe
 from tasks.modalities.content import MissingModalityInput
-from tasks.modalities.generation import generate_candidates
 from tasks.modalities.registry import REGISTRY, build_modality
 from tasks.recommend import dataset_from
 

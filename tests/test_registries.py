@@ -93,3 +93,15 @@ def test_no_import_cycles() -> None:
         if m not in state:
             visit(m, [m])
     assert cycles == []
+
+
+def test_no_two_packages_import_each_other() -> None:
+    """Data flows one way: sources → warehouse → data → modalities → fusion → evaluation →
+    outputs; a package that imports one importing it back has no place in that order."""
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return ".".join(parts[:2]) if parts[0] == "tasks" else parts[0]
+
+    edges = {(package(m), package(d)) for m, deps in _module_imports().items() for d in deps}
+    both_ways = sorted((a, b) for a, b in edges if a < b and (b, a) in edges)
+    assert both_ways == []

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
-from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG
+from tasks.parameter_rules import MIN_DAYS, PARAMETER_CONFIG
 
 SplitKind = Literal["user_temporal", "user_random", "global_time"]
 Protocol = Literal["auto", "user_temporal", "user_random", "global_time"]

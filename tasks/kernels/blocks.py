@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import polars as pl
@@ -23,7 +23,6 @@ import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
 from tasks.kernels.topn import select_columns, select_rows
-from tasks.modalities.base import Modality
 
 CANDIDATE_SCHEMA = {
     "user_idx": pl.Int32,
@@ -215,8 +214,14 @@ def block_array(shape: tuple[int, int]) -> np.ndarray:
     return _blocks.take(shape)
 
 
+class Scorer(Protocol):
+    """Anything that scores a block of users against every item (every modality does)."""
+
+    def score_block(self, users: np.ndarray) -> np.ndarray: ...
+
+
 def top_n(
-    model: Modality,
+    model: Scorer,
     users: np.ndarray,
     n: int,
     seen: sp.csr_matrix | None = None,

@@ -31,7 +31,8 @@ from tasks.data.dataset import Dataset
 from tasks.kernels.als import cg_half_sweep
 from tasks.kernels.blocks import block_array, parallel_chunks
 from tasks.kernels.sparse import sparse_gram
-from tasks.modalities.base import PARAMETER_CONFIG, Modality
+from tasks.modalities.base import Modality
+from tasks.parameter_rules import PARAMETER_CONFIG
 
 InputWeighting = Literal["binary", "confidence"]
 Similarity = Literal["cosine", "asymmetric_cosine", "euclidean", "manhattan"]

@@ -38,7 +38,8 @@ from tasks.kernels.sparse import (
     product_to_scores,
     sparse_product_dense,
 )
-from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
+from tasks.modalities.base import Modality
+from tasks.parameter_rules import MIN_DAYS, PARAMETER_CONFIG
 
 
 class MissingModalityInput(Exception):

@@ -20,9 +20,10 @@ from pydantic import BaseModel, Field
 
 from tasks.data.dataset import Dataset
 from tasks.kernels.sparse import sparse_gram
-from tasks.modalities.base import PARAMETER_CONFIG, Modality
+from tasks.modalities.base import Modality
 from tasks.modalities.behavior import ease_item_subset, ease_weights
 from tasks.modalities.content import ContentParams, MissingModalityInput, item_features
+from tasks.parameter_rules import PARAMETER_CONFIG
 
 NEG_INF = np.float32(-np.inf)
 

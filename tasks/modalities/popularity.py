@@ -16,8 +16,9 @@ from sklearn.preprocessing import normalize
 
 from tasks.data.dataset import Dataset
 from tasks.kernels.blocks import block_array, parallel_chunks
-from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
+from tasks.modalities.base import Modality
 from tasks.modalities.content import history_weights
+from tasks.parameter_rules import MIN_DAYS, PARAMETER_CONFIG
 
 # Up to this many categories a block is one BLAS product (cost ∝ categories); beyond, a gather.
 _MAX_MIX_CATEGORIES = 64

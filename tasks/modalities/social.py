@@ -21,8 +21,9 @@ from sklearn.preprocessing import normalize
 from tasks.data.dataset import Dataset
 from tasks.kernels.blocks import block_array, parallel_chunks
 from tasks.kernels.sparse import product_to_scores
-from tasks.modalities.base import MIN_DAYS, PARAMETER_CONFIG, Modality
+from tasks.modalities.base import Modality
 from tasks.modalities.content import MissingModalityInput, history_weights
+from tasks.parameter_rules import MIN_DAYS, PARAMETER_CONFIG
 
 
 class SocialParams(BaseModel):
