@@ -465,6 +465,19 @@ def _html_checks(data: ReportInput, base: Path | None) -> str:
     return "\n".join(parts)
 
 
+def _counts_and_timings(data: ReportInput) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The run's row counts and step timings as two small tables."""
+    counts = pl.DataFrame(
+        {"table": list(data.row_counts), "rows": [int(v) for v in data.row_counts.values()]},
+        schema={"table": pl.String, "rows": pl.Int64},
+    )
+    timings = pl.DataFrame(
+        {"step": list(data.timings), "seconds": [float(v) for v in data.timings.values()]},
+        schema={"step": pl.String, "seconds": pl.Float64},
+    )
+    return counts, timings
+
+
 def render_report(data: ReportInput, base: Path | None = None) -> str:
     """The report as one HTML page; links are relative to `base` (the page's folder) if given."""
     m = data.metrics
@@ -474,14 +487,7 @@ def render_report(data: ReportInput, base: Path | None = None) -> str:
     no_lift = lift.filter(pl.col("relative_lift").is_null())["model"].to_list()
     comparison = lift_table(m, data.previous_metrics, data.not_comparable) if m.height else None
     status_class = "ok" if data.status == "published" else "bad"
-    counts = pl.DataFrame(
-        {"table": list(data.row_counts), "rows": [int(v) for v in data.row_counts.values()]},
-        schema={"table": pl.String, "rows": pl.Int64},
-    )
-    timings = pl.DataFrame(
-        {"step": list(data.timings), "seconds": [float(v) for v in data.timings.values()]},
-        schema={"step": pl.String, "seconds": pl.Float64},
-    )
+    counts, timings = _counts_and_timings(data)
     previous = html.escape(data.previous_run_id or "none")
     if comparison is None:
         comparison_html = '<p class="muted">evaluation was skipped</p>'
@@ -607,14 +613,7 @@ def render_markdown(data: ReportInput, host: str, report_path: Path | None) -> s
     else:
         out.append(_md_table(_change(lift_table(m, data.previous_metrics, "")), k))
     summary = check_summary(data.checks)
-    counts = pl.DataFrame(
-        {"table": list(data.row_counts), "rows": [int(v) for v in data.row_counts.values()]},
-        schema={"table": pl.String, "rows": pl.Int64},
-    )
-    timings = pl.DataFrame(
-        {"step": list(data.timings), "seconds": [float(v) for v in data.timings.values()]},
-        schema={"step": pl.String, "seconds": pl.Float64},
-    )
+    counts, timings = _counts_and_timings(data)
     out += [
         "",
         "## Per segment (fused)",
