@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
+import duckdb
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -68,11 +70,15 @@ def published_as_of(db: str) -> set[datetime]:
     """Days already published, from the analyst copy: read outside the run lock, it never
     waits for (or blocks) a run; a day committed by a run killed before its analyst copy was
     swapped in is not there yet, and is run again."""
-    try:
-        with connect(db, read_only=True, retries=1) as con:
-            rows = con.execute(read_sql("published_days.sql")).fetchall()
-    except Exception:  # no database or no runs table yet: nothing was published
+    if not Path(db).exists():  # no database yet: nothing was published
         return set()
+    # Any other trouble reading it fails the backfill, rather than silently running again every
+    # day it already published.
+    with connect(db, read_only=True) as con:
+        try:
+            rows = con.execute(read_sql("published_days.sql")).fetchall()
+        except duckdb.CatalogException:  # no runs table yet: nothing was published
+            return set()
     return {r[0].astimezone(UTC) for r in rows}
 
 
