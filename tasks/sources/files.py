@@ -481,6 +481,38 @@ def _read_parquet(path: Path) -> RawTable:
     return RawTable(path, frame, columns, _rejected())
 
 
+def parquet_rows(path: Path) -> int:
+    """Rows of a Parquet file from its footer alone (nothing is decoded)."""
+    try:
+        return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SourceError(
+            f"{path}: cannot be read as parquet ({type(exc).__name__}: {detail})"
+        ) from exc
+
+
+def parquet_chunks(path: Path, rows: int) -> Iterator[RawTable]:
+    """A big Parquet file as `RawTable`s of at most `rows` rows, with their file row numbers, so
+    only one slice is decoded at a time (50M events as one frame held over 10 GB)."""
+    total = parquet_rows(path)
+    scan = pl.scan_parquet(path)
+    for offset in range(0, max(total, 1), rows):
+        try:
+            frame = scan.slice(offset, rows).collect()
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise SourceError(
+                f"{path}: cannot be read as parquet ({type(exc).__name__}: {detail})"
+            ) from exc
+        columns = frame.columns
+        frame = frame.select(
+            pl.int_range(offset + 1, offset + frame.height + 1, dtype=pl.Int64).alias(ROW),
+            *columns,
+        )
+        yield RawTable(path, frame, columns, _rejected())
+
+
 READERS = {"parquet": _read_parquet, "csv": _read_csv, "jsonl": _read_jsonl}
 
 
