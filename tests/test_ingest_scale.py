@@ -3,6 +3,10 @@ same outcome (rows, quarantine, keys, re-ingest) as in one go."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -115,3 +119,22 @@ def test_a_file_that_breaks_mid_way_changes_nothing(
     con2 = duckdb.connect(str(db), read_only=True)
     assert con2.execute("SELECT count(*) FROM raw.events").fetchone() == (0,)
     con2.close()
+
+
+def test_a_killed_ingests_spill_is_removed_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL skips the temporary folder's cleanup; the next chunked ingest removes it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = tmp_path / f"{contract.SPILL_PREFIX}{dead.stdout.strip()}-abc"
+    stale.mkdir()
+    (stale / "good.parquet").write_bytes(b"x")
+    live = tmp_path / f"{contract.SPILL_PREFIX}{os.getpid()}-def"
+    live.mkdir()
+    monkeypatch.setattr(contract, "CHUNK_ROWS", 5)
+    validated = read_source(_source(tmp_path))
+    assert not stale.exists() and live.exists()
+    assert validated["events"].spill is not None
+    assert validated["events"].spill.parent.parent == tmp_path

@@ -11,6 +11,8 @@ required column is missing, or a Parquet column holds lists where one value is e
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -335,13 +337,26 @@ def _in_chunks(raw: RawTable, validate: Callable[[RawTable], Validated]) -> Vali
     return replace(first, good=good, quarantine=quarantine)
 
 
+SPILL_PREFIX = "recfusion-spill-"
+
+
+def _remove_stale_spills(parent: Path) -> None:
+    """Spill folders of ingests that were killed (their process is gone): GBs at scale."""
+    for folder in parent.glob(f"{SPILL_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SPILL_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def validate_spilled(
     chunks: Iterable[RawTable], validate: Callable[[RawTable], Validated]
 ) -> Validated:
     """Validate a file given as chunks, writing each chunk's good rows to a Parquet file in a
     temporary folder as it goes: memory holds one chunk and the (few) quarantined rows, never
     the file's good rows. The rows and their order are those of validating it in one go."""
-    folder = tempfile.TemporaryDirectory(prefix="recfusion-ingest-")
+    if Path("/proc/self").exists():  # Linux: process ids tell a killed ingest's leftovers
+        _remove_stale_spills(Path(tempfile.gettempdir()))
+    folder = tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
     spill = Path(folder.name) / "good.parquet"
     writer: pq.ParquetWriter | None = None
     first: Validated | None = None

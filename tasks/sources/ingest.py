@@ -21,7 +21,6 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from tasks.sources import contract
 from tasks.sources.contract import (
@@ -126,7 +125,11 @@ def load_source(
                 "run_id": run_id,
                 "table_name": table,
             }
-            staged = pads.dataset(v.spill) if v.spill is not None else _arrow_stream(v.good)
+            # A spilled file goes through DuckDB's own Parquet reader, which streams it within
+            # the ingest's memory limit.
+            staged = (
+                con.read_parquet(str(v.spill)) if v.spill is not None else _arrow_stream(v.good)
+            )
             con.register(f"staged_{table}", staged)
             execute_script(con, read_sql(f"ingest_{table}.sql"), params)
             con.unregister(f"staged_{table}")
