@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,8 @@ class Measured:
     returncode: int
     peaks: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (command, bytes)
     tail: str = ""
+    rss: list[tuple[float, int]] = field(default_factory=list)  # (s since start, root's RSS)
+    lines: list[tuple[float, str]] = field(default_factory=list)  # (s since start, log line)
 
 
 def _children(pid: int) -> list[int]:
@@ -60,43 +64,86 @@ def _tree(root: int) -> list[int]:
     return seen
 
 
-def _peak_and_name(pid: int) -> tuple[str, int] | None:
+def _status(pid: int, key: str) -> int | None:
+    """A memory line of /proc/PID/status (VmHWM: peak, VmRSS: now) in bytes."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return None
     for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return cmd, int(line.split()[1]) * 1024
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
     return None
 
 
+def _peak_and_name(pid: int) -> tuple[str, int] | None:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return None
+    peak = _status(pid, "VmHWM")
+    return None if peak is None else (cmd, peak)
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> Measured:
-    """Run `cmd`, polling its process tree until it exits."""
+    """Run `cmd`, polling its process tree until it exits; its output lines are timestamped."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        result = Measured(0.0, 0)
-        while True:
-            for pid in _tree(proc.pid):
-                found = _peak_and_name(pid)
-                if found and found[1] >= result.peaks.get(pid, ("", 0))[1]:
-                    result.peaks[pid] = found
-            done, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(POLL_S)
-        result.wall_s = time.perf_counter() - start
-        result.returncode = os.waitstatus_to_exitcode(status)
-        proc.returncode = result.returncode
-        # The root's own high-water mark, exactly (wait4's rusage; Linux reports KiB).
-        name = result.peaks.get(proc.pid, (" ".join(cmd), 0))[0]
-        result.peaks[proc.pid] = (name, max(result.peaks.get(proc.pid, ("", 0))[1],
-                                            usage.ru_maxrss * 1024))
-        log.seek(0)
-        result.tail = log.read().decode(errors="replace")[-2000:]
+    result = Measured(0.0, 0)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1
+    )
+    assert proc.stdout is not None
+    out = proc.stdout
+
+    def read() -> None:
+        for line in out:
+            result.lines.append((time.perf_counter() - start, line.rstrip("\n")))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while True:
+        for pid in _tree(proc.pid):
+            found = _peak_and_name(pid)
+            if found and found[1] >= result.peaks.get(pid, ("", 0))[1]:
+                result.peaks[pid] = found
+        now = _status(proc.pid, "VmRSS")
+        if now is not None:
+            result.rss.append((time.perf_counter() - start, now))
+        done, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(POLL_S)
+    result.wall_s = time.perf_counter() - start
+    result.returncode = os.waitstatus_to_exitcode(status)
+    proc.returncode = result.returncode
+    # The root's own high-water mark, exactly (wait4's rusage; Linux reports KiB).
+    name = result.peaks.get(proc.pid, (" ".join(cmd), 0))[0]
+    result.peaks[proc.pid] = (name, max(result.peaks.get(proc.pid, ("", 0))[1],
+                                        usage.ru_maxrss * 1024))
+    reader.join(timeout=10)
+    result.tail = "\n".join(line for _, line in result.lines[-20:])
     return result
+
+
+TASK_DONE = re.compile(r"Task run '(?P<task>[\w-]+?)(-[0-9a-f]{3,})?' - Finished in state (\w+)")
+
+
+def task_peaks(m: Measured) -> list[tuple[str, float, int]]:
+    """(task, seconds, peak RSS of the run's process) per Prefect task run, in order.
+
+    Prefect logs when a task finishes, not when it starts: a task's span is taken from the
+    previous task's finish (or the first log line) to its own, so flow code between tasks is
+    counted in the task after it."""
+    out: list[tuple[str, float, int]] = []
+    previous = m.lines[0][0] if m.lines else 0.0
+    for at, line in m.lines:
+        found = TASK_DONE.search(line)
+        if not found:
+            continue
+        peak = max((rss for t, rss in m.rss if previous <= t <= at + POLL_S), default=0)
+        out.append((found["task"], at - previous, peak))
+        previous = at
+    return out
 
 
 def _gb(n: int) -> str:
@@ -175,6 +222,9 @@ def main() -> int:
         for stage, seconds in timings.items():
             print(f"  {stage:<22} {seconds:8.1f}s")
         print(f"  {'sum of stages':<22} {sum(timings.values()):8.1f}s")
+        print("\ntasks of the run (span from the previous task's end; peak RSS of the run in it)")
+        for task, seconds, peak in task_peaks(run):
+            print(f"  {task:<28} {seconds:8.1f}s  {_gb(peak)}")
     if run.returncode:
         print(run.tail)
     if not args.keep:
