@@ -7,14 +7,20 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
 import duckdb
 import polars as pl
 import pytest
+import test_ingest_properties as props
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tasks.sources import contract
+from tasks.sources import contract, ingest
 from tasks.sources.ingest import load_source, read_source
 from tasks.warehouse import apply_schema, connect
 
@@ -138,3 +144,97 @@ def test_a_killed_ingests_spill_is_removed_by_the_next(
     assert not stale.exists() and live.exists()
     assert validated["events"].spill is not None
     assert validated["events"].spill.parent.parent == tmp_path
+
+
+# --- the ingest invariant, streamed -----------------------------------------------------------
+# The property tests' invariant (every good row lands once, every bad row is quarantined once at
+# its file and row with its reason, re-ingest changes nothing), with every CSV and Parquet file of
+# events, users and social read in chunks of 2 rows: the chunked path keeps the same guarantees.
+
+STREAMED_EXAMPLES = max(4, props.TOTAL_EXAMPLES // 4)
+
+
+@pytest.fixture(scope="module")
+def seeded_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As the property tests': a warehouse already holding another source's rows."""
+    folder = tmp_path_factory.mktemp("seed")
+    for name, text in props.SEED.items():
+        (folder / name).write_text(text)
+    db = folder / "seed.duckdb"
+    with connect(db) as con:
+        apply_schema(con)
+        load_source(con, read_source(folder), "seed")
+    return db
+
+
+@contextmanager
+def _streamed() -> Iterator[None]:
+    with (
+        mock.patch.object(contract, "CHUNK_ROWS", 2),
+        mock.patch.object(ingest, "STREAM_CSV_BYTES", 0),
+    ):
+        yield
+
+
+def _streamed_settings() -> settings:
+    return settings(
+        max_examples=STREAMED_EXAMPLES,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+@_streamed_settings()
+@given(case=props.events_case(), newline=st.sampled_from(["\n", "\r\n"]))
+def test_streamed_events_keep_the_ingest_invariant(
+    seeded_db: Path, case: props.Case, newline: str
+) -> None:
+    case.newline = newline
+    with _streamed():
+        props.check_invariant(case, seeded_db, props._events_stored)
+
+
+@_streamed_settings()
+@given(case=props.social_case(), newline=st.sampled_from(["\n", "\r\n"]))
+def test_streamed_social_keeps_the_ingest_invariant(
+    seeded_db: Path, case: props.Case, newline: str
+) -> None:
+    case.newline = newline
+    with _streamed():
+        props.check_invariant(case, seeded_db, props._social_stored)
+
+
+@_streamed_settings()
+@given(case=props.users_case())
+def test_streamed_users_keep_the_ingest_invariant(seeded_db: Path, case: props.Case) -> None:
+    with _streamed():
+        props.check_invariant(case, seeded_db, props._users_stored)
+
+
+def test_a_big_csv_is_split_by_duckdb_and_read_in_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ragged rows, a quoted value over two lines and Latin-1 text, over several chunks."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [f"e{i},u{i % 3},i{i},view,2024-01-{1 + i % 28:02d},{i}" for i in range(12)]
+    rows[2] = "e2,u2,i2,view"  # too few fields
+    rows[5] = 'e5,u5,"i5\nsecond line",view,2024-01-06,5'  # one row over two lines
+    rows[7] = "e7,u7,i7,view,2024-01-08,7,extra"  # too many fields
+    rows[9] = "e9,ü9,i9,view,2024-01-10,9"
+    text = "event_id,user_id,item_id,event_type,ts,value\n" + "\n".join(rows) + "\n"
+    (src / "events.csv").write_bytes(text.encode("latin-1"))
+    whole = read_source(src)
+    monkeypatch.setattr(contract, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(ingest, "STREAM_CSV_BYTES", 0)
+    streamed = read_source(src)
+    events = streamed["events"]
+    assert events.spill is not None and events.good.height == 0
+    assert events.good_frame().equals(whole["events"].good)
+    assert events.quarantine.equals(whole["events"].quarantine)
+    assert events.warnings == whole["events"].warnings
+    assert events.quarantine["row_number"].to_list() == [3, 8]
+    assert events.good_frame()["source_row"].to_list() == [1, 2, 4, 5, 6, 7, 9, 10, 11, 12]
+    assert "ü9" in events.good_frame()["user_id"].to_list()

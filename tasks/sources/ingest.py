@@ -32,6 +32,7 @@ from tasks.sources.contract import (
 from tasks.sources.files import (
     RawTable,
     SourceError,
+    csv_chunks,
     find_table_files,
     parquet_chunks,
     parquet_rows,
@@ -58,6 +59,9 @@ class IngestReport:
 #: Tables whose rows are validated one at a time (items are not: their embedding size is the
 #: file's most common one), so a big Parquet file of them is read and validated in chunks.
 STREAMED_TABLES = ("events", "users", "social")
+#: A CSV file bigger than this is split by DuckDB into a temporary Parquet file and validated a
+#: chunk at a time (a few million rows); smaller ones are read in one go.
+STREAM_CSV_BYTES = 256 << 20
 
 
 def _validator(table: str, now: datetime | None) -> Callable[[RawTable], Validated]:
@@ -76,6 +80,14 @@ def _validate(table: str, path: Path, now: datetime | None) -> Validated:
         )
         if big_parquet:
             return validate_spilled(parquet_chunks(path, contract.CHUNK_ROWS), validate)
+        big_csv = (
+            table in STREAMED_TABLES
+            and path.suffix.lower() == ".csv"
+            and path.stat().st_size > STREAM_CSV_BYTES
+        )
+        chunks = csv_chunks(path, contract.CHUNK_ROWS) if big_csv else None
+        if chunks is not None:
+            return validate_spilled(chunks, validate)
         return validate(read_table_file(path))
     except SourceError:
         raise
