@@ -242,3 +242,42 @@ def test_content_predicts_what_users_do_next(source: dict[str, pl.DataFrame]) ->
     assert auc(tag_scores(later), tag_scores(chance)) > 0.56
     assert auc(emb_scores(later), emb_scores(chance)) > 0.56
     assert auc(cat_scores(later), cat_scores(chance)) > 0.55
+
+
+def test_big_sources_are_drawn_in_blocks_and_written_in_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 50M events one draw of all events held 9.5 GB: events come in blocks of BLOCK_EVENTS
+    (the first continuing the seed, so a small source is unchanged) and are written a slice at a
+    time into the one events file; the slice size never changes the data."""
+    import pyarrow.parquet as pq
+
+    import tasks.sources.demo as demo
+
+    monkeypatch.setattr(demo, "BLOCK_EVENTS", 1000)
+    small = tmp_path / "small"
+    generate_demo_source(small, users=200, items=150, events=1000, seed=9)
+    frames = {}
+    for rows in (400, 1_000_000):
+        out = tmp_path / f"rows{rows}"
+        counts = generate_demo_source(
+            out, users=200, items=150, events=2500, seed=9, write_rows=rows
+        )
+        assert counts["events"] == 2500
+        frames[rows] = pl.read_parquet(out / "events.parquet")
+        groups = pq.ParquetFile(out / "events.parquet").metadata.num_row_groups
+        assert groups == (8 if rows == 400 else 3)  # blocks 1000, 1000, 500 in slices of 400
+    events = frames[400]
+    assert events.equals(frames[1_000_000])
+    assert events["event_id"].to_list() == [f"e{i:04d}" for i in range(2500)]
+    for lo in (0, 1000, 2000):
+        assert events["ts"].slice(lo, 1000).is_sorted()
+    # The first block is the 1000-event source; later blocks are fresh draws, not copies.
+    columns = ["user_id", "item_id", "event_type", "value", "ts"]
+    first = pl.read_parquet(small / "events.parquet").select(columns)
+    assert events.select(columns).head(1000).equals(first)
+    assert not events.select(columns).slice(1000, 1000).equals(first)
+    for name in ("items", "users", "social"):
+        assert pl.read_parquet(small / f"{name}.parquet").equals(
+            pl.read_parquet(tmp_path / "rows400" / f"{name}.parquet")
+        )

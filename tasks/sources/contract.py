@@ -11,12 +11,17 @@ required column is missing, or a Parquet column holds lists where one value is e
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 from polars.datatypes import DataTypeClass
 
 from tasks.sources.files import QUARANTINE_SCHEMA, ROW, RawTable, SourceError, scratch_duckdb
@@ -52,10 +57,23 @@ class Validated:
     quarantine: pl.DataFrame  # QUARANTINE_SCHEMA
     warnings: list[str] = field(default_factory=list)
     encoding: str | None = None
+    #: A big file's good rows, written to this Parquet file a chunk at a time instead of being
+    #: held in `good` (then empty, with the columns); the folder goes when this object does.
+    spill: Path | None = None
+    spilled_rows: int = 0
+    _spill_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    @property
+    def good_rows(self) -> int:
+        return self.spilled_rows if self.spill is not None else self.good.height
 
     @property
     def read(self) -> int:
-        return self.good.height + self.quarantine.height
+        return self.good_rows + self.quarantine.height
+
+    def good_frame(self) -> pl.DataFrame:
+        """All good rows in memory (a spilled file read back: for small data and tests)."""
+        return pl.read_parquet(self.spill) if self.spill is not None else self.good
 
 
 # --- JSON for row_data and user attributes ----------------------------------------------------
@@ -317,6 +335,58 @@ def _in_chunks(raw: RawTable, validate: Callable[[RawTable], Validated]) -> Vali
     good = pl.concat([p.good for p in parts], rechunk=False)
     quarantine = pl.concat([p.quarantine for p in parts]).sort("row_number")
     return replace(first, good=good, quarantine=quarantine)
+
+
+SPILL_PREFIX = "recfusion-spill-"
+
+
+def _remove_stale_spills(parent: Path) -> None:
+    """Spill folders of ingests that were killed (their process is gone): GBs at scale."""
+    for folder in parent.glob(f"{SPILL_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SPILL_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def validate_spilled(
+    chunks: Iterable[RawTable], validate: Callable[[RawTable], Validated]
+) -> Validated:
+    """Validate a file given as chunks, writing each chunk's good rows to a Parquet file in a
+    temporary folder as it goes: memory holds one chunk and the (few) quarantined rows, never
+    the file's good rows. The rows and their order are those of validating it in one go."""
+    if Path("/proc/self").exists():  # Linux: process ids tell a killed ingest's leftovers
+        _remove_stale_spills(Path(tempfile.gettempdir()))
+    folder = tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+    spill = Path(folder.name) / "good.parquet"
+    writer: pq.ParquetWriter | None = None
+    first: Validated | None = None
+    quarantines: list[pl.DataFrame] = []
+    rows = 0
+    try:
+        for part in chunks:
+            outcome = validate(part)
+            first = first or outcome
+            quarantines.append(outcome.quarantine)
+            table = outcome.good.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(spill, table.schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+            rows += outcome.good.height
+    except BaseException:
+        folder.cleanup()
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    assert first is not None, "a file gives at least one chunk"
+    return replace(
+        first,
+        good=first.good.clear(),
+        quarantine=pl.concat(quarantines).sort("row_number"),
+        spill=spill,
+        spilled_rows=rows,
+        _spill_dir=folder,
+    )
 
 
 # --- tables -----------------------------------------------------------------------------------

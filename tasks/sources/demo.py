@@ -26,16 +26,16 @@ is complete:
 
 Everything is vectorised (weighted draws are cumulative sums + `searchsorted`; per-row mixtures are
 flattened with a row offset so one `searchsorted` serves all rows), so the cost is linear in events
-with small constants. Measured on the shared 2-core dev box while other jobs kept the load near 6:
-100,000 users × 20,000 items × 5,000,000 events in 8.8 s wall end to end including Parquet writes,
-peak RSS 1.3 GB, via
-`/usr/bin/time -v python -c "from pathlib import Path; from tasks.sources.demo import
-generate_demo_source; print(generate_demo_source(Path('/tmp/demo5m'), users=100_000,
-items=20_000, events=5_000_000))"`.
+with small constants. Events are drawn in blocks of `BLOCK_EVENTS` and written a slice at a time,
+so memory is the world (users × topics) plus one block, whatever the number of events. Measured
+with `/usr/bin/time -v recfusion demo-data …` on the shared 2-core box (load 6-9 from other jobs):
+100k users × 20k items × 5M events in 17.8 s, peak RSS 0.77 GB (1.3 GB before blocks);
+1M users × 100k items × 50M events in 5 min 0 s, peak RSS 1.85 GB (9.5 GB before).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "like", "purchase")
 DEFAULT_END = datetime(2025, 6, 30, tzinfo=UTC)
@@ -104,19 +105,21 @@ class _World:
     release_s: np.ndarray  # seconds after window start (negative = before the window)
     community: np.ndarray  # user -> community
     comm_profile: np.ndarray  # community × topic
-    taste_early: np.ndarray  # user × topic
-    taste_late: np.ndarray
-    fav_sub: np.ndarray  # user × topic -> favourite sub-topic
+    taste_cdf: tuple[np.ndarray, np.ndarray]  # early, late taste as `_row_cdf`s (user × topic)
+    fav_sub: np.ndarray  # user × topic -> favourite sub-topic (int8: at most 5)
     activity: np.ndarray  # user -> relative session rate (0 = cold user)
     hot: np.ndarray  # community × H hot items
 
 
 def _row_cdf(weights: np.ndarray) -> np.ndarray:
-    """Flatten per-row categorical weights into one increasing array: row r spans (r, r + 1]."""
+    """Flatten per-row categorical weights into one increasing array: row r spans (r, r + 1].
+
+    In place after the cumulative sum: at a million users a taste matrix is 160 MB a copy."""
     cum = np.cumsum(weights, axis=1)
     cum /= cum[:, -1:]
     cum[:, -1] = 1.0
-    return (cum + np.arange(weights.shape[0])[:, None]).ravel()
+    cum += np.arange(weights.shape[0])[:, None]
+    return cum.ravel()
 
 
 def _draw_rows(flat_cdf: np.ndarray, rows: np.ndarray, width: int, u: np.ndarray) -> np.ndarray:
@@ -220,13 +223,20 @@ def _build_world(rng: np.random.Generator, users: int, items: int, span_s: float
     # off-profile interests (per-row Dirichlet via normalised gammas).
     gammas = rng.standard_gamma(4.0 * comm_profile[community] + 0.05) + 1e-12
     taste_early = gammas / gammas.sum(axis=1, keepdims=True)
+    del gammas
     trend = rng.dirichlet(np.full(n_topics, 0.5))
-    taste_late = (
-        0.75 * taste_early + 0.15 * rng.dirichlet(np.full(n_topics, 0.2), users) + 0.10 * trend
-    )
+    taste_late = rng.dirichlet(np.full(n_topics, 0.2), users)
+    taste_late *= 0.15  # the same arithmetic as 0.75·early + 0.15·draw + 0.10·trend, in place
+    taste_late += 0.75 * taste_early
+    taste_late += 0.10 * trend
+    taste_cdf = (_row_cdf(taste_early), _row_cdf(taste_late))
+    del taste_early, taste_late
     comm_fav = rng.integers(0, n_sub, (n_comm, n_topics))
     inherit = rng.random((users, n_topics)) < 0.5
-    fav_sub = np.where(inherit, comm_fav[community], rng.integers(0, n_sub, (users, n_topics)))
+    fav_sub = np.where(
+        inherit, comm_fav[community], rng.integers(0, n_sub, (users, n_topics))
+    ).astype(np.int8)
+    del inherit
 
     activity = rng.lognormal(0.0, 1.0, users)
     n_cold_users = max(1, round(0.03 * users))
@@ -243,27 +253,46 @@ def _build_world(rng: np.random.Generator, users: int, items: int, span_s: float
     return _World(
         n_topics=n_topics, n_sub=n_sub, item_cluster=item_cluster, pop_early=pop_early,
         pop_late=pop_late, release_s=release_s, community=community, comm_profile=comm_profile,
-        taste_early=taste_early, taste_late=taste_late, fav_sub=fav_sub, activity=activity,
-        hot=hot,
+        taste_cdf=taste_cdf, fav_sub=fav_sub, activity=activity, hot=hot,
     )
 
 
-def _events_frame(
-    rng: np.random.Generator, world: _World, events: int, start: datetime, span_s: float
-) -> pl.DataFrame:
-    """Sessions → funnel events; exactly `events` rows, sorted by time, unique `event_id`."""
-    n_users, n_items = world.taste_early.shape[0], len(world.item_cluster)
+@dataclass(frozen=True)
+class _EventBlock:
+    """One block of events as integer codes, sorted by time within the block."""
+
+    user: np.ndarray
+    item: np.ndarray
+    step: np.ndarray  # funnel depth: index into EVENT_TYPES
+    value: np.ndarray
+    ts_us: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts_us)
+
+
+def _event_block(
+    rng: np.random.Generator,
+    world: _World,
+    samplers: tuple[_SegmentSampler, _SegmentSampler],
+    events: int,
+    start: datetime,
+    span_s: float,
+) -> _EventBlock:
+    """Sessions → funnel events; exactly `events` rows, sorted by time."""
+    n_users = len(world.community)
     # Route and funnel depth first (cheap), then cut the session list to hit `events` exactly.
     route = np.searchsorted(np.cumsum(_ROUTE_SHARE)[:-1], rng.random(events), side="right")
     u = rng.random(events)
     depth = np.ones(events, dtype=np.int64)
     for j in range(3):  # three funnel steps, each vectorised over all candidate sessions
         depth += u > _FUNNEL_CDF[route, j]
+    del u
     csum = np.cumsum(depth)
     n_sess = int(np.searchsorted(csum, events)) + 1 if events else 0
     overshoot = int(csum[n_sess - 1]) - events if n_sess else 0
+    del csum
     route, depth = route[:n_sess].copy(), depth[:n_sess].copy()  # copies free the candidates
-    del u, csum
     if n_sess:
         depth[-1] -= overshoot
 
@@ -273,62 +302,100 @@ def _events_frame(
     # taste lookups below cache-friendly (session order carries no meaning: ts is drawn apart).
     counts = rng.multinomial(n_sess, world.activity / world.activity.sum())
     user = np.repeat(np.arange(n_users), counts)
+    del counts
     item = np.empty(n_sess, dtype=np.int64)
 
-    n_clusters = world.n_topics * world.n_sub
-    samplers = [
-        _SegmentSampler.build(world.item_cluster, world.pop_early, n_clusters),
-        _SegmentSampler.build(world.item_cluster, world.pop_late, n_clusters),
-    ]
-    tastes = [_row_cdf(world.taste_early), _row_cdf(world.taste_late)]
     pops = [world.pop_early, world.pop_late]
     for phase in (0, 1):
         in_phase = late == bool(phase)
         idx = np.flatnonzero(in_phase & (route == 0))  # taste route
         if len(idx):
             uu = user[idx]
-            topic = _draw_rows(tastes[phase], uu, world.n_topics, rng.random(len(idx)))
+            topic = _draw_rows(world.taste_cdf[phase], uu, world.n_topics, rng.random(len(idx)))
             sub = np.where(
                 rng.random(len(idx)) < 0.75,
                 world.fav_sub[uu, topic],
                 rng.integers(0, world.n_sub, len(idx)),
             )
+            del uu
             item[idx] = samplers[phase].draw(topic * world.n_sub + sub, rng.random(len(idx)))
+            del topic, sub
         idx = np.flatnonzero(in_phase & (route == 2))  # trend route
         item[idx] = _cdf_draw(pops[phase], rng.random(len(idx)))
+    del late, in_phase
     idx = np.flatnonzero(route == 1)  # word of mouth
+    del route
     hot_n = world.hot.shape[1]
     pick = np.minimum((hot_n * rng.random(len(idx)) ** 2).astype(np.int64), hot_n - 1)
     item[idx] = world.hot[world.community[user[idx]], pick]
+    del idx, pick
 
     # Items released late: a session before release happens after it instead.
     release = world.release_s[item]
     early = sess_ts < release
     sess_ts[early] = release[early] + rng.random(int(early.sum())) * (span_s - release[early])
+    del release, early
 
     sess_of = np.repeat(np.arange(n_sess), depth)
     step = np.arange(events) - np.repeat(np.cumsum(depth) - depth, depth)
     gap_s = rng.exponential(90.0, n_sess)
     ts_s = np.minimum(sess_ts[sess_of] + step * gap_s[sess_of], span_s - 1e-3)
+    del sess_ts, gap_s
     value = np.ones(events)
     buys = step == 3
     value[buys] += (rng.random(int(buys.sum())) < 0.15) + (rng.random(int(buys.sum())) < 0.05)
+    del buys
 
     ts_us = np.int64(start.timestamp() * 1_000_000) + (ts_s * 1_000_000).astype(np.int64)
     del ts_s
     order = np.argsort(ts_us, kind="stable")
-    user_ids, item_ids = _ids("u", n_users), _ids("i", n_items)
-    types = pl.Series(EVENT_TYPES, dtype=pl.String)
-    return pl.DataFrame(
-        {
-            "event_id": _ids("e", events),
-            "user_id": user_ids.gather(user[sess_of][order]),
-            "item_id": item_ids.gather(item[sess_of][order]),
-            "event_type": types.gather(step[order]),
-            "value": value[order],
-            "ts": pl.Series(ts_us[order]).cast(pl.Datetime("us", "UTC")),
-        }
+    return _EventBlock(
+        user=user[sess_of[order]].astype(np.int32),
+        item=item[sess_of[order]].astype(np.int32),
+        step=step[order].astype(np.int8),
+        value=value[order],
+        ts_us=ts_us[order],
     )
+
+
+class _EventWriter:
+    """Events appended to one Parquet file a slice at a time (one row group per slice), so only
+    one slice's text ids are ever built: the file stays one table file of the contract."""
+
+    def __init__(self, path: Path, world: _World, events: int, rows: int) -> None:
+        self.path, self.rows, self.written = path, rows, 0
+        self.id_width = len(str(max(events - 1, 0)))
+        self.user_ids = _ids("u", len(world.community))
+        self.item_ids = _ids("i", len(world.item_cluster))
+        self.types = pl.Series(EVENT_TYPES, dtype=pl.String)
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, block: _EventBlock) -> None:
+        for lo in range(0, max(len(block), 1), self.rows):
+            hi = min(lo + self.rows, len(block))
+            first = self.written + lo
+            digits = pl.Series(np.arange(first, first + hi - lo, dtype=np.int64))
+            frame = pl.DataFrame(
+                {
+                    "event_id": pl.select(
+                        pl.concat_str(pl.lit("e"), digits.cast(pl.String).str.zfill(self.id_width))
+                    ).to_series(),
+                    "user_id": self.user_ids.gather(block.user[lo:hi]),
+                    "item_id": self.item_ids.gather(block.item[lo:hi]),
+                    "event_type": self.types.gather(block.step[lo:hi]),
+                    "value": block.value[lo:hi],
+                    "ts": pl.Series(block.ts_us[lo:hi]).cast(pl.Datetime("us", "UTC")),
+                }
+            )
+            table = frame.to_arrow()
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            self.writer.write_table(table.cast(self.writer.schema))
+        self.written += len(block)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _list_column(
@@ -496,6 +563,14 @@ def _social_frame(rng: np.random.Generator, world: _World) -> pl.DataFrame:
     )
 
 
+#: Events drawn at once. The first block continues the seed's generator, every later one has
+#: its own generator seeded by (seed, block), so a source of up to this many events is the same as
+#: before blocks existed, and a bigger one needs memory for one block, not for all events.
+BLOCK_EVENTS = 5_000_000
+#: Rows per Parquet row group of the events file (the text ids of one slice are built at once).
+WRITE_ROWS = 1_000_000
+
+
 def generate_demo_source(
     out_dir: Path,
     users: int = 2000,
@@ -504,29 +579,51 @@ def generate_demo_source(
     seed: int = 42,
     *,
     end: datetime = DEFAULT_END,
+    write_rows: int = WRITE_ROWS,
 ) -> dict[str, int]:
     """Write events/items/users/social Parquet files to `out_dir`; return rows per table.
 
-    Same arguments → byte-identical data. `end` is the exclusive end of the 8-week event window
-    (a fixed date by default so runs are reproducible).
+    Same arguments → the same data, whatever `write_rows` (only the Parquet row groups differ).
+    `end` is the exclusive end of the 8-week event window (a fixed date by default so runs are
+    reproducible). Events are sorted by time within each block of `BLOCK_EVENTS`.
     """
     if users < 2 or items < 2:
         raise ValueError(f"need at least 2 users and 2 items, got users={users}, items={items}")
     if events < 0:
         raise ValueError(f"events must be >= 0, got {events}")
+    if write_rows < 1:
+        raise ValueError(f"write_rows must be >= 1, got {write_rows}")
     if end.tzinfo is None:
         raise ValueError("end must be timezone-aware")
     rng = np.random.default_rng(seed)
     start = end - timedelta(days=WINDOW_DAYS)
     span_s = WINDOW_DAYS * 86400.0
     world = _build_world(rng, users, items, span_s)
-    tables = {
-        "items": _items_frame(rng, world),
-        "users": _users_frame(rng, world, start),
-        "social": _social_frame(rng, world),
-        "events": _events_frame(rng, world, events, start, span_s),
-    }
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, frame in tables.items():
+    counts: dict[str, int] = {}
+    side_tables: list[tuple[str, Callable[[], pl.DataFrame]]] = [
+        ("items", lambda: _items_frame(rng, world)),
+        ("users", lambda: _users_frame(rng, world, start)),
+        ("social", lambda: _social_frame(rng, world)),
+    ]
+    for name, make in side_tables:  # in this order: they share the seed's generator
+        frame = make()
         frame.write_parquet(out_dir / f"{name}.parquet")
-    return {name: frame.height for name, frame in tables.items()}
+        counts[name] = frame.height
+        del frame
+
+    n_clusters = world.n_topics * world.n_sub
+    samplers = (
+        _SegmentSampler.build(world.item_cluster, world.pop_early, n_clusters),
+        _SegmentSampler.build(world.item_cluster, world.pop_late, n_clusters),
+    )
+    writer = _EventWriter(out_dir / "events.parquet", world, events, write_rows)
+    try:
+        for block, lo in enumerate(range(0, max(events, 1), BLOCK_EVENTS)):
+            block_rng = rng if block == 0 else np.random.default_rng([seed, block])
+            size = min(BLOCK_EVENTS, events - lo)
+            writer.write(_event_block(block_rng, world, samplers, size, start, span_s))
+    finally:
+        writer.close()
+    counts["events"] = events
+    return counts

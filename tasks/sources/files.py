@@ -408,6 +408,102 @@ def _read_csv(path: Path) -> RawTable:
     return RawTable(path, frame, header, _rejected(rejected), encoding=encoding, warnings=warnings)
 
 
+def _csv_spill(path: Path, width: int, spill: Path) -> pl.DataFrame:
+    """`_csv_scan` with the good rows written to a Parquet file by DuckDB instead of returned."""
+    columns = {f"c{i}": "VARCHAR" for i in range(width)}
+    with scratch_duckdb() as con:
+        params = {"path": str(path), "columns": columns}
+        con.sql(read_sql("ingest_read_csv.sql"), params=params).to_parquet(str(spill))
+        rejects = con.sql(read_sql("ingest_csv_rejects.sql")).pl()
+    return rejects.unique("line", keep="first", maintain_order=True)
+
+
+def csv_chunks(path: Path, rows: int) -> Iterator[RawTable] | None:
+    try:
+        return _csv_chunks(path, rows)
+    except SourceError:
+        raise
+    except Exception as exc:  # as `read_table_file`: the file is unusable as a whole
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SourceError(
+            f"{path}: cannot be read as csv ({type(exc).__name__}: {detail})"
+        ) from exc
+
+
+def _csv_chunks(path: Path, rows: int) -> Iterator[RawTable] | None:
+    """A big CSV file as `RawTable`s of at most `rows` rows, the same rows, numbers and rejects
+    as `read_table_file` gives in one go: DuckDB splits the file into a temporary Parquet file,
+    read back a slice at a time. None when a blank line precedes a rejected row (exact row
+    numbers then need a second scan over every record: read it in one go instead)."""
+    encoding = detect_encoding(path)
+    warnings = _encoding_warnings(path, encoding)
+    with _as_utf8(path, encoding) as utf8:
+        header = _csv_header(utf8, path)
+        folder = tempfile.TemporaryDirectory(prefix="recfusion-csv-")
+        spill = Path(folder.name) / "rows.parquet"
+        try:
+            rejects = _csv_spill(utf8, len(header), spill)
+            reject_lines = rejects["line"].to_numpy().astype(np.int64)
+            if len(reject_lines) and len(header) > 1 and _has_blank_lines(utf8):
+                folder.cleanup()
+                return None
+            cut = (rejects["csv_line"].str.len_bytes() >= CSV_LINE_CUT - 4).arg_true()
+            if len(cut):
+                starts = rejects["line_byte_position"].gather(cut).to_list()
+                whole = [_whole_row(utf8, int(start)) for start in starts]
+                rejects = rejects.with_columns(rejects["csv_line"].scatter(cut, whole))
+        except BaseException:
+            folder.cleanup()
+            raise
+    rejected = _rejected(
+        rejects.select(
+            pl.Series("row_number", reject_lines - 1, dtype=pl.Int64),
+            _reject_reasons(rejects, header).alias("reason"),
+            _raw_row_data(pl.col("csv_line").str.strip_chars("\r\n")).alias("row_data"),
+        )
+    )
+    return _csv_slices(
+        path, header, rows, spill, folder, reject_lines, rejected, encoding, warnings
+    )
+
+
+def _csv_slices(
+    path: Path,
+    header: list[str],
+    rows: int,
+    spill: Path,
+    folder: tempfile.TemporaryDirectory[str],
+    reject_lines: np.ndarray,
+    rejected: pl.DataFrame,
+    encoding: str,
+    warnings: list[str],
+) -> Iterator[RawTable]:
+    """The slices of a spilled CSV; the first carries the rejects and warnings."""
+    # As in `_row_numbers`: the k-th good row is the k-th number that is not a rejected row's.
+    before = (reject_lines - 1) - np.arange(1, len(reject_lines) + 1)
+    blank = pl.all_horizontal(pl.col(header).is_null())
+    try:
+        for i, part in enumerate(parquet_chunks(spill, rows)):
+            k = part.frame[ROW].to_numpy()  # 1-based position among the good rows
+            numbers = k + np.searchsorted(before, k, side="left")
+            frame = part.frame.rename({f"c{j}": name for j, name in enumerate(header)}).select(
+                pl.Series(ROW, numbers, dtype=pl.Int64), *header
+            )
+            if frame.select(blank.any()).item():
+                frame = frame.filter(~blank)
+            first = i == 0
+            yield RawTable(
+                path,
+                frame,
+                header,
+                rejected if first else rejected.clear(),
+                encoding=encoding,
+                warnings=warnings if first else [],
+            )
+    finally:
+        folder.cleanup()
+
+
 # --- JSON Lines -------------------------------------------------------------------------------
 
 
@@ -479,6 +575,38 @@ def _read_parquet(path: Path) -> RawTable:
     columns = frame.columns
     frame = frame.select(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(ROW), *columns)
     return RawTable(path, frame, columns, _rejected())
+
+
+def parquet_rows(path: Path) -> int:
+    """Rows of a Parquet file from its footer alone (nothing is decoded)."""
+    try:
+        return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SourceError(
+            f"{path}: cannot be read as parquet ({type(exc).__name__}: {detail})"
+        ) from exc
+
+
+def parquet_chunks(path: Path, rows: int) -> Iterator[RawTable]:
+    """A big Parquet file as `RawTable`s of at most `rows` rows, with their file row numbers, so
+    only one slice is decoded at a time (50M events as one frame held over 10 GB)."""
+    total = parquet_rows(path)
+    scan = pl.scan_parquet(path)
+    for offset in range(0, max(total, 1), rows):
+        try:
+            frame = scan.slice(offset, rows).collect()
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise SourceError(
+                f"{path}: cannot be read as parquet ({type(exc).__name__}: {detail})"
+            ) from exc
+        columns = frame.columns
+        frame = frame.select(
+            pl.int_range(offset + 1, offset + frame.height + 1, dtype=pl.Int64).alias(ROW),
+            *columns,
+        )
+        yield RawTable(path, frame, columns, _rejected())
 
 
 READERS = {"parquet": _read_parquet, "csv": _read_csv, "jsonl": _read_jsonl}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +22,23 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from tasks.sources.contract import SIDE_TABLE_VALIDATORS, Validated, validate_events
-from tasks.sources.files import SourceError, find_table_files, read_table_file, unrecognised_files
+from tasks.sources import contract
+from tasks.sources.contract import (
+    SIDE_TABLE_VALIDATORS,
+    Validated,
+    validate_events,
+    validate_spilled,
+)
+from tasks.sources.files import (
+    RawTable,
+    SourceError,
+    csv_chunks,
+    find_table_files,
+    parquet_chunks,
+    parquet_rows,
+    read_table_file,
+    unrecognised_files,
+)
 from tasks.warehouse.connection import execute_script, read_sql
 
 log = logging.getLogger(__name__)
@@ -47,12 +62,39 @@ class IngestReport:
                 | {f"{t}_quarantined": n for t, n in self.quarantined.items()})
 
 
+#: Tables whose rows are validated one at a time (items are not: their embedding size is the
+#: file's most common one), so a big Parquet file of them is read and validated in chunks.
+STREAMED_TABLES = ("events", "users", "social")
+#: A CSV file bigger than this is split by DuckDB into a temporary Parquet file and validated a
+#: chunk at a time (a few million rows); smaller ones are read in one go.
+STREAM_CSV_BYTES = 256 << 20
+
+
+def _validator(table: str, now: datetime | None) -> Callable[[RawTable], Validated]:
+    if table == "events":
+        return lambda raw: validate_events(raw, now)
+    return SIDE_TABLE_VALIDATORS[table]
+
+
 def _validate(table: str, path: Path, now: datetime | None) -> Validated:
-    raw = read_table_file(path)
     try:
-        if table == "events":
-            return validate_events(raw, now)
-        return SIDE_TABLE_VALIDATORS[table](raw)
+        validate = _validator(table, now)
+        big_parquet = (
+            table in STREAMED_TABLES
+            and path.suffix.lower() == ".parquet"
+            and parquet_rows(path) > contract.CHUNK_ROWS
+        )
+        if big_parquet:
+            return validate_spilled(parquet_chunks(path, contract.CHUNK_ROWS), validate)
+        big_csv = (
+            table in STREAMED_TABLES
+            and path.suffix.lower() == ".csv"
+            and path.stat().st_size > STREAM_CSV_BYTES
+        )
+        chunks = csv_chunks(path, contract.CHUNK_ROWS) if big_csv else None
+        if chunks is not None:
+            return validate_spilled(chunks, validate)
+        return validate(read_table_file(path))
     except SourceError:
         raise
     except Exception as exc:  # a bug, but retrying cannot help and the file must be named
@@ -101,7 +143,12 @@ def load_source(
                 "run_id": run_id,
                 "table_name": table,
             }
-            con.register(f"staged_{table}", _arrow_stream(v.good))
+            # A spilled file goes through DuckDB's own Parquet reader, which streams it within
+            # the ingest's memory limit.
+            staged = (
+                con.read_parquet(str(v.spill)) if v.spill is not None else _arrow_stream(v.good)
+            )
+            con.register(f"staged_{table}", staged)
             execute_script(con, read_sql(f"ingest_{table}.sql"), params)
             con.unregister(f"staged_{table}")
             changes = _changes(con)
@@ -116,7 +163,7 @@ def load_source(
             report.updated[table] = changes.get("updated", 0)
             report.quarantined[table] = v.quarantine.height
             report.warnings.extend(v.warnings)
-            repeated = v.good.height - sum(changes.values())
+            repeated = v.good_rows - sum(changes.values())
             if repeated:
                 report.warnings.append(
                     f"{v.source_file}: {repeated} row(s) share their key with a later row of the "
