@@ -62,6 +62,7 @@ from tasks.shards import (
     ShardProgress,
     ShardResult,
     ShardWork,
+    forget_work,
     load_work,
     run_shard,
     save_work,
@@ -346,7 +347,7 @@ def record_evaluation_task(
 
 def _shard_reporter(
     n_users: int, params: RunParameters, progress: Progress | None
-) -> Callable[[ShardResult], None]:
+) -> tuple[ShardProgress, Callable[[ShardResult], None]]:
     """After each shard: a log line (users done, rate, expected finish) and the progress bar."""
     tracker = ShardProgress(n_users, len(user_shards(n_users, params.fusion_block_users)))
     logger = get_run_logger()
@@ -357,7 +358,7 @@ def _shard_reporter(
         if progress is not None:
             progress.within("recommend", tracker.fraction, line.removeprefix("recommend: "))
 
-    return report
+    return tracker, report
 
 
 @task(name="recommend", cache_policy=NO_CACHE)
@@ -370,8 +371,9 @@ def recommend_task(
     progress: Progress | None = None,
 ) -> Recommendations:
     """In this process: fit once, then today's loop over user shards (nothing pickled)."""
+    tracker, report = _shard_reporter(data.n_users, params, progress)
     return recommend(snap, data, params, evaluation.plan if evaluation else None, staging,
-                     on_shard=_shard_reporter(data.n_users, params, progress))
+                     on_shard=report, on_fitted=tracker.begin)
 
 
 @task(name="fit-for-shards", cache_policy=NO_CACHE)
@@ -414,7 +416,7 @@ def _on_cluster(
         "staging": unmapped(str(staging)),
     })
     by_key = {f.wrapped_future.key: (i, f) for i, f in enumerate(futures)}
-    report = _shard_reporter(data.n_users, params, progress)
+    _, report = _shard_reporter(data.n_users, params, progress)  # the rate counts from here
     results: list[ShardResult] = []
     try:
         pending = [f.wrapped_future for f in futures]
@@ -433,6 +435,10 @@ def _on_cluster(
         if len(results) < len(shards):
             for f in futures:
                 f.wrapped_future.cancel()
+        try:
+            runner.client.run(forget_work)  # the workers' copies of the fit, freed now
+        except Exception as exc:  # a worker gone already has nothing to free
+            get_run_logger().warning("could not free the fit on every Dask worker: %s", exc)
     return results
 
 

@@ -296,6 +296,7 @@ def recommend(
     plan: FusionPlan | None,
     staging: Path | None = None,
     on_shard: Callable[[ShardResult], None] | None = None,
+    on_fitted: Callable[[], None] | None = None,
 ) -> Recommendations:
     """Fit every modality on all data once, then score, fuse and explain users a shard at a time.
 
@@ -307,6 +308,8 @@ def recommend(
     """
     start = time.perf_counter()
     work, segments = prepare_shards(full, params, plan)
+    if on_fitted is not None:
+        on_fitted()
     results = []
     for index, (lo, hi) in enumerate(user_shards(full.n_users, params.fusion_block_users)):
         results.append(run_shard(work, index, lo, hi, staging))

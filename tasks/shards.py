@@ -127,8 +127,8 @@ _loading = threading.Lock()
 def load_work(path: str) -> ShardWork:
     """The run's fit in this process, read from `path` on first use only.
 
-    A worker keeps the last run's fit alone: a long-lived cluster serving night after night
-    must not pile every night's models up in memory.
+    A worker keeps one run's fit at most: a long-lived cluster serving night after night must
+    not pile every night's models up in memory (`forget_work` drops it when the run is done).
     """
     with _loading:
         if path not in _loaded:
@@ -137,6 +137,15 @@ def load_work(path: str) -> ShardWork:
                 _loaded[path] = pickle.load(src)
             log.info("loaded the run's fit from %s in process %d", path, os.getpid())
         return _loaded[path]
+
+
+def forget_work() -> int:
+    """Drop this process's cached fit (run on every worker once a run's shards are done, so
+    workers idle through publishing, or waiting for tomorrow's run, without the models)."""
+    with _loading:
+        n = len(_loaded)
+        _loaded.clear()
+    return n
 
 
 @dataclass
@@ -148,6 +157,10 @@ class ShardProgress:
     started: float = field(default_factory=time.perf_counter)
     users_done: int = 0
     shards_done: int = 0
+
+    def begin(self) -> None:
+        """Count the rate from now (after the fit, which is no shard's)."""
+        self.started = time.perf_counter()
 
     def add(self, result: ShardResult) -> str:
         self.users_done += result.hi - result.lo
