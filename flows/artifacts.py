@@ -110,6 +110,14 @@ class Progress:
         self.done = self.steps.index(name) + 1
         self._update(self.percent(), self.describe())
 
+    def within(self, name: str, fraction: float, note: str) -> None:
+        """Part of the way through step `name` (a long one, e.g. recommend's user shards)."""
+        at = self.steps.index(name)
+        share = min(max(fraction, 0.0), 1.0)
+        percent = round(100.0 * (at + share) / len(self.steps), 1)
+        self._update(percent, f"run {self.run_id}: {at}/{len(self.steps)} steps done; "
+                              f"now {name}: {note}")
+
     def finish(self, status: str, message: str = "") -> None:
         """100%, and how the run ended (its one-line message, shortened)."""
         text = " ".join(message.split())

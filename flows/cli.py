@@ -71,6 +71,8 @@ RUN_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "evaluate": ("--no-evaluate", ("evaluate",)),
     "allow_regression": ("--allow-regression", ("allow_regression",)),
     "lock_timeout": ("--lock-timeout", ("lock_timeout_seconds",)),
+    "workers": ("--workers", ("workers",)),
+    "dask_address": ("--dask-address", ("dask_address",)),
 }
 PATH_PARAMETERS = {("source",), ("db",)}
 
@@ -223,13 +225,25 @@ def _flow_server() -> None:
     start_temporary_server()
 
 
+def _engine(params: RunParameters) -> None:
+    """`--workers`/`--dask-address` without the Dask extra: one line, before any server starts."""
+    from flows.engine import EngineUnavailable, check_available
+
+    try:
+        check_available(params)
+    except EngineUnavailable as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     params = run_parameters(args)
     _folder(params.source, _source_label(args))
+    _engine(params)
     _flow_server()
+    from flows.engine import flow_on
     from flows.nightly import RunSummary, nightly
 
-    state = nightly(params=params, return_state=True)
+    state = flow_on(nightly, params)(params=params, return_state=True)
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, RunSummary):
         print(f"{PROG}: run failed: {_one_line(state.message or summary)}", file=sys.stderr)
@@ -442,6 +456,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     run = run_parameters(args)
     _folder(run.source, _source_label(args))
+    _engine(run)
     from flows.backfill import BackfillParameters, backfill
 
     params = validated(
@@ -533,6 +548,23 @@ def _add_run_flags(parser: argparse.ArgumentParser, as_of: bool = True) -> None:
     )
 
 
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the per-user work runs (`flows/engine.py`); without either, in this process."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help='score users on a local Dask cluster of N (>= 1) worker processes '
+        '(needs pip install -e ".[dask]")',
+    )
+    where.add_argument(
+        "--dask-address",
+        metavar="ADDR",
+        help="score users on the running Dask scheduler at ADDR (tcp://HOST:PORT)",
+    )
+
+
 def _add_map_flags(parser: argparse.ArgumentParser, only: str = "") -> None:
     """`--map` / `--map-file`: the column mapping of `tasks.sources.adapters.mapping`."""
     when = f" ({only})" if only else ""
@@ -566,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", help="run the nightly flow once (ingest → … → publish)")
     _add_run_flags(run)
+    _add_engine_flags(run)
     run.set_defaults(func=cmd_run)
 
     ing = command("ingest", help="ingest a source folder only")
@@ -636,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--end", required=True, help="last day, YYYY-MM-DD (>= --start)")
     bf.add_argument("--force", action="store_true", help="rerun days already published")
     _add_run_flags(bf, as_of=False)
+    _add_engine_flags(bf)
     bf.set_defaults(func=cmd_backfill)
 
     tn = command("tune", help="search each modality's hyperparameters on this database's data")

@@ -15,16 +15,19 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed, State
 
+from flows import engine
 from flows.artifacts import Progress, publish_artifacts
 from flows.plumbing import REFUSALS, RunFailed, RunRefused, io_task, one_line
 from flows.triggers import Applied, apply_deployment_parameters, current_trigger
@@ -44,7 +47,25 @@ from tasks.outputs.report import (
     read_run_records,
     write_report,
 )
-from tasks.recommend import Evaluation, Recommendations, dataset_from, evaluate_holdout, recommend
+from tasks.recommend import (
+    Evaluation,
+    Recommendations,
+    dataset_from,
+    evaluate_holdout,
+    gather_shards,
+    prepare_shards,
+    recommend,
+)
+from tasks.shards import (
+    ShardProgress,
+    ShardResult,
+    ShardWork,
+    forget_work,
+    load_work,
+    run_shard,
+    save_work,
+    user_shards,
+)
 from tasks.sources.demo import generate_demo_source
 from tasks.sources.ingest import IngestReport, load_source, read_source
 from tasks.tuning.search import apply_tuning
@@ -274,6 +295,22 @@ def record_evaluation_task(
         runs.record_evaluation(con, run_id, described)
 
 
+def _shard_reporter(
+    n_users: int, params: RunParameters, progress: Progress | None
+) -> tuple[ShardProgress, Callable[[ShardResult], None]]:
+    """After each shard: a log line (users done, rate, expected finish) and the progress bar."""
+    tracker = ShardProgress(n_users, len(user_shards(n_users, params.fusion_block_users)))
+    logger = get_run_logger()
+
+    def report(result: ShardResult) -> None:
+        line = tracker.add(result)
+        logger.info(line)
+        if progress is not None:
+            progress.within("recommend", tracker.fraction, line.removeprefix("recommend: "))
+
+    return tracker, report
+
+
 @task(name="recommend", cache_policy=NO_CACHE)
 def recommend_task(
     snap: Snapshot,
@@ -281,8 +318,96 @@ def recommend_task(
     params: RunParameters,
     evaluation: Evaluation | None,
     staging: Path,
+    progress: Progress | None = None,
 ) -> Recommendations:
-    return recommend(snap, data, params, evaluation.plan if evaluation else None, staging)
+    """In this process: fit once, then today's loop over user shards (nothing pickled)."""
+    tracker, report = _shard_reporter(data.n_users, params, progress)
+    return recommend(snap, data, params, evaluation.plan if evaluation else None, staging,
+                     on_shard=report, on_fitted=tracker.begin)
+
+
+@task(name="fit-for-shards", cache_policy=NO_CACHE)
+def fit_for_shards_task(
+    data: Dataset, params: RunParameters, evaluation: Evaluation | None, staging: Path
+) -> tuple[ShardWork, pl.DataFrame, Path]:
+    """Fit once on the driver and pickle the fit once for every worker to read."""
+    work, segments = prepare_shards(data, params, evaluation.plan if evaluation else None)
+    path, size = save_work(work, staging)
+    get_run_logger().info("fit for %d users shipped to the workers as %s (%.1f MB)",
+                          data.n_users, path, size / 1e6)
+    return work, segments, path
+
+
+@task(name="recommend-shard", cache_policy=NO_CACHE)
+def shard_task(work_file: str, index: int, lo: int, hi: int, staging: str) -> ShardResult:
+    """One shard on a Dask worker; the fit is read from `work_file` once per worker process."""
+    try:
+        work = load_work(work_file)
+    except FileNotFoundError:
+        raise RunFailed(
+            f"this Dask worker cannot read the run's fit {work_file}: the staging folder must be "
+            "on storage every worker reads (set TMPDIR to a shared folder)"
+        ) from None
+    return run_shard(work, index, lo, hi, Path(staging))
+
+
+def _on_cluster(
+    runner: Any, work_file: Path, params: RunParameters, data: Dataset, staging: Path,
+    progress: Progress,
+) -> list[ShardResult]:
+    """Map the shards over the cluster; the first shard that fails fails the run, and the
+    rest are cancelled (a lost worker's shard is retried by Dask, as far as it allows)."""
+    import distributed
+
+    shards = user_shards(data.n_users, params.fusion_block_users)
+    futures = runner.map(shard_task, {
+        "work_file": unmapped(str(work_file)), "index": range(len(shards)),
+        "lo": [lo for lo, _ in shards], "hi": [hi for _, hi in shards],
+        "staging": unmapped(str(staging)),
+    })
+    by_key = {f.wrapped_future.key: (i, f) for i, f in enumerate(futures)}
+    _, report = _shard_reporter(data.n_users, params, progress)  # the rate counts from here
+    results: list[ShardResult] = []
+    try:
+        pending = [f.wrapped_future for f in futures]
+        for done in distributed.as_completed(pending, loop=runner.client.loop):  # no default client
+            index, future = by_key[done.key]
+            try:
+                results.append(future.result())
+            except Exception as exc:
+                lo, hi = shards[index]
+                raise RunFailed(
+                    f"recommend: shard {index + 1}/{len(shards)} (users {lo}-{hi - 1}) failed on "
+                    f"the Dask cluster: {one_line(exc)}"
+                ) from exc
+            report(results[-1])
+    finally:
+        if len(results) < len(shards):
+            for f in futures:
+                f.wrapped_future.cancel()
+        try:
+            runner.client.run(forget_work)  # the workers' copies of the fit, freed now
+        except Exception as exc:  # a worker gone already has nothing to free
+            get_run_logger().warning("could not free the fit on every Dask worker: %s", exc)
+    return results
+
+
+def _recommend(
+    snap: Snapshot, data: Dataset, params: RunParameters, evaluation: Evaluation | None,
+    staging: Path, progress: Progress,
+) -> Recommendations:
+    """The recommend step: in this process, or sharded by users on Dask (`flows/engine.py`)."""
+    if not engine.on_dask(params):
+        return recommend_task(snap, data, params, evaluation, staging, progress)
+    started = time.perf_counter()
+    work, segments, work_file = fit_for_shards_task(data, params, evaluation, staging)
+    runner = FlowRunContext.get().task_runner  # type: ignore[union-attr]
+    if engine.is_dask(runner):  # the CLI's nightly.with_options(task_runner=…)
+        results = _on_cluster(runner, work_file, params, data, staging, progress)
+    else:  # a deployment or backfill run asking for Dask: a runner for the shards alone
+        with engine.dask_task_runner(params) as own:
+            results = _on_cluster(own, work_file, params, data, staging, progress)
+    return gather_shards(work, segments, results, started)
 
 
 @task(name="assemble-outputs", cache_policy=NO_CACHE)
@@ -531,7 +656,7 @@ def _steps(
     fault_point("after_evaluate")
     # The run's candidates are staged as Parquet here until published, then removed.
     with tempfile.TemporaryDirectory(prefix=_staging_prefix(run_id)) as staging:
-        recs = recommend_task(snap, data, params, evaluation, Path(staging))
+        recs = _recommend(snap, data, params, evaluation, Path(staging), progress)
         lap("recommend")
         outputs = assemble_outputs(recs, evaluation, [input_check])
         output_check = check_output_task(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
@@ -47,6 +48,11 @@ FusionStrategy = Literal["auto", "weighted", "rrf", "combsum", "combmnz", "borda
 TOP_K_MAX = 1000
 
 NonNegative = Annotated[float, Field(ge=0)]
+#: A Dask scheduler address: [scheme://]host:port (host a name, IPv4 or [IPv6]).
+DASK_ADDRESS = re.compile(
+    r"(?:(?P<scheme>tcp|tls|ws|wss|ucx)://)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])"
+    r":(?P<port>[0-9]{1,5})"
+)
 
 
 def _known_modality(name: str) -> str:
@@ -222,12 +228,42 @@ class RunParameters(BaseModel):
         description="An optional note kept with the run (who asked for it, why). What started "
         "it (schedule, deployment, cli, backfill) and the flow run are recorded from Prefect.",
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Score, fuse and explain users on a local Dask cluster of this many worker "
+        "processes (needs pip install -e \".[dask]\"); empty = in this process, as always. "
+        "Not with dask_address.",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Address of a running Dask scheduler (tcp://HOST:PORT) to score users on "
+        "instead; its workers need recfusion installed and the run's staging folder (TMPDIR) "
+        "on storage they all read. Empty = none. Not with workers.",
+    )
 
     @field_validator("source", mode="before")
     @classmethod
     def _blank_source_is_demo(cls, source: Any) -> Any:
         # The Prefect form sends "" for a cleared text box; it means the demo data.
         return None if isinstance(source, str) and not source.strip() else source
+
+    @field_validator("dask_address", mode="before")
+    @classmethod
+    def _dask_address(cls, address: Any) -> Any:
+        if not isinstance(address, str):
+            return address
+        address = address.strip()
+        if not address:
+            return None  # a cleared box in the Prefect form
+        found = DASK_ADDRESS.fullmatch(address)
+        if found is None or not 0 < int(found.group("port")) < 65536:
+            raise PydanticCustomError(
+                "dask_address",
+                "expected a Dask scheduler address such as tcp://10.0.0.5:8786 "
+                "(scheme tcp, tls, ws, wss or ucx; host; port 1-65535)",
+            )
+        return address if found.group("scheme") else f"tcp://{address}"
 
     @field_validator("as_of")
     @classmethod
@@ -286,6 +322,14 @@ class RunParameters(BaseModel):
                 "weight_for_disabled_modality",
                 f"modality {name} is not enabled in modalities ({', '.join(self.modalities)})",
                 (self.fusion.weights or {})[name],
+            )
+        if self.workers is not None and self.dask_address is not None:
+            problem(
+                ("dask_address",),
+                "workers_and_address",
+                f"give workers ({self.workers}) or dask_address, not both: workers starts a "
+                "local cluster, dask_address uses a running one",
+                self.dask_address,
             )
         strategy = self.fusion.strategy
         if strategy != AUTO and FUSERS[strategy].needs_labels and not self.evaluate:

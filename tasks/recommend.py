@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,6 @@ from tasks.candidates import (
     CandidateSet,
     fit_modalities,
     generate_candidates,
-    score_candidates,
 )
 from tasks.config import RunParameters
 from tasks.data.dataset import Dataset, build_dataset
@@ -40,6 +40,7 @@ from tasks.fusion.plan import (
 from tasks.fusion.selection import per_user_ndcg, refit_plan, select_plan
 from tasks.modalities.popularity import PopularityParams, make_popularity
 from tasks.modalities.registry import FLOOR_BASELINE, FLOOR_MODALITY, REGISTRY
+from tasks.shards import ShardResult, ShardWork, run_shard, user_shards
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Evaluation:
 class Recommendations:
     data: Dataset
     candidates: CandidateSet  # in memory; empty when they were staged to `candidate_files`
-    fused: pl.DataFrame  # user_idx, item_idx, score, rank, contrib_*
+    fused: pl.DataFrame  # user_idx, item_idx, score, rank, contrib_*, reason, contributions
     segments: pl.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
     candidate_files: list[Path] = field(default_factory=list)  # Parquet, one per user block
@@ -255,50 +256,67 @@ def popularity_baseline(data: Dataset, truth: pl.DataFrame, k: int) -> pl.DataFr
     return top_n(model, users, k, seen=data.seen()).select("user_idx", "item_idx", "rank")
 
 
+def prepare_shards(
+    full: Dataset, params: RunParameters, plan: FusionPlan | None
+) -> tuple[ShardWork, pl.DataFrame]:
+    """The serial half of recommending: fit every modality on all data once, fix the plan and
+    each user's segment. What is left is per user (`tasks.shards.run_shard`)."""
+    fitted = fit_modalities(full, params)
+    plan = plan or _fixed_plan(params, list(fitted.models))
+    segments = user_segments(full, report_cold_max(plan, params)).with_columns(
+        pl.Series("segment", plan.segment_of(full.history_lengths()), dtype=pl.String)
+    )
+    return ShardWork(fitted, plan, params), segments
+
+
+def gather_shards(
+    work: ShardWork, segments: pl.DataFrame, shards: list[ShardResult], started: float
+) -> Recommendations:
+    """The shards' results as one run's recommendations (in user order, whatever ran first)."""
+    shards = sorted(shards, key=lambda r: r.index)
+    if not shards:  # no users at all: the empty frames of one (empty) shard
+        shards = [run_shard(work, 0, 0, 0)]
+    fitted = work.fitted
+    seconds = {  # fit once + every shard's scoring
+        m: fit + sum(r.candidates.seconds.get(m, 0.0) for r in shards)
+        for m, fit in fitted.seconds.items()
+    }
+    cands = CandidateSet(
+        pl.concat([r.candidates.candidates for r in shards]), dict(fitted.skipped), seconds
+    )
+    seconds = dict(seconds)
+    seconds["recommend_total"] = time.perf_counter() - started
+    files = [r.candidate_file for r in shards if r.candidate_file is not None]
+    return Recommendations(
+        work.data, cands, pl.concat([r.fused for r in shards], how="diagonal_relaxed"),
+        segments, seconds, files, sum(r.n_candidates for r in shards),
+    )
+
+
 def recommend(
     snapshot: Snapshot,
     full: Dataset,
     params: RunParameters,
     plan: FusionPlan | None,
     staging: Path | None = None,
+    on_shard: Callable[[ShardResult], None] | None = None,
+    on_fitted: Callable[[], None] | None = None,
 ) -> Recommendations:
-    """Fit every modality on all data once, then score and fuse users a block at a time.
+    """Fit every modality on all data once, then score, fuse and explain users a shard at a time.
 
     Fusion (the stacker's features above all) needs several values per candidate; doing it for
     `fusion_block_users` users at a time bounds that memory whatever the number of users. With
-    `staging`, each block's candidates (users × sources × N rows, the run's largest output) go
-    to a Parquet file there instead of staying in memory until publishing.
+    `staging`, each shard's candidates (users × sources × N rows, the run's largest output) go
+    to a Parquet file there instead of staying in memory until publishing. This is the
+    in-process loop; `flows/nightly.py` maps the same `run_shard` over a Dask cluster.
     """
     start = time.perf_counter()
-    fitted = fit_modalities(full, params)
-    plan = plan or _fixed_plan(params, list(fitted.models))
-    segments = user_segments(full, report_cold_max(plan, params)).with_columns(
-        pl.Series("segment", plan.segment_of(full.history_lengths()), dtype=pl.String)
-    )
-    blocks: list[CandidateSet] = []
-    fused: list[pl.DataFrame] = []
-    files: list[Path] = []
-    n_candidates = 0
-    for lo in range(0, full.n_users, params.fusion_block_users):
-        users = np.arange(lo, min(lo + params.fusion_block_users, full.n_users))
-        cands = score_candidates(fitted, params, users)
-        fused.append(apply_plan(cands.candidates, plan, params.top_k, full))
-        n_candidates += cands.candidates.height
-        if staging is not None:
-            files.append(staging / f"candidates-{len(files):05d}.parquet")
-            cands.candidates.write_parquet(files[-1])
-            cands.candidates = cands.candidates.clear()
-        blocks.append(cands)
-    if not blocks:  # no users at all: the empty frames of one (empty) block
-        blocks.append(score_candidates(fitted, params, np.arange(0)))
-        fused.append(apply_plan(blocks[0].candidates, plan, params.top_k, full))
-    seconds = {  # fit once + every block's scoring
-        m: fit + sum(b.seconds.get(m, 0.0) for b in blocks) for m, fit in fitted.seconds.items()
-    }
-    cands = CandidateSet(
-        pl.concat([b.candidates for b in blocks]), dict(fitted.skipped), seconds
-    )
-    seconds = dict(seconds)
-    seconds["recommend_total"] = time.perf_counter() - start
-    return Recommendations(full, cands, pl.concat(fused, how="diagonal_relaxed"), segments,
-                           seconds, files, n_candidates)
+    work, segments = prepare_shards(full, params, plan)
+    if on_fitted is not None:
+        on_fitted()
+    results = []
+    for index, (lo, hi) in enumerate(user_shards(full.n_users, params.fusion_block_users)):
+        results.append(run_shard(work, index, lo, hi, staging))
+        if on_shard is not None:
+            on_shard(results[-1])
+    return gather_shards(work, segments, results, start)

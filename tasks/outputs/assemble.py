@@ -7,7 +7,6 @@ import polars as pl
 
 from tasks.kernels.blocks import CANDIDATE_SCHEMA
 from tasks.outputs.checks import CheckOutcome
-from tasks.outputs.reasons import explain
 from tasks.recommend import Evaluation, Recommendations
 from tasks.warehouse.publish import RunOutputs
 
@@ -20,7 +19,7 @@ def assemble_outputs(
     recs: Recommendations, evaluation: Evaluation | None, check_outcomes: list[CheckOutcome]
 ) -> RunOutputs:
     data = recs.data
-    explained = explain(recs.fused, data).join(
+    explained = recs.fused.join(  # explained shard by shard (tasks/shards.py)
         recs.segments.select("user_idx", "segment"), on="user_idx", how="left"
     )
     recommendations = data.with_ids(explained).select(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -25,8 +27,24 @@ def friends_who_have(data: Dataset, users: np.ndarray, items: np.ndarray) -> np.
     return np.asarray(reach[np.arange(len(users)), items]).ravel().astype(np.int64)
 
 
+#: Items' audience vectors and the cosine below which two items count as unrelated.
+AudienceVectors = tuple[sp.csr_matrix | np.ndarray, float]
+
+
+def audience_vectors(data: Dataset) -> AudienceVectors:
+    """What `_closest_history_item` compares items by; computed once per run and shared by its
+    user shards (projecting the audiences costs a pass over every interaction)."""
+    if data.n_users <= EXACT_AUDIENCE_USERS:
+        return unit_audiences(data), 0.0
+    return projected_audiences(data, REASON_DIMENSIONS), 1.5 / np.sqrt(REASON_DIMENSIONS)
+
+
 def _closest_history_item(
-    data: Dataset, users: np.ndarray, items: np.ndarray, block: int = 4096
+    data: Dataset,
+    users: np.ndarray,
+    items: np.ndarray,
+    block: int = 4096,
+    audiences: Callable[[], AudienceVectors] | None = None,
 ) -> np.ndarray:
     """For each pair: the user's history item most similar to the recommended one, or -1.
 
@@ -36,12 +54,7 @@ def _closest_history_item(
     Works in blocks of pairs so memory stays bounded.
     """
     seen = data.seen()
-    if data.n_users <= EXACT_AUDIENCE_USERS:
-        vectors: sp.csr_matrix | np.ndarray = unit_audiences(data)
-        floor = 0.0
-    else:
-        vectors = projected_audiences(data, REASON_DIMENSIONS)
-        floor = 1.5 / np.sqrt(REASON_DIMENSIONS)
+    vectors, floor = audiences() if audiences else audience_vectors(data)
     best = np.full(len(users), -1, dtype=np.int64)
     for start in range(0, len(users), block):
         u, i = users[start : start + block], items[start : start + block]
@@ -62,8 +75,15 @@ def _closest_history_item(
     return best
 
 
-def explain(fused: pl.DataFrame, data: Dataset) -> pl.DataFrame:
-    """Add `reason`, `top_modality` and a JSON `contributions` column to a fused list."""
+def explain(
+    fused: pl.DataFrame, data: Dataset, audiences: Callable[[], AudienceVectors] | None = None
+) -> pl.DataFrame:
+    """Add `reason`, `top_modality` and a JSON `contributions` column to a fused list.
+
+    Each row depends on its own user and item only, so a list explained a block of users at a
+    time is the list explained whole; `audiences` (returning `audience_vectors`, computed once
+    and kept) saves recomputing them per block.
+    """
     contrib_cols = [c for c in fused.columns if c.startswith("contrib_")]
     if not contrib_cols or fused.height == 0:
         return fused.with_columns(
@@ -92,7 +112,8 @@ def explain(fused: pl.DataFrame, data: Dataset) -> pl.DataFrame:
     for modality, template in ((m, s.because) for m, s in REGISTRY.items() if s.because):
         rows = np.flatnonzero(top == modality)
         if rows.size and titles is not None:
-            closest = _closest_history_item(data, users[rows], items[rows])
+            closest = _closest_history_item(data, users[rows], items[rows],
+                                            audiences=audiences)
             ok = closest >= 0
             reason[rows[ok]] = [template.format(titles[i]) for i in closest[ok]]
 

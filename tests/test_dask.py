@@ -1,0 +1,333 @@
+"""The nightly on Dask: run parameters and flags, the fit shipped once, the same lists as
+in-process on a real LocalCluster, and a worker killed mid-run failing the run cleanly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from pydantic import ValidationError
+from support import query
+
+from flows.cli import main
+from tasks.config import FusionParams, RunParameters, parameter_errors
+from tasks.data.snapshot import Snapshot
+from tasks.recommend import dataset_from, prepare_shards
+from tasks.shards import (
+    KILL_SHARD_ENV,
+    ShardProgress,
+    load_work,
+    run_shard,
+    save_work,
+    user_shards,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- parameters, flags
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"workers": 2}, (2, None)),
+        ({"dask_address": "tcp://10.0.0.5:8786"}, (None, "tcp://10.0.0.5:8786")),
+        ({"dask_address": "scheduler.internal:8786"}, (None, "tcp://scheduler.internal:8786")),
+        ({"dask_address": "tls://[::1]:8786"}, (None, "tls://[::1]:8786")),
+        ({"dask_address": "  "}, (None, None)),  # a cleared box in the Prefect form
+    ],
+)
+def test_engine_parameters_accept_a_worker_count_or_a_scheduler_address(
+    given: dict[str, Any], expected: tuple[int | None, str | None]
+) -> None:
+    params = RunParameters.model_validate(given)
+    assert (params.workers, params.dask_address) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "line"),
+    [
+        ({"workers": 0}, "invalid parameter workers: must be >= 1 (got 0)"),
+        ({"dask_address": "http://10.0.0.5:8786"}, "invalid parameter dask_address: expected a "
+         "Dask scheduler address such as tcp://10.0.0.5:8786"),
+        ({"dask_address": "10.0.0.5:99999"}, "invalid parameter dask_address: expected"),
+        ({"dask_address": "10.0.0.5"}, "invalid parameter dask_address: expected"),
+        ({"workers": 2, "dask_address": "tcp://10.0.0.5:8786"},
+         "invalid parameter dask_address: give workers (2) or dask_address, not both"),
+    ],
+)
+def test_engine_parameters_reject_impossible_values_in_one_line(
+    given: dict[str, Any], line: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        RunParameters.model_validate(given)
+    (found,) = parameter_errors(caught.value)
+    assert found.startswith(line)
+
+
+def test_workers_and_dask_address_together_on_the_command_line_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = main(["run", "--db", str(tmp_path / "rf.duckdb"), "--workers", "2",
+                 "--dask-address", "tcp://10.0.0.5:8786"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == ["recfusion: argument --dask-address: not allowed with argument --workers "
+                   "(see recfusion run --help)"]
+    assert not (tmp_path / "rf.duckdb").exists()
+
+
+def _without_dask(code: str) -> subprocess.CompletedProcess[str]:
+    """Python with prefect_dask unimportable, as on a box without the extra installed."""
+    prelude = "import sys; sys.modules['prefect_dask'] = None\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO, text=True,
+                          capture_output=True, timeout=120, check=False)
+
+
+def test_workers_without_the_dask_extra_is_one_line_saying_how_to_install_it(
+    tmp_path: Path, small_source: Path
+) -> None:
+    db = tmp_path / "rf.duckdb"
+    done = _without_dask(
+        "from flows.cli import main\n"
+        f"sys.exit(main(['run', '--source', {str(small_source)!r}, '--db', {str(db)!r}, "
+        "'--workers', '2']))"
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "recfusion: workers=2 needs Dask, which is not installed (prefect_dask is missing): "
+        'pip install -e ".[dask]"'
+    ]
+    assert not db.exists()  # refused before anything started
+
+
+def test_a_plain_run_needs_no_dask_and_keeps_the_default_task_runner() -> None:
+    done = _without_dask(
+        "from flows.engine import flow_on, task_runner\n"
+        "from flows.nightly import nightly\n"
+        "from tasks.config import RunParameters\n"
+        "assert task_runner(RunParameters()) is None\n"
+        "assert flow_on(nightly, RunParameters()) is nightly\n"
+        "print('ok')"
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def _snapshot(source: Path) -> Snapshot:
+    def read(name: str) -> pl.DataFrame:
+        return pl.read_parquet(source / f"{name}.parquet")
+
+    return Snapshot(read("events"), read("items"), read("social"), None, None)
+
+
+def test_a_shard_scored_from_the_pickled_fit_is_the_shard_scored_in_process(
+    small_source: Path, tmp_path: Path
+) -> None:
+    snap = _snapshot(small_source)
+    params = RunParameters(modalities=["behavior", "social", "content", "popularity"],
+                           fusion=FusionParams(strategy="weighted"), fusion_block_users=70)
+    full = dataset_from(snap, params)
+    work, _ = prepare_shards(full, params, None)
+    path, size = save_work(work, tmp_path)
+    assert size == path.stat().st_size > 0
+    shipped = load_work(str(path))
+    path.unlink()
+    assert load_work(str(path)) is shipped  # read once per process, then kept
+    lo, hi = user_shards(full.n_users, params.fusion_block_users)[1]
+    here, there = run_shard(work, 1, lo, hi), run_shard(shipped, 1, lo, hi)
+    assert here.fused["reason"].null_count() == 0 and here.fused.height == (hi - lo) * 10
+    assert_frame_equal(here.fused, there.fused)
+    assert_frame_equal(here.candidates.candidates, there.candidates.candidates)
+
+
+def test_shards_are_fusion_blocks_covering_every_user_once() -> None:
+    assert user_shards(250, 100) == [(0, 100), (100, 200), (200, 250)]
+    assert user_shards(0, 100) == []
+
+
+def test_shard_progress_says_users_done_rate_and_expected_finish(
+    small_source: Path,
+) -> None:
+    snap = _snapshot(small_source)
+    params = RunParameters(modalities=["popularity"], fusion=FusionParams(strategy="weighted"))
+    full = dataset_from(snap, params)
+    work, _ = prepare_shards(full, params, None)
+    tracker = ShardProgress(total_users=300, n_shards=3)
+    line = tracker.add(run_shard(work, 1, 100, 200))
+    assert line.startswith("recommend: shard 2/3 (users 100-199 on ")
+    assert "100/300 users done" in line and " users/s, expected finish " in line
+    assert tracker.fraction == pytest.approx(1 / 3)
+
+
+def test_progress_moves_within_the_recommend_step(prefect_harness: None) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+
+    from flows.artifacts import KEYS, Progress
+
+    def read(artifact_id: object) -> tuple[float, str]:
+        with get_client(sync_client=True) as client:
+            (found,) = client.read_artifacts(
+                artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id]))  # type: ignore[list-item]
+            )
+        return float(found.data), str(found.description)
+
+    @flow
+    def half_way() -> tuple[float, str]:
+        progress = Progress("r1", ["ingest", "recommend", "publish"])
+        progress.step_done("ingest")
+        progress.within("recommend", 0.5, "shard 1/2 … 50/100 users done")
+        return read(progress.artifact)
+
+    assert KEYS["progress"] == "recfusion-progress"
+    assert half_way() == (50.0, "run r1: 1/3 steps done; now recommend: shard 1/2 … "
+                                "50/100 users done")
+
+
+# --------------------------------------------------------------------------- real clusters
+
+
+def _published(db: Path, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        recs = con.sql(
+            "SELECT user_id, rank, item_id, score, contributions, reason, segment "
+            "FROM recommendations WHERE run_id = $run ORDER BY user_id, rank",
+            params={"run": run_id},
+        ).pl()
+        cands = con.sql(
+            "SELECT modality, user_id, item_id, score, rank FROM candidates WHERE run_id = $run "
+            "ORDER BY modality, user_id, rank",
+            params={"run": run_id},
+        ).pl()
+    finally:
+        con.close()
+    return recs, cands
+
+
+def _run(source: Path, db: Path, as_cli: bool = True, **extra: Any) -> Any:
+    """One real nightly flow run: on the task runner its parameters ask for, as the CLI runs it,
+    or (`as_cli=False`) on the decorated flow's, as a deployment does."""
+    from flows.engine import flow_on
+    from flows.nightly import nightly
+
+    params = RunParameters(source=str(source), db=str(db), fusion_block_users=70, **extra)
+    return (flow_on(nightly, params) if as_cli else nightly)(params=params, return_state=True)
+
+
+def _task_runs(flow_run_id: Any, name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    with get_client(sync_client=True) as client:
+        found = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)),
+        )
+    return list(found)
+
+
+def _flow_logs(flow_run_id: Any) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return [log.message for log in logs]
+
+
+@pytest.fixture(scope="module")
+def in_process_db(
+    prefect_harness: None, small_source: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, str]]:
+    """A database with one run published in-process (the default runner)."""
+    db = tmp_path_factory.mktemp("dask") / "rf.duckdb"
+    state = _run(small_source, db)
+    assert state.is_completed(), state.message
+    yield db, state.result().run_id
+
+
+def test_dask_and_in_process_publish_identical_lists(
+    in_process_db: tuple[Path, str], small_source: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "rf.duckdb"
+    shutil.copy(in_process_db[0], db)
+    state = _run(small_source, db, workers=2)
+    assert state.is_completed(), state.message
+    run_id = state.result().run_id
+    recs, cands = _published(db, run_id)
+    expected_recs, expected_cands = _published(in_process_db[0], in_process_db[1])
+    assert recs.height == 300 * 10 and cands.height > recs.height
+    assert_frame_equal(recs, expected_recs)
+    assert_frame_equal(cands, expected_cands)
+    # The per-user work really ran as mapped tasks on the cluster, one per shard, logged.
+    flow_run = state.state_details.flow_run_id
+    n_shards = len(user_shards(300, 70))
+    assert len(_task_runs(flow_run, "recommend-shard")) == n_shards == 5
+    lines = [m for m in _flow_logs(flow_run) if m.startswith("recommend: shard ")]
+    assert len(lines) == n_shards
+    assert any("300/300 users done" in m for m in lines)
+    assert any(m.startswith("fit for 300 users shipped to the workers as ")
+               for m in _flow_logs(flow_run))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_fails_the_run_cleanly_and_the_next_run_publishes(
+    in_process_db: tuple[Path, str], small_source: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dask
+
+    from flows.nightly import staging_dirs
+
+    db = tmp_path / "rf.duckdb"
+    shutil.copy(in_process_db[0], db)
+    latest = "SELECT run_id, count(*) FROM recommendations_latest GROUP BY run_id"
+    before = query(db, latest)
+    monkeypatch.setenv(KILL_SHARD_ENV, "2")  # inherited by the workers the cluster spawns
+    # Dask retries a lost worker's task (allowed-failures, 3 by default) and then gives up:
+    # 0 gives up at once, so the test does not wait for three more deaths.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        state = _run(small_source, db, workers=2)
+    assert state.is_failed()
+    killed = state.result(raise_on_failure=False)
+    [(status, message)] = query(db, f"SELECT status, message FROM runs WHERE run_id = "
+                                    f"'{killed.run_id}'")
+    assert status == "failed"
+    assert message.startswith("recommend: shard 3/5 (users 140-209) failed on the Dask cluster:")
+    assert "KilledWorker" in message
+    assert query(db, f"SELECT count(*) FROM recommendations WHERE run_id = '{killed.run_id}'"
+                     f" UNION ALL SELECT count(*) FROM candidates WHERE run_id = "
+                     f"'{killed.run_id}'") == [(0,), (0,)]
+    assert query(db, latest) == before  # what analysts see did not move
+    assert staging_dirs(killed.run_id) == []  # the pickled fit and staged shards are gone
+
+    monkeypatch.delenv(KILL_SHARD_ENV)
+    assert KILL_SHARD_ENV not in os.environ
+    # As a deployment runs it (the flow as decorated): the shards start a cluster of their own.
+    state = _run(small_source, db, as_cli=False, workers=2)
+    assert state.is_completed(), state.message
+    assert query(db, latest)[0][0] == state.result().run_id
+    assert len(_task_runs(state.state_details.flow_run_id, "recommend-shard")) == 5
