@@ -298,7 +298,10 @@ def test_a_worker_killed_mid_run_fails_the_run_cleanly_and_the_next_run_publishe
     in_process_db: tuple[Path, str], small_source: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # distributed first: dask.config.set on a section not loaded yet removes the whole
+    # "distributed" section on exit, and the next cluster could not start.
     import dask
+    import distributed  # noqa: F401
 
     from flows.nightly import staging_dirs
 
