@@ -4,6 +4,7 @@ in-process on a real LocalCluster, and a worker killed mid-run failing the run c
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -319,7 +320,10 @@ def test_a_worker_killed_mid_run_fails_the_run_cleanly_and_the_next_run_publishe
     [(status, message)] = query(db, f"SELECT status, message FROM runs WHERE run_id = "
                                     f"'{killed.run_id}'")
     assert status == "failed"
-    assert message.startswith("recommend: shard 3/5 (users 140-209) failed on the Dask cluster:")
+    # The killed worker's other shards die with it, and whichever the flow meets first names
+    # the failure: any of the five, each as "shard i/5 (users lo-hi)".
+    assert re.match(r"recommend: shard [1-5]/5 \(users \d+-\d+\) failed on the Dask cluster: ",
+                    message), message
     assert "KilledWorker" in message
     assert query(db, f"SELECT count(*) FROM recommendations WHERE run_id = '{killed.run_id}'"
                      f" UNION ALL SELECT count(*) FROM candidates WHERE run_id = "
