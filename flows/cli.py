@@ -38,8 +38,13 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 #: … the command line, a parameter, a params file or a query parameter is wrong …
 EXIT_USAGE = 2
-#: … interrupted (Ctrl-C), as shells report SIGINT.
-EXIT_INTERRUPTED = 130
+#: … the run published (or was rejected) in the warehouse, but the analyst copy could not be
+#: replaced, so analysts still see the state before it; the next command that changes the
+#: warehouse retries. A scheduler may treat it as a warning: the run is not lost …
+EXIT_NOT_VISIBLE = 3
+#: … stopped by Ctrl-C (SIGINT, 130) or by SIGTERM (143: systemd, Kubernetes, `timeout`), as
+#: shells report them (128 + the signal); the run in progress is recorded as failed with it:
+#: `flows.signals.EXIT_INTERRUPTED`, `EXIT_TERMINATED`.
 
 PROG = "recfusion"
 
@@ -248,13 +253,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(summary, RunSummary):
         print(f"{PROG}: run failed: {_one_line(state.message or summary)}", file=sys.stderr)
         return EXIT_FAILED
+    if summary.refused:  # nothing started: no run id to look up
+        print(f"{PROG}: not started: {_one_line(summary.message)}", file=sys.stderr)
+        return EXIT_FAILED
     if summary.analyst_copy_problem:  # finished in the warehouse, but analysts cannot see it
         print(
             f"{PROG}: run {summary.run_id} {summary.status}, but "
             f"{_one_line(summary.analyst_copy_problem)}",
             file=sys.stderr,
         )
-        return EXIT_FAILED
+        return EXIT_NOT_VISIBLE
     if summary.status == "published":
         metrics = ", ".join(
             f"{k}={v:.4f}"
@@ -277,14 +285,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     params = run_parameters(args)  # checks --db and --lock-timeout like a run's
     _folder(params.source, "--source")
     from tasks.sources.ingest import load_source, read_source
-    from tasks.warehouse.connection import (
-        apply_schema,
-        connect,
-        open_warehouse,
-        refresh_analyst_copy,
-        run_lock,
-    )
+    from tasks.warehouse.analyst_copy import check_room, open_warehouse, refresh_analyst_copy
+    from tasks.warehouse.connection import apply_schema, connect, run_lock
+    from tasks.warehouse.errors import AnalystCopyFailed
     from tasks.warehouse.runs import new_run_id
+    from tasks.warehouse.source_log import note_source
 
     assert params.source is not None  # --source is required
     mapping = _column_mapping(args)
@@ -295,16 +300,38 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         validated_source = read_mapped_source(Path(params.source), mapping)
     else:
         validated_source = read_source(Path(params.source))
-    with run_lock(params.db, params.lock_timeout_seconds):
+    with run_lock(params.db, params.lock_timeout_seconds, holder="ingest"):
+        check_room(params.db)
         with connect(open_warehouse(params.db)) as con:
             apply_schema(con)
             report = load_source(con, validated_source, run_id)
-        refresh_analyst_copy(params.db)  # analysts see the new rows; a failure is one line
+        note_source(params.db, Path(params.source), mapping)
+        problem = ""
+        try:
+            refresh_analyst_copy(params.db)  # analysts see the new rows
+        except AnalystCopyFailed as exc:
+            problem = _one_line(exc)
     for table in report.read:
         print(
             f"{table}: read {report.read[table]}, added {report.added[table]}, "
             f"quarantined {report.quarantined[table]}"
         )
+    for warning in report.warnings:
+        print(f"{PROG}: warning: {_one_line(warning)}", file=sys.stderr)
+    if problem:
+        print(f"{PROG}: ingested into the warehouse, but {problem}", file=sys.stderr)
+        return EXIT_NOT_VISIBLE
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from tasks.warehouse.restore import restore
+
+    for folder in args.source:
+        _folder(folder, "--source")
+    done = restore(args.db, [Path(s) for s in args.source] or None, args.lock_timeout)
+    for line in done.lines:
+        print(line)
     return EXIT_OK
 
 
@@ -683,6 +710,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(tn, as_of=False)
     tn.set_defaults(func=cmd_tune)
 
+    rst = command(
+        "restore",
+        help="rebuild a damaged warehouse from the analyst copy (or the sources)",
+        description="Check the warehouse and the analyst copy by reading them whole; rebuild "
+        "the damaged one from the other, or, when both are damaged, the raw tables from the "
+        "source folders (published history cannot come back). Damaged files are kept beside.",
+    )
+    rst.add_argument("--db", default=DEFAULT_DB, help=f"the analyst copy (default: {DEFAULT_DB})")
+    rst.add_argument(
+        "--source", action="append", default=[], metavar="DIR",
+        help="source folder to re-ingest when both copies are damaged (repeatable; default: "
+        "the folders logged beside the warehouse)",
+    )
+    rst.add_argument("--lock-timeout", type=float, default=0.0,
+                     help="seconds (>= 0) to wait for a run holding the database (default 0)")
+    rst.set_defaults(func=cmd_restore)
+
     qry = command("query", help="run a ready-made analyst query from sql/queries/")
     qry.add_argument("name", nargs="?", help="query name (omit or --list to see them)")
     qry.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
@@ -705,10 +749,11 @@ def _one_line(value: object, limit: int = 400) -> str:
 #: Looked up only if their module is loaded: an error cannot come from a module never imported.
 FAILURES = (
     ("tasks.sources.files", "SourceError"),
-    ("tasks.warehouse.connection", "RunLockTimeout"),
+    ("tasks.warehouse.errors", "RunLockTimeout"),
     ("flows.nightly", "RunFailed"),
-    ("tasks.warehouse.connection", "DatabaseBusy"),
-    ("tasks.warehouse.connection", "DatabaseUnusable"),
+    ("tasks.warehouse.errors", "DatabaseBusy"),
+    ("tasks.warehouse.errors", "DatabaseUnusable"),
+    ("flows.prefect_server", "PrefectApiUnreachable"),
 )
 #: … and those that mean the request itself is wrong: EXIT_USAGE.
 USAGE = (
@@ -749,15 +794,20 @@ def explain(exc: BaseException) -> tuple[list[str], int]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # known even when parsing fails
+    from flows import signals
+
+    previous = signals.install()
     try:
         args = build_parser().parse_args(argv)
         debug = bool(getattr(args, "debug", False))
         return int(args.func(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, signals.Stopped) as exc:
         if debug:
             raise
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        runs = signals.stopped_runs()
+        recorded = f"; run {', '.join(runs)} recorded as failed" if runs else ""
+        print(f"{PROG}: {signals.stop_reason(exc)}{recorded}", file=sys.stderr)
+        return signals.exit_code(exc)
     except Exception as exc:
         if debug:
             raise
@@ -765,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             print(f"{PROG}: {line}", file=sys.stderr)
         return code
+    finally:
+        signals.restore(previous)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed, State
 
-from flows import engine
+from flows import engine, signals
 from flows.artifacts import Progress, publish_artifacts
 from flows.plumbing import REFUSALS, RunFailed, RunRefused, io_task, one_line
 from flows.triggers import Applied, apply_deployment_parameters, current_trigger
@@ -71,17 +71,21 @@ from tasks.sources.ingest import IngestReport, load_source, read_source
 from tasks.tuning.search import apply_tuning
 from tasks.tuning.store import latest_results
 from tasks.warehouse import runs
+from tasks.warehouse.analyst_copy import (
+    check_room,
+    database_to_read,
+    open_warehouse,
+    refresh_analyst_copy,
+    warehouse_path,
+)
 from tasks.warehouse.connection import (
     apply_schema,
     connect,
-    database_to_read,
     non_demo_contents,
-    open_warehouse,
     read_sql,
-    refresh_analyst_copy,
     run_lock,
-    warehouse_path,
 )
+from tasks.warehouse.errors import DatabaseDamaged
 from tasks.warehouse.publish import (
     FinalStatus,
     RunOutputs,
@@ -89,6 +93,7 @@ from tasks.warehouse.publish import (
     last_published_ndcg,
     publish_run,
 )
+from tasks.warehouse.source_log import note_source
 
 
 @dataclass
@@ -102,6 +107,9 @@ class RunSummary:
     db: str = ""
     #: Why the analyst copy does not show this run although it finished ("" when it does).
     analyst_copy_problem: str = ""
+    #: The run never started (another command held the database, a damaged warehouse, a
+    #: source or disk found wrong before any work): no `runs` row names `run_id`.
+    refused: bool = False
 
 
 def demo_source_dir(db: str) -> Path:
@@ -203,6 +211,7 @@ def ingest(db: str, source: Path, run_id: str) -> IngestReport:
     validated = read_source(source)  # raises SourceError before anything is written
     with connect(warehouse_path(db)) as con:
         report = load_source(con, validated, run_id)
+    note_source(db, source)  # what `recfusion restore` re-ingests if every copy is damaged
     logger = get_run_logger()
     for table in report.read:
         logger.info(
@@ -552,9 +561,10 @@ def _regression_gate(
     )
 
 
-def _fail(params: RunParameters, run_id: str, message: str) -> None:
+def _fail(params: RunParameters, run_id: str, message: str, refresh: bool = True) -> None:
     """Mark the run failed and show it in the analyst copy; where either cannot be done, keep
-    the failure beside the analyst copy, for the next run to record."""
+    the failure beside the analyst copy, for the next run to record. A run stopped by a signal
+    skips the refresh (`refresh=False`): a stop must be quick, the next command shows it."""
     logger = get_run_logger()
     warehouse = warehouse_path(params.db)
     try:
@@ -563,6 +573,8 @@ def _fail(params: RunParameters, run_id: str, message: str) -> None:
     except Exception as exc:  # the database itself may be the problem
         logger.error("could not record failure of run %s in %s: %s", run_id, warehouse, exc)
     else:
+        if not refresh:
+            return
         try:
             refresh_analyst_copy(params.db)
             return
@@ -587,7 +599,8 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
     try:
         params, applied = apply_deployment_parameters(params)  # a partial trigger keeps the rest
         summary.db = params.db
-        with run_lock(params.db, params.lock_timeout_seconds):
+        with run_lock(params.db, params.lock_timeout_seconds, holder=f"run {run_id}"):
+            check_room(params.db)  # found now, not after the whole run
             source = prepare_source(params)
             open_run(params, run_id, source, applied)
             try:
@@ -595,13 +608,23 @@ def nightly(params: RunParameters | None = None) -> RunSummary | State:
             except Exception as exc:
                 summary.message = one_line(exc)
                 _fail(params, run_id, summary.message)
+            except BaseException as exc:  # SIGTERM (Prefect's TerminationSignal), Ctrl-C
+                reason = signals.stop_reason(exc)
+                if reason is not None:
+                    logger.error("run %s %s: recorded as failed", run_id, reason)
+                    _fail(params, run_id, reason, refresh=False)
+                    signals.note_stopped(run_id)
+                raise
     except REFUSALS as exc:
-        summary.message = one_line(exc)
+        summary.message, summary.refused = one_line(exc), True
     if summary.status == "published" and not summary.analyst_copy_problem:
         return Completed(data=summary, message=f"published run {run_id}")
     if summary.analyst_copy_problem:
         return Failed(data=summary, message=f"run {run_id} {summary.status}, but "
                       f"{summary.analyst_copy_problem}")
+    if summary.refused:
+        logger.error("not started: %s", summary.message)
+        return Failed(data=summary, message=f"not started: {summary.message}")
     logger.error("run %s %s: %s", run_id, summary.status, summary.message)
     return Failed(data=summary, message=summary.message or summary.status)
 
@@ -688,10 +711,12 @@ def _steps(
         copy_problem = ""
         try:  # the run is over in the warehouse whatever happens here: never fail it now
             refresh_task(params)
+        except DatabaseDamaged:
+            raise  # the warehouse is damaged: not a copy problem, the run fails naming it
         except Exception as exc:
             copy_problem = (
                 f"the analyst copy {params.db} still shows the previous state ({one_line(exc)}); "
-                "the next run refreshes it"
+                "the next command that changes the warehouse refreshes it"
             )
             get_run_logger().error("run %s %s, but %s", run_id, status, copy_problem)
         lap("publish")

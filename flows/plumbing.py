@@ -15,7 +15,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.triggers import DeploymentParametersInvalid
 from tasks.sources.files import SourceError
-from tasks.warehouse.connection import DatabaseBusy, DatabaseUnusable, RunLockTimeout
+from tasks.warehouse.errors import DatabaseBusy, DatabaseUnusable, RunLockTimeout
 
 IO_RETRIES = 2
 IO_BACKOFF = exponential_backoff(backoff_factor=2)

@@ -91,16 +91,51 @@ def _owned_server_class() -> type:
     return OwnedServer
 
 
+class PrefectApiUnreachable(RuntimeError):
+    """PREFECT_API_URL names a server that does not answer: said before any work starts."""
+
+
+#: How long a command waits for the configured Prefect API to answer its health check.
+API_CHECK_SECONDS = 10.0
+
+
+def check_configured_api(url: str, timeout: float = API_CHECK_SECONDS) -> None:
+    """The Prefect API at `url` answers its health check, or one line saying what to do.
+
+    Prefect itself retries for about 20 s and then fails with a traceback that never names the
+    setting; an operator needs to know it is PREFECT_API_URL, and that a run needs no server.
+    """
+    import httpx
+
+    health = url.rstrip("/") + "/health"
+    try:
+        response = httpx.get(health, timeout=timeout)
+        response.raise_for_status()
+        return
+    except httpx.HTTPStatusError as exc:
+        problem = f"answers {health} with HTTP {exc.response.status_code}"
+    except httpx.HTTPError as exc:
+        detail = " ".join(str(exc).split()) or "no reply"
+        problem = f"does not answer ({type(exc).__name__}: {detail})"
+    raise PrefectApiUnreachable(
+        f"the Prefect API at PREFECT_API_URL={url} {problem}; start that server (prefect server "
+        "start), or run without one: `prefect config unset PREFECT_API_URL` (and unset it in "
+        "the environment) and recfusion starts a temporary server for the run"
+    )
+
+
 def start_temporary_server() -> str | None:
     """Start Prefect's temporary server now, tied to this process; its API URL, or None.
 
-    None when PREFECT_API_URL names a server (nothing to own) or a temporary server is already
-    running in this process (e.g. a test harness's).
+    None when PREFECT_API_URL names a server (nothing to own; it must answer, else
+    `PrefectApiUnreachable`) or a temporary server is already running in this process (e.g. a
+    test harness's).
     """
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
+        check_configured_api(str(PREFECT_API_URL.value()))
         return None
     existing = SubprocessASGIServer._instances.get(None)
     if existing is not None and existing.running:

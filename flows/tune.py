@@ -19,7 +19,8 @@ from tasks.data.snapshot import load_snapshot
 from tasks.parameter_rules import PARAMETER_CONFIG
 from tasks.tuning.search import tune_modalities
 from tasks.tuning.store import save_results
-from tasks.warehouse.connection import connect, open_warehouse, refresh_analyst_copy, run_lock
+from tasks.warehouse.analyst_copy import check_room, open_warehouse, refresh_analyst_copy
+from tasks.warehouse.connection import connect, run_lock
 
 ARTIFACT_KEY = "recfusion-tuning"
 
@@ -67,13 +68,14 @@ def tune(params: TuneParameters | None = None) -> TuneSummary:
         snapshot = load_snapshot(con, run.as_of)
     if snapshot.events.height == 0:
         raise ValueError(f"{run.db} holds no events to tune on: run the nightly first")
+    check_room(run.db)  # before the search, not after it
     results = tune_modalities(
         snapshot, run, list(params.modalities) if params.modalities else None,
         params.trials, params.budget_seconds, params.max_users,
     )
     protocol = {"evaluation": run.evaluation.model_dump(mode="json"), "seed": run.seed,
                 "k": run.top_k, "trials": params.trials, "max_users": params.max_users}
-    with run_lock(run.db, run.lock_timeout_seconds):
+    with run_lock(run.db, run.lock_timeout_seconds, holder="tune"):
         with connect(open_warehouse(run.db)) as con:
             tuning_id = save_results(con, results, run.source, snapshot.fingerprint(), protocol,
                                      str(flow_run.id) if flow_run.id else None)

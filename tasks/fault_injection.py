@@ -6,6 +6,7 @@ cleanup handler, no exception, exactly like the OOM killer or a pulled plug. Uns
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -24,3 +25,13 @@ POINTS = (
 def fault_point(name: str) -> None:
     if os.environ.get(FAULT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: Points where the operation fails as a full disk would (OSError ENOSPC), instead of a kill:
+#: for what a command says when its work is done but a later step cannot be.
+ERROR_POINTS = ("refresh:copy",)
+
+
+def fault_error(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"fault injected at {name}")

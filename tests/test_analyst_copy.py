@@ -21,14 +21,8 @@ from process_support import REPO
 from support import query, run_nightly
 
 from tasks.fault_injection import FAULT_ENV
-from tasks.warehouse.connection import (
-    BUSY_WAIT_ENV,
-    apply_schema,
-    connect,
-    open_warehouse,
-    refresh_analyst_copy,
-    warehouse_path,
-)
+from tasks.warehouse.analyst_copy import open_warehouse, refresh_analyst_copy, warehouse_path
+from tasks.warehouse.connection import BUSY_WAIT_ENV, apply_schema, connect
 from tasks.warehouse.runs import fail_run, failure_sidecar
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

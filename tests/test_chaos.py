@@ -30,7 +30,7 @@ from support import query
 from flows.nightly import staging_dirs
 from tasks.fault_injection import FAULT_ENV, POINTS
 from tasks.sources.demo import generate_demo_source
-from tasks.warehouse.connection import warehouse_path
+from tasks.warehouse.analyst_copy import warehouse_path
 
 pytestmark = pytest.mark.slow  # SIGKILLs real runs at random moments (minutes)
 

@@ -18,7 +18,8 @@ from flows.cli import main as cli
 from flows.nightly import staging_dirs
 from tasks.config import RunParameters
 from tasks.fault_injection import FAULT_ENV
-from tasks.warehouse.connection import read_sql, run_lock, sql_query_names, warehouse_path
+from tasks.warehouse.analyst_copy import warehouse_path
+from tasks.warehouse.connection import read_sql, run_lock, sql_query_names
 from tasks.warehouse.queries import query_parameters, run_query
 
 REPO = Path(__file__).resolve().parents[1]

@@ -35,13 +35,13 @@ from tasks.config import RunParameters
 from tasks.evaluation.protocol import protocol_key
 from tasks.fault_injection import FAULT_ENV
 from tasks.sources.ingest import load_source, read_source
+from tasks.warehouse.analyst_copy import warehouse_path
 from tasks.warehouse.connection import (
     BUSY_WAIT_ENV,
     RunLockTimeout,
     apply_schema,
     connect,
     run_lock,
-    warehouse_path,
 )
 from tasks.warehouse.runs import failure_sidecar
 

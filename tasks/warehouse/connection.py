@@ -11,41 +11,30 @@ A separate lock file serialises whole runs so two runs never interleave their wr
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import functools
-import json
 import logging
 import os
 import re
-import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import duckdb
 
-from tasks.fault_injection import fault_point
+from tasks.warehouse.errors import (
+    DatabaseBusy,
+    DatabaseDamaged,
+    DatabaseUnusable,
+    RunLockTimeout,
+    damage_detail,
+    is_damage,
+)
 
 log = logging.getLogger(__name__)
-
-
-class RunLockTimeout(RuntimeError):
-    """Another run holds the database; raised after waiting `timeout` seconds."""
-
-
-class DatabaseBusy(RuntimeError):
-    """Another process holds the DuckDB file (e.g. an analyst's session); may clear by itself."""
-
-
-class DatabaseUnusable(RuntimeError):
-    """The database file cannot be opened at all (not a database, corrupt, no permission, …)."""
 
 
 #: sql/ is grouped as tasks/ is; `queries/` holds the analysts' saved queries.
@@ -62,9 +51,6 @@ def _sql_files() -> dict[str, Traversable]:
                     raise RuntimeError(f"two SQL files named {path.name} in sql/")
                 files[path.name] = path
     return files
-class AnalystCopyFailed(DatabaseUnusable):
-    """The analyst copy could not be replaced (disk full, permission); the warehouse is intact,
-    analysts keep the previous copy, and the next command that changes the warehouse retries."""
 
 
 def read_sql(name: str) -> str:
@@ -132,9 +118,11 @@ def connect(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short-lived connection; waits (bounded) only while another process holds the file.
 
-    Every other failure to open (not a database, truncated, a directory, no permission, missing
-    when reading) is `DatabaseUnusable` at once: waiting cannot fix it. `retries` defaults to
-    the busy wait (RECFUSION_DB_BUSY_SECONDS, 10 s) in steps of `wait_seconds`.
+    Every other failure to open (not a database, a directory, no permission, missing when
+    reading) is `DatabaseUnusable` at once: waiting cannot fix it. A file that is not whole
+    (shorter than its own header says, or a block that fails its checksum when a query reads
+    it) is `DatabaseDamaged`, naming the recovery. `retries` defaults to the busy wait
+    (RECFUSION_DB_BUSY_SECONDS, 10 s) in steps of `wait_seconds`.
     """
     db_path = Path(db_path)
     if retries is None:
@@ -150,6 +138,8 @@ def connect(
             con = duckdb.connect(str(db_path), read_only=read_only)
             break
         except duckdb.Error as exc:
+            if is_damage(exc) and db_path.exists():
+                raise DatabaseDamaged(db_path, damage_detail(exc)) from exc
             if not is_lock_conflict(exc):
                 raise DatabaseUnusable(f"cannot open database {db_path}: {_one_line(exc)}") from exc
             last_error = exc
@@ -163,9 +153,39 @@ def connect(
             f"for {time.monotonic() - started:.0f} s"
         ) from last_error
     try:
+        missing = missing_bytes(con, db_path)
+        if missing:
+            raise DatabaseDamaged(db_path, f"truncated: {missing:,} bytes short of its blocks")
         yield con
+    except duckdb.Error as exc:
+        if is_damage(exc):
+            raise DatabaseDamaged(db_path, damage_detail(exc)) from exc
+        raise
     finally:
         con.close()
+
+
+#: DuckDB's file starts with three 4 KiB headers (the file header and two database headers);
+#: its blocks follow them.
+_HEADERS_BYTES = 3 * 4096
+
+
+def missing_bytes(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """How much shorter the file is than the blocks its header counts (0 when whole).
+
+    DuckDB opens a truncated file without complaint and fails only when a query reaches a
+    missing block, perhaps months later in an analyst's session; this finds it at once.
+    """
+    rows = con.execute(
+        "SELECT block_size, total_blocks FROM pragma_database_size() "
+        "WHERE database_name = current_database()"
+    ).fetchall()
+    if not rows or not path.exists():
+        return 0
+    block_size, total_blocks = (int(x) for x in rows[0])
+    if total_blocks == 0:
+        return 0
+    return max(0, _HEADERS_BYTES + block_size * total_blocks - path.stat().st_size)
 
 
 def apply_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -229,11 +249,13 @@ def lock_path(db_path: str | Path) -> Path:
 
 
 @contextmanager
-def run_lock(db_path: str | Path, timeout: float = 0.0) -> Iterator[None]:
+def run_lock(db_path: str | Path, timeout: float = 0.0, holder: str = "") -> Iterator[None]:
     """Hold an exclusive OS lock for a whole run; wait up to `timeout` seconds for it.
 
     An OS lock (flock) is released by the kernel when the process dies, so a killed run never
     leaves a stale lock behind. The lock belongs to the real file, not to the name it was given.
+    `holder` (e.g. "run 20260101T020000-ab12cd34", "ingest") is written into the lock file, so
+    a command refused names the one that holds it, an id that `runs` knows.
     """
     path, real = lock_path(db_path), real_path(db_path)
     named = str(db_path) if os.path.abspath(db_path) == str(real) else f"{db_path} (= {real})"
@@ -250,271 +272,15 @@ def run_lock(db_path: str | Path, timeout: float = 0.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    held_by = os.pread(fd, 200, 0).decode(errors="replace").strip()
                     raise RunLockTimeout(
-                        f"another recfusion run is using {named} ({holder or 'unknown run'}); "
+                        f"another recfusion command ({held_by or 'unknown'}) is using {named}; "
                         f"waited {timeout:.0f}s — retry later or raise --lock-timeout"
                     ) from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()}{', ' + holder if holder else ''}".encode(), 0)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-# --------------------------------------------------------------------------- the analyst copy
-
-#: The private warehouse of the analyst copy `<db>` is `<db>.warehouse/warehouse.duckdb`.
-WAREHOUSE_DIR_SUFFIX = ".warehouse"
-WAREHOUSE_FILE = "warehouse.duckdb"
-#: The analyst copy as recfusion last wrote it (inode, size, mtime): anything else was changed.
-_WRITTEN = "analyst-copy.json"
-_REFRESHING = ".refreshing"  # `.<db name>.<hex>.refreshing`: a copy on its way to the analyst copy
-_ADOPTING = ".adopting"  # `warehouse.duckdb.<hex>.adopting`: an old database on its way in
-#: linux/fs.h FICLONE: the new file shares the old one's blocks (btrfs, XFS, bcachefs, …).
-_FICLONE = 0x40049409
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
-
-
-@dataclass(frozen=True)
-class Refresh:
-    """One replacement of the analyst copy, for the log and the cost report."""
-
-    path: Path
-    method: str  # "reflink" (blocks shared, no extra disk) or "copy"
-    size: int  # bytes
-    seconds: float
-    kept: Path | None = None  # where an analyst copy changed by someone else was kept
-
-
-def warehouse_path(db: str | Path) -> Path:
-    """The private warehouse behind the analyst copy `db` (both names of one file share it)."""
-    analyst = real_path(db)
-    return analyst.with_name(analyst.name + WAREHOUSE_DIR_SUFFIX) / WAREHOUSE_FILE
-
-
-def database_to_read(db: str | Path) -> Path:
-    """What a command under the run lock reads before `open_warehouse`: the warehouse, or, not
-    yet adopted, a database from before the analyst copy existed (the user's path itself)."""
-    warehouse = warehouse_path(db)
-    return warehouse if warehouse.exists() else real_path(db)
-
-
-def _wal(path: Path) -> Path:
-    return Path(f"{path}.wal")
-
-
-def _identity(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _written(warehouse: Path) -> list[list[int]]:
-    try:
-        data = json.loads((warehouse.parent / _WRITTEN).read_text(encoding="utf-8"))
-        return [list(map(int, x)) for x in data["written"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-def _set_written(warehouse: Path, identities: list[list[int]]) -> None:
-    """Atomically: a kill leaves the old record or the new one, never half of one."""
-    path = warehouse.parent / _WRITTEN
-    tmp = path.with_name(f"{_WRITTEN}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps({"written": identities}), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _clone(src: int, dst: int) -> str:
-    """Copy one open file into another: a reflink where the filesystem shares blocks, else a
-    copy done by the kernel (no round trip through Python), else a plain read/write loop."""
-    try:
-        fcntl.ioctl(dst, _FICLONE, src)
-        return "reflink"
-    except OSError:
-        pass
-    size, copied = os.fstat(src).st_size, 0
-    kernel_copy = getattr(os, "copy_file_range", None)
-    try:
-        while kernel_copy is not None and copied < size:
-            step = kernel_copy(src, dst, min(size - copied, 1 << 30))
-            if step == 0:
-                break
-            copied += step
-    except OSError as exc:
-        if exc.errno not in _NO_KERNEL_COPY:
-            raise
-    os.lseek(src, copied, os.SEEK_SET)
-    os.lseek(dst, copied, os.SEEK_SET)
-    while chunk := os.read(src, 8 << 20):
-        os.write(dst, chunk)
-    return "copy"
-
-
-def _copy_to_temp(src: Path, folder: Path, prefix: str, suffix: str, mode: int) -> tuple[Path, str]:
-    """`src` copied to a new temporary file in `folder` (flushed to disk), and how."""
-    tmp = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, mode)
-        src_fd = os.open(src, os.O_RDONLY)
-        try:
-            method = _clone(src_fd, fd)
-        finally:
-            os.close(src_fd)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return tmp, method
-
-
-def _mode(path: Path) -> int | None:
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        return None
-
-
-def _remove_leftovers(analyst: Path, warehouse: Path) -> None:
-    """What a refresh or an adoption killed half-way left behind (only under the run lock)."""
-    leftovers = [
-        *analyst.parent.glob(f".{analyst.name}.*{_REFRESHING}"),
-        *warehouse.parent.glob(f"{WAREHOUSE_FILE}.*{_ADOPTING}"),
-        *warehouse.parent.glob(f"{_WRITTEN}.*.tmp"),
-    ]
-    for path in leftovers:
-        path.unlink(missing_ok=True)
-
-
-def open_warehouse(db: str | Path) -> Path:
-    """The private warehouse, ready to connect to; call under the run lock.
-
-    A database from before the analyst copy existed (the user's path holds the data and there
-    is no warehouse yet) is adopted: copied in whole, so nothing in it is lost; from then on
-    that path is the analyst copy. Leftovers of a killed refresh or adoption are removed.
-    """
-    analyst, warehouse = real_path(db), warehouse_path(db)
-    if analyst.is_dir():
-        raise DatabaseUnusable(f"cannot open database {db}: it is a directory, not a DuckDB file")
-    try:
-        warehouse.parent.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(analyst, warehouse)
-    except OSError as exc:
-        raise DatabaseUnusable(
-            f"cannot create the warehouse folder {warehouse.parent}: {exc.strerror or exc}"
-        ) from exc
-    if warehouse.exists() or not analyst.exists():
-        return warehouse
-    try:
-        # Opening it checks that it is a database (one line naming it if not) and replays a WAL
-        # a killed run left beside it; CHECKPOINT writes that into the file that is copied.
-        with connect(db) as con:
-            con.execute("CHECKPOINT")
-            tmp, _ = _copy_to_temp(
-                analyst, warehouse.parent, f"{WAREHOUSE_FILE}.", _ADOPTING,
-                _mode(analyst) or 0o644,
-            )
-        _set_written(warehouse, [_identity(analyst)])
-        os.replace(tmp, warehouse)
-        _fsync_dir(warehouse.parent)
-    except OSError as exc:
-        raise DatabaseUnusable(
-            f"cannot copy database {db} into its warehouse {warehouse}: {exc.strerror or exc}"
-        ) from exc
-    log.warning(
-        "adopted %s: the data now lives in %s; %s is the analyst copy, replaced by each run",
-        db, warehouse, db,
-    )
-    return warehouse
-
-
-def _keep_if_changed(analyst: Path, warehouse: Path) -> Path | None:
-    """An analyst copy that someone wrote into (a read-write session, another tool) is kept
-    beside it instead of being replaced unseen; its WAL goes with it, because a WAL left beside
-    the new copy would make DuckDB refuse to open it ("WAL does not match database file")."""
-    exists, wal = analyst.exists(), _wal(analyst)
-    if not wal.exists() and (not exists or _identity(analyst) in _written(warehouse)):
-        return None
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    kept = analyst.with_name(f"{analyst.name}.changed-{stamp}-{secrets.token_hex(2)}")
-    if exists:
-        try:
-            os.link(analyst, kept)  # the same file under a second name: no copy
-        except OSError:
-            shutil.copy2(analyst, kept)
-    if wal.exists():
-        os.replace(wal, _wal(kept))
-    log.warning(
-        "%s was changed since recfusion last wrote it (a session that wrote into it?): kept "
-        "as %s. The analyst copy is replaced by every run; open it read-only, and write "
-        "elsewhere", analyst, kept,
-    )
-    return kept
-
-
-def _check_opens(path: Path) -> None:
-    try:
-        with duckdb.connect(str(path), read_only=True) as con:
-            con.execute("SELECT count(*) FROM duckdb_tables()").fetchall()
-    except duckdb.Error as exc:
-        raise AnalystCopyFailed(
-            f"the new analyst copy {path} does not open: {_one_line(exc)}"
-        ) from exc
-
-
-def refresh_analyst_copy(db: str | Path) -> Refresh:
-    """Replace the analyst copy by the warehouse as it is now; call under the run lock.
-
-    CHECKPOINT puts every commit into the warehouse file, which is copied while our connection
-    keeps any other writer out; the copy is flushed and renamed over the analyst copy, so a
-    reader sees the old file or the new one, whole, and a crash before the rename leaves the
-    analyst copy exactly as it was. Sessions open on the old copy keep reading it.
-    """
-    analyst, warehouse = real_path(db), warehouse_path(db)
-    if not warehouse.exists():
-        raise AnalystCopyFailed(f"no warehouse at {warehouse} to refresh the analyst copy {db}")
-    started = time.monotonic()
-    mode = _mode(analyst) or _mode(warehouse) or 0o644
-    tmp: Path | None = None
-    try:
-        with connect(warehouse) as con:
-            con.execute("CHECKPOINT")
-            tmp, method = _copy_to_temp(
-                warehouse, analyst.parent, f".{analyst.name}.", _REFRESHING, mode
-            )
-        _check_opens(tmp)
-        kept = _keep_if_changed(analyst, warehouse)
-        new = _identity(tmp)
-        still = [] if kept or not analyst.exists() else [_identity(analyst)]
-        _set_written(warehouse, [new, *still])  # a kill around the rename leaves either
-        fault_point("refresh:before_rename")
-        os.replace(tmp, analyst)
-        tmp = None
-        _fsync_dir(analyst.parent)
-        _set_written(warehouse, [new])
-    except OSError as exc:
-        raise AnalystCopyFailed(
-            f"could not refresh the analyst copy {db} from {warehouse}: {exc.strerror or exc}"
-        ) from exc
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-    done = Refresh(analyst, method, new[1], time.monotonic() - started, kept)
-    log.info(
-        "analyst copy %s refreshed: %.1f MB by %s in %.2f s",
-        analyst, done.size / 1e6, done.method, done.seconds,
-    )
-    return done

@@ -142,6 +142,11 @@ def read_map_file(path: str | Path) -> ColumnMapping:
         raise MappingError(f"{shown} is not valid JSON: {exc}") from None
     except _Repeated as exc:
         raise MappingError(f"{shown}: key {exc} given twice") from None
+    return read_map_data(data, shown)
+
+
+def read_map_data(data: Any, shown: str = "mapping") -> ColumnMapping:
+    """A mapping from its JSON form (a `--map-file`'s content, or one logged beside a warehouse)."""
     if not isinstance(data, dict):
         raise MappingError(
             f'{shown} must hold a JSON object like {{"events": {{"user_id": "customer"}}}}, not a '
