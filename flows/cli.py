@@ -302,7 +302,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         validated_source = read_source(Path(params.source))
     with run_lock(params.db, params.lock_timeout_seconds, holder="ingest"):
         check_room(params.db)
-        with connect(open_warehouse(params.db)) as con:
+        with connect(open_warehouse(params.db)) as con, _warning_lines("tasks.sources.ingest"):
             apply_schema(con)
             report = load_source(con, validated_source, run_id)
         note_source(params.db, Path(params.source), mapping)
@@ -316,8 +316,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             f"{table}: read {report.read[table]}, added {report.added[table]}, "
             f"quarantined {report.quarantined[table]}"
         )
-    for warning in report.warnings:
-        print(f"{PROG}: warning: {_one_line(warning)}", file=sys.stderr)
     if problem:
         print(f"{PROG}: ingested into the warehouse, but {problem}", file=sys.stderr)
         return EXIT_NOT_VISIBLE
@@ -355,9 +353,9 @@ def _column_mapping(args: argparse.Namespace) -> ColumnMapping | None:
 
 
 @contextmanager
-def _adapter_warnings() -> Iterator[None]:
-    """An adapter's warnings (a field it ignores, rows it cannot carry over) as stderr lines."""
-    logger = logging.getLogger("tasks.sources.adapters")
+def _warning_lines(name: str = "tasks.sources.adapters") -> Iterator[None]:
+    """A module's warnings (a field an adapter ignores, ids that do not match) as stderr lines."""
+    logger = logging.getLogger(name)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
     propagate, logger.propagate = logger.propagate, False
@@ -402,7 +400,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from tasks.sources.adapters.common import check_output
 
     check_output(out)  # before a conversion that may take minutes, not after
-    with _adapter_warnings():
+    with _warning_lines():
         if name == MAPPED:
             if mapping is None:
                 raise UsageError(
@@ -740,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- errors
 
 
-def _one_line(value: object, limit: int = 400) -> str:
+def _one_line(value: object, limit: int = 1000) -> str:
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -197,11 +197,15 @@ def test_a_database_from_before_the_analyst_copy_is_adopted_whole(
 def test_an_analyst_copy_someone_wrote_into_is_kept_and_the_new_copy_opens(
     small_source: Path, tmp_path: Path
 ):
-    """A client that opens read-write (the DuckDB CLI's default) and writes: its work is not
-    replaced unseen, and its WAL does not poison the new copy ("WAL does not match")."""
+    """A client that opens read-write (the DuckDB CLI's default; root ignores the copy's
+    read-only mode) and writes: while it holds the file, the copy is not replaced (its later
+    writes would land in a file no one sees); once it is gone, its work is kept beside, and its
+    WAL does not poison the new copy ("WAL does not match")."""
     db = tmp_path / "rf.duckdb"
     first = run_nightly(small_source, db, evaluate=False)
     assert first.status == "published", first.message
+    assert db.stat().st_mode & 0o222 == 0  # published read-only: a non-root writer is refused
+    db.chmod(0o644)  # as an operator (or root) might
     writer = subprocess.Popen(
         [sys.executable, "-c",
          "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\n"
@@ -211,11 +215,14 @@ def test_an_analyst_copy_someone_wrote_into_is_kept_and_the_new_copy_opens(
     )
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "wrote"
-        second = run_nightly(small_source, db, evaluate=False, allow_regression=True)
+        held = run_nightly(small_source, db, evaluate=False, allow_regression=True)
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-    assert second.status == "published", second.message
+    assert held.status == "published", held.message
+    assert f"open for writing by process {writer.pid}" in held.analyst_copy_problem
+    second = run_nightly(small_source, db, evaluate=False, allow_regression=True)
+    assert second.status == "published" and not second.analyst_copy_problem, second
     assert {r for (*_, r) in query(db, LATEST)} == {second.run_id}  # the new copy opens
     assert query(db, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'my_notes'") == [
         (0,)
@@ -273,14 +280,19 @@ NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
     os.geteuid() != 0 or shutil.which("setpriv") is None,
     reason="needs root and setpriv to drop the capability that ignores file permissions",
 )
-def test_a_run_whose_analyst_copy_cannot_be_replaced_says_so_and_the_next_run_catches_up(
+def test_an_analyst_copy_that_cannot_be_replaced_is_found_before_the_run_not_after(
     api_url: str, small_source: Path, tmp_path: Path
 ):
+    """The finding: a folder that is not writable was found after the whole run, which then
+    published where no analyst could see it, every night. Now it is refused at the start, and
+    nothing is written; a copy that fails later anyway (a disk filled by something else) exits
+    3, not 1, so a scheduler can tell "published, not yet visible" from a failed run."""
     folder = tmp_path / "srv"
     folder.mkdir()
     db = folder / "rf.duckdb"
     assert cli_run(db, small_source, api_url).returncode == 0
     before = query(db, LATEST)
+    runs_before = query(warehouse_path(db), "SELECT run_id FROM runs")
     folder.chmod(0o555)  # no new file beside the analyst copy; the warehouse folder is writable
     try:
         blocked = subprocess.run(
@@ -293,13 +305,24 @@ def test_a_run_whose_analyst_copy_cannot_be_replaced_says_so_and_the_next_run_ca
         folder.chmod(0o755)
     assert blocked.returncode == 1, blocked.stderr[-2000:]
     [line] = [x for x in blocked.stderr.splitlines() if x.startswith("recfusion: ")]
+    assert line.startswith(
+        f"recfusion: not started: cannot write the analyst copy's folder {folder}"
+    )
+    assert "Permission denied" in line
+    assert "Task run 'ingest" not in blocked.stderr  # refused before any work
+    assert query(warehouse_path(db), "SELECT run_id FROM runs") == runs_before
+    assert query(db, LATEST) == before
+
+    late = cli_run(db, small_source, api_url, **{FAULT_ENV: "refresh:copy"})
+    assert late.returncode == 3, late.stderr[-2000:]
+    [line] = [x for x in late.stderr.splitlines() if x.startswith("recfusion: ")]
     assert line.startswith("recfusion: run ") and " published, but the analyst copy " in line
-    assert str(db) in line and "Permission denied" in line and "next run" in line
+    assert "No space left on device" in line and "next command" in line
     assert query(db, LATEST) == before
     assert list(folder.glob(".rf.duckdb.*")) == []  # no half-made copy left behind
 
     after = run_nightly(small_source, db, evaluate=False, allow_regression=True)
-    assert after.status == "published", after.message
+    assert after.status == "published" and not after.analyst_copy_problem, after
     assert [s for (s,) in query(db, "SELECT status FROM runs")] == ["published"] * 3
 
 
@@ -330,8 +353,8 @@ def test_the_swap_follows_a_symlink_keeps_the_mode_and_readers_keep_their_snapsh
     finally:
         held.close()
     assert query(real, "SELECT generation FROM raw.marker") == [(2,)]
-    assert real.stat().st_mode & 0o777 == 0o640
-    assert done.method in ("reflink", "copy") and done.size == real.stat().st_size
+    assert real.stat().st_mode & 0o777 == 0o440  # the mode it had, without write permission
+    assert done.method == "verified copy" and done.size == real.stat().st_size
 
 
 def test_failing_a_run_never_flips_one_that_finished(tmp_path: Path):

@@ -213,7 +213,9 @@ def test_ingest_takes_a_lock_timeout_and_reports_it_in_one_line(
     with run_lock(db):  # another run holds the database
         line = fails(["ingest", "--source", str(small_source), "--db", str(db),
                       "--lock-timeout", "0.3"], capsys, code=EXIT_FAILED)
-    assert line.startswith(f"recfusion: another recfusion run is using {db} (pid {os.getpid()})")
+    assert line.startswith(
+        f"recfusion: another recfusion command (pid {os.getpid()}) is using {db}"
+    )
     assert not db.exists()  # nothing written while locked
     assert fails(["ingest", "--source", str(small_source), "--db", str(db),
                   "--lock-timeout", "-1"], capsys).startswith(

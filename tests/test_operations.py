@@ -222,10 +222,17 @@ def test_second_run_exits_clearly_while_another_holds_the_database(
     small_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
     db = tmp_path / "rf.duckdb"
-    with run_lock(db):
+    with run_lock(db, holder="run 20260101T020000-0123abcd"):
         code = cli(["run", "--source", str(small_source), "--db", str(db), "--lock-timeout", "1"])
-    assert code != 0
-    assert "another recfusion run is using" in capsys.readouterr().err
+    assert code == 1
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("recfusion: ")]
+    # It names the run that holds the database (one `runs` knows), never an id of its own that
+    # appears nowhere afterwards.
+    assert line == (
+        f"recfusion: not started: another recfusion command (pid {os.getpid()}, run "
+        f"20260101T020000-0123abcd) is using {db}; waited 1s — retry later or raise "
+        "--lock-timeout"
+    )
 
 
 def test_concurrent_runs_never_interleave(api_url: str, small_source: Path, tmp_path: Path):

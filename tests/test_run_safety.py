@@ -35,6 +35,7 @@ from tasks.config import RunParameters
 from tasks.evaluation.protocol import protocol_key
 from tasks.fault_injection import FAULT_ENV
 from tasks.sources.ingest import load_source, read_source
+from tasks.warehouse import analyst_copy
 from tasks.warehouse.analyst_copy import warehouse_path
 from tasks.warehouse.connection import (
     BUSY_WAIT_ENV,
@@ -226,7 +227,7 @@ def test_two_names_for_one_database_share_one_run_lock(tmp_path: Path):
     holder = hold_lock(real)  # another process holds the real file's lock
     try:
         for name in (alias, Path(os.path.relpath(real)), tmp_path / "." / "c.duckdb"):
-            busy = pytest.raises(RunLockTimeout, match="another recfusion run is using")
+            busy = pytest.raises(RunLockTimeout, match="another recfusion command .* is using")
             with busy, run_lock(name, timeout=0.3):
                 pass
     finally:
@@ -336,7 +337,7 @@ def fill(folder: Path, leave_bytes: int) -> Path:
 
 
 def test_a_full_disk_during_publish_reports_no_space_and_keeps_the_live_list(
-    small_source: Path, small_filesystem: Path
+    small_source: Path, small_filesystem: Path, monkeypatch: pytest.MonkeyPatch
 ):
     db = small_filesystem / "rf.duckdb"
     first = run_nightly(small_source, db, evaluate=False)
@@ -344,6 +345,14 @@ def test_a_full_disk_during_publish_reports_no_space_and_keeps_the_live_list(
     before = query(db, LATEST)
     filler = fill(small_filesystem, leave_bytes=1 << 20)  # room for the run row, not its lists
 
+    early = run_nightly(small_source, db, evaluate=False)  # found before the run, not after
+    assert early.status == "failed" and early.message.startswith(
+        f"not enough disk for the analyst copy in {small_filesystem}: 1 MB free"
+    ), early.message
+    assert early.run_id not in {r for (r,) in query(warehouse_path(db), "SELECT run_id FROM runs")}
+    # A disk that fills up after that check (another process writing): the run fails, named.
+    monkeypatch.setattr(analyst_copy, "ROOM_MINIMUM", 0)
+    monkeypatch.setattr(analyst_copy, "ROOM_FACTOR", 0.0)
     full = run_nightly(small_source, db, evaluate=False)
     assert full.status == "failed"
     assert "No space left on device" in full.message

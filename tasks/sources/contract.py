@@ -174,6 +174,23 @@ def _text(raw: RawTable, name: str) -> pl.Expr:
     return pl.when(col == "").then(None).otherwise(col)
 
 
+def _id_text(raw: RawTable, name: str) -> pl.Expr:
+    """An id as text. Ids are keys of other systems and stay byte-exact, except a number stored
+    as a float: `2.0` (a Parquet double, a JSON number, a pandas column that once held a null)
+    is the id `2`, as it is where the same id was stored as an integer. A float id that is not
+    a whole number keeps its text; NaN and infinity are no id (missing)."""
+    dtype = raw.frame.schema[name] if name in raw.columns else pl.String()
+    if not dtype.is_float():
+        return _text(raw, name)
+    value = pl.col(name)
+    whole = value.is_finite() & (value == value.floor()) & (value.abs() < 2.0**63)
+    return (
+        pl.when(whole).then(value.cast(pl.Int64, strict=False).cast(pl.String))
+        .when(value.is_finite()).then(value.cast(pl.String))
+        .otherwise(None)
+    )
+
+
 def _blank(raw: RawTable, name: str) -> pl.Expr:
     """A value that is not there: null, or (text) empty; typed values are not cast to tell."""
     dtype = raw.frame.schema[name] if name in raw.columns else pl.String()
@@ -401,10 +418,10 @@ def _validate_events(raw: RawTable, now: datetime) -> Validated:
     warnings = _check_columns(raw, "events")
     ts_dtype = raw.frame.schema["ts"]
     df = raw.frame.with_columns(
-        _text(raw, "user_id").alias("\x00user_id"),
-        _text(raw, "item_id").alias("\x00item_id"),
+        _id_text(raw, "user_id").alias("\x00user_id"),
+        _id_text(raw, "item_id").alias("\x00item_id"),
         _text(raw, "event_type").alias("\x00event_type"),
-        _text(raw, "event_id").alias("\x00event_id"),
+        _id_text(raw, "event_id").alias("\x00event_id"),
         parse_timestamp("ts", ts_dtype).alias("\x00ts"),
         _number(raw, "value").alias("\x00value"),
     )
@@ -506,7 +523,7 @@ def validate_items(raw: RawTable) -> Validated:
     warnings = _check_columns(raw, "items")
     tags, tags_problem = _tags(raw)
     df = raw.frame.with_columns(
-        _text(raw, "item_id").alias("\x00item_id"),
+        _id_text(raw, "item_id").alias("\x00item_id"),
         *[_text(raw, c).alias(f"\x00{c}") for c in ("title", "text", "category")],
         tags.alias("\x00tags"),
         _embedding(raw).alias("\x00embedding"),
@@ -565,7 +582,7 @@ def _validate_users(raw: RawTable) -> Validated:
     _check_columns(raw, "users")
     attributes = [c for c in raw.columns if c != "user_id"]
     df = raw.frame.with_columns(
-        _text(raw, "user_id").alias("\x00user_id"),
+        _id_text(raw, "user_id").alias("\x00user_id"),
         json_object(attributes, raw.frame.schema).alias("\x00attributes"),
     )
     reasons = _id_reasons(raw, "user_id", "\x00user_id")
@@ -580,8 +597,8 @@ def validate_social(raw: RawTable) -> Validated:
 def _validate_social(raw: RawTable) -> Validated:
     warnings = _check_columns(raw, "social")
     df = raw.frame.with_columns(
-        _text(raw, "user_id").alias("\x00user_id"),
-        _text(raw, "friend_id").alias("\x00friend_id"),
+        _id_text(raw, "user_id").alias("\x00user_id"),
+        _id_text(raw, "friend_id").alias("\x00friend_id"),
         _number(raw, "weight").alias("\x00weight"),
         (
             parse_timestamp("ts", raw.frame.schema["ts"])

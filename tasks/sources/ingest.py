@@ -184,6 +184,43 @@ def load_source(
         raise
     finally:
         execute_script(con, read_sql("ingest_memory_reset.sql"))
+    report.warnings.extend(id_warnings(con))
     for warning in report.warnings:
         log.warning(warning)
     return report
+
+
+#: Fewer events than this share naming an id the items (users) file knows is worth a warning:
+#: usually ids written differently in the two files (`2` and `2.0`, padded, another case).
+MATCH_SHARE_WARNING = 0.5
+
+
+def id_warnings(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Warnings about ids across the whole warehouse (not only this ingest's files): events
+    whose ids mostly miss the items or users file, and ids that differ only by Unicode
+    normalisation. Ids are never rewritten: they are keys of other systems."""
+    warnings = []
+    row = con.execute(read_sql("ingest_id_matches.sql")).fetchone()
+    assert row is not None
+    (events, items, users, with_item, with_user, lost_item, lost_user, an_item, a_user,
+     events_file, items_file, users_file) = row
+    for side, article, known, matched, lost, example, file in (
+        ("item", "an", items, with_item, lost_item, an_item, items_file),
+        ("user", "a", users, with_user, lost_user, a_user, users_file),
+    ):
+        if events and known and matched < MATCH_SHARE_WARNING * events:
+            warnings.append(
+                f"only {matched / events:.1%} of the events ({events_file}) name {article} {side} "
+                f"that {file} knows (below {MATCH_SHARE_WARNING:.0%}): e.g. {side}_id {lost!r} is "
+                f"not there, whose {side} ids look like {example!r}; are the ids written the "
+                "same way in both files?"
+            )
+    for kind, groups, first, second in con.execute(
+        read_sql("ingest_id_normalisation.sql")
+    ).fetchall():
+        warnings.append(
+            f"{groups} {kind} id(s) differ from another only by Unicode normalisation, e.g. "
+            f"{ascii(first)} and {ascii(second)} (NFC and NFD spellings): they stay two {kind}s; "
+            "write ids in one normal form (NFC) at the source"
+        )
+    return warnings

@@ -53,7 +53,7 @@ _HEADER_BYTES = 3 * 4096  # DuckDB's file header and its two database headers
 #: Room the disk must have before a command starts: the copy is at most the warehouse's size,
 #: and a run adds its outputs to the warehouse on the same disk.
 ROOM_FACTOR = 1.25
-ROOM_MINIMUM = 64 << 20
+ROOM_MINIMUM = 16 << 20
 
 
 @dataclass(frozen=True)
