@@ -180,15 +180,21 @@ def _id_text(raw: RawTable, name: str) -> pl.Expr:
     is the id `2`, as it is where the same id was stored as an integer. A float id that is not
     a whole number keeps its text; NaN and infinity are no id (missing)."""
     dtype = raw.frame.schema[name] if name in raw.columns else pl.String()
-    if not dtype.is_float():
-        return _text(raw, name)
-    value = pl.col(name)
-    whole = value.is_finite() & (value == value.floor()) & (value.abs() < 2.0**63)
-    return (
-        pl.when(whole).then(value.cast(pl.Int64, strict=False).cast(pl.String))
-        .when(value.is_finite()).then(value.cast(pl.String))
-        .otherwise(None)
-    )
+    if dtype.is_float():
+        value = pl.col(name)
+        whole = value.is_finite() & (value == value.floor()) & (value.abs() < 2.0**63)
+        return (
+            pl.when(whole).then(value.cast(pl.Int64, strict=False).cast(pl.String))
+            .when(value.is_finite()).then(value.cast(pl.String))
+            .otherwise(None)
+        )
+    text = _text(raw, name)
+    if name not in raw.json_types:
+        return text
+    number = text.cast(pl.Float64, strict=False)  # JSON Lines: a number arrives as its text
+    whole = (_json_type(raw, name) == "DOUBLE") & number.is_finite() & (number == number.floor())
+    whole = whole & (number.abs() < 2.0**63)
+    return pl.when(whole).then(number.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(text)
 
 
 def _blank(raw: RawTable, name: str) -> pl.Expr:
