@@ -113,9 +113,9 @@ def test_a_trigger_whose_merge_is_invalid_fails_in_one_line_and_writes_nothing(
     state, message = flow_run_state(flow_run_id)
     assert state == "FAILED"
     assert message == (
-        f"deployment recfusion-nightly/{name}: its saved parameters with the trigger's are "
-        "invalid: invalid parameter candidates_per_modality: must be >= top_k (80): lists are "
-        "fused from these candidates (got 50)"
+        f"not started: deployment recfusion-nightly/{name}: its saved parameters with the "
+        "trigger's are invalid: invalid parameter candidates_per_modality: must be >= top_k "
+        "(80): lists are fused from these candidates (got 50)"
     )
     assert not db.exists()
 

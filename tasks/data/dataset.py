@@ -222,7 +222,12 @@ def build_dataset(
         .drop_nulls(["user_idx", "item_idx"]),
         weighting,
         as_of,
-    ).select("user_idx", "item_idx", "ts", "confidence").collect()
+    ).select("user_idx", "item_idx", "ts", "confidence").sort(
+        # One order whatever order the rows arrived in (DuckDB's parallel scans, a shuffled
+        # file): the float32 sums of a pair's events below, and everything downstream that
+        # walks the events, then give the same bits every time.
+        "user_idx", "item_idx", "ts", "confidence", nulls_last=True
+    ).collect()
     capped = int((indexed["confidence"] >= MAX_CONFIDENCE).sum())
     if capped:
         log.warning(

@@ -239,6 +239,17 @@ def catalog_coverage(recs: pl.DataFrame, catalog_size: int, k: int) -> float:
     return float(n_items) / catalog_size
 
 
+def stable_mean(values: pl.Series) -> float:
+    """The mean of `values` in their order, the same bits however Polars chunked them.
+
+    Polars sums each chunk of a column apart, and how a frame is chunked depends on how its
+    threads split the work; NumPy's pairwise sum over one contiguous array does not. NaN for
+    no values (none is not a misleading 0).
+    """
+    array = values.drop_nulls().to_numpy().astype(np.float64, copy=False)
+    return float(array.mean()) if array.size else float("nan")
+
+
 def novelty(recs: pl.DataFrame, item_popularity: pl.DataFrame, n_users: int, k: int) -> float:
     """Mean self-information −log2(n_users(item) / n_users) of recommended items, in bits.
 
@@ -260,12 +271,11 @@ def novelty(recs: pl.DataFrame, item_popularity: pl.DataFrame, n_users: int, k: 
             (-(pl.col("_cnt").fill_null(1.0).clip(lower_bound=1.0) / n_users).log(2)).alias("_si")
         )
         .group_by(USER)
-        .agg(pl.col("_si").mean())
-        .select(pl.col("_si").mean())
+        .agg(pl.col("_si").sort().mean())
+        .sort(USER)
         .collect()
     )
-    value = res.item()
-    return float("nan") if value is None else float(value)
+    return stable_mean(res["_si"])
 
 
 def intra_list_diversity(

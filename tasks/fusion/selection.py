@@ -77,7 +77,8 @@ def per_user_ndcg(
         fused.filter(pl.col("rank") <= k)
         .select(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32), "rank")
         .join(rel, on=["user_idx", "item_idx"], how="semi")
-        .group_by("user_idx")
+        .sort("user_idx", "rank")  # float sums in one order, whatever order the rows came in
+        .group_by("user_idx", maintain_order=True)
         .agg((1.0 / (pl.col("rank").cast(pl.Float64) + 1.0).log(2)).sum().alias("dcg"))
     )
     ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])

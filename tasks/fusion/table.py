@@ -35,7 +35,9 @@ def normalise(candidates: pl.DataFrame, method: Normalisation = "minmax") -> pl.
         lo, hi = score.min().over(by), score.max().over(by)
         norm = pl.when(hi > lo).then((score - lo) / (hi - lo)).otherwise(1.0)
     elif method == "zscore":
-        mean, std = score.mean().over(by), score.std(ddof=0).over(by)
+        mean = score.mean().over(by)
+        # Two passes, not `std()`: Polars' grouped std is not bit-stable across thread counts.
+        std = ((score - mean) ** 2).mean().over(by).sqrt()
         norm = pl.when(std > 0).then((score - mean) / std).otherwise(0.0)
     elif method == "rank":
         n = pl.len().over(by).cast(pl.Float64)

@@ -32,6 +32,7 @@ import duckdb
 from tasks.fault_injection import fault_error, fault_point
 from tasks.warehouse.connection import connect, real_path
 from tasks.warehouse.errors import (
+    ANALYST_COPY_RECORD,
     WAREHOUSE_DIR_SUFFIX,
     WAREHOUSE_FILE,
     AnalystCopyFailed,
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 #: The analyst copies recfusion wrote (size and a digest of DuckDB's headers): anything else
 #: was changed by someone. DuckDB rewrites a header at every checkpoint, so a session that wrote
 #: into the file changes the digest; a restored copy (`cp -a`: same bytes, new inode) does not.
-_WRITTEN = "analyst-copy.json"
+_WRITTEN = ANALYST_COPY_RECORD
 _REFRESHING = ".refreshing"  # `.<db name>.<hex>.refreshing`: a copy on its way to the analyst copy
 _ADOPTING = ".adopting"  # `warehouse.duckdb.<hex>.adopting`: an old database on its way in
 _HEADER_BYTES = 3 * 4096  # DuckDB's file header and its two database headers

@@ -33,6 +33,8 @@ from tasks.warehouse.errors import (
     RunLockTimeout,
     damage_detail,
     is_damage,
+    is_foreign,
+    made_by_us,
 )
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,7 @@ def connect(
             con = duckdb.connect(str(db_path), read_only=read_only)
             break
         except duckdb.Error as exc:
-            if is_damage(exc) and db_path.exists():
+            if db_path.exists() and (is_damage(exc) or (is_foreign(exc) and made_by_us(db_path))):
                 raise DatabaseDamaged(db_path, damage_detail(exc)) from exc
             if not is_lock_conflict(exc):
                 raise DatabaseUnusable(f"cannot open database {db_path}: {_one_line(exc)}") from exc
@@ -156,7 +158,7 @@ def connect(
     try:
         missing = missing_bytes(db_path)
         if missing:
-            raise DatabaseDamaged(db_path, f"truncated: it ends {missing:,} bytes short of a block")
+            raise DatabaseDamaged(db_path, f"truncated: {missing:,} bytes of its blocks missing")
         yield con
     except duckdb.Error as exc:
         if is_damage(exc):
@@ -174,14 +176,15 @@ _HEADER = struct.Struct("<QQqqQQ")
 
 
 def missing_bytes(path: Path) -> int:
-    """How many bytes a cut-off file lacks to end on a whole block (0 when it does).
+    """How many bytes of its counted blocks a file cut short mid-block lacks (0 when none).
 
     DuckDB opens a truncated file without complaint and fails only when a query reaches a
-    missing block, perhaps months later in an analyst's session. DuckDB itself only ever
-    writes and shortens its file in whole blocks (its header may count free blocks past the
-    end, so the count is no test), so a file cut mid-block is damaged for certain, found at
-    once; one cut on a block boundary is found when its blocks are read (every refresh of the
-    analyst copy reads every table). A header this does not recognise is not judged: 0.
+    missing block, perhaps months later in an analyst's session. DuckDB itself shortens its
+    file only in whole blocks (its header may still count free blocks past the end), and a
+    write that failed (a full disk) leaves a partial block only past the counted ones; so a
+    file that ends mid-block inside the blocks its header counts was cut by something else,
+    found at once. A cut on a block boundary is found when its blocks are read (every refresh
+    of the analyst copy reads every table). A header this does not recognise is not judged.
     """
     try:
         with path.open("rb") as f:
@@ -194,10 +197,12 @@ def missing_bytes(path: Path) -> int:
     if len(head) < _HEADERS_BYTES:
         return _HEADERS_BYTES - len(head)
     headers = [_HEADER.unpack_from(head, offset) for offset in (4096, 8192)]
-    _, iteration, _, _, _, block_size = max(headers, key=lambda h: h[1])
-    if iteration == 0 or block_size < 4096 or block_size & (block_size - 1):
+    _, iteration, _, _, blocks, block_size = max(headers, key=lambda h: h[1])
+    if iteration == 0 or block_size < 4096 or block_size & (block_size - 1) or blocks > 1 << 40:
         return 0
-    return -(size - _HEADERS_BYTES) % block_size
+    counted = _HEADERS_BYTES + blocks * block_size
+    mid_block = (size - _HEADERS_BYTES) % block_size != 0
+    return counted - size if mid_block and size < counted else 0
 
 
 def apply_schema(con: duckdb.DuckDBPyConnection) -> None:

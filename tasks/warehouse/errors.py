@@ -49,7 +49,7 @@ class AnalystCopyUnwritable(DatabaseUnusable):
 #: fails to deserialise; and after such an error DuckDB may invalidate the database ("FATAL").
 _DAMAGE = re.compile(
     r"Corrupt database file|does not match stored checksum|Could not read enough bytes"
-    r"|Failed to (?:read|deserialize)|database has been invalidated|not a valid DuckDB database"
+    r"|Failed to (?:read|deserialize)|database has been invalidated"
     r"|block .* (?:out of range|not found)|Serialization Error|INTERNAL Error|FATAL Error"
     r"|unexpected end of file|truncated",
     re.IGNORECASE,
@@ -59,6 +59,18 @@ _DAMAGE = re.compile(
 def is_damage(exc: BaseException) -> bool:
     """Does this DuckDB error mean the file itself is damaged (not busy, not a mistake in SQL)?"""
     return bool(_DAMAGE.search(str(exc)))
+
+
+def is_foreign(exc: BaseException) -> bool:
+    """DuckDB does not recognise the file as a database at all (its header is not DuckDB's)."""
+    return "not a valid DuckDB database" in str(exc)
+
+
+def made_by_us(path: Path) -> bool:
+    """A warehouse, or an analyst copy (its warehouse records writing it): a file recfusion
+    wrote, so one DuckDB no longer recognises is damaged, not a wrong path."""
+    record = path.with_name(path.name + WAREHOUSE_DIR_SUFFIX) / ANALYST_COPY_RECORD
+    return analyst_copy_of(path) is not None or record.exists()
 
 
 def damage_detail(exc: BaseException) -> str:
@@ -71,6 +83,8 @@ def damage_detail(exc: BaseException) -> str:
 #: The private warehouse of the analyst copy `<db>` is `<db>.warehouse/warehouse.duckdb`.
 WAREHOUSE_DIR_SUFFIX = ".warehouse"
 WAREHOUSE_FILE = "warehouse.duckdb"
+#: Beside the warehouse: which analyst copies recfusion wrote (`tasks.warehouse.analyst_copy`).
+ANALYST_COPY_RECORD = "analyst-copy.json"
 
 
 def analyst_copy_of(path: Path) -> Path | None:
