@@ -36,6 +36,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from tasks.data.dataset import Dataset
 from tasks.fusion.table import RRF_K, candidate_table, top_k
@@ -407,7 +408,10 @@ class StackingModel:
             kept[bag] = []  # free the parts before the estimator copies the matrix
             estimator = self._hgb(self.seed + bag) if learner == "hgb" else make_pipeline(
                 StandardScaler(), LogisticRegression(C=self.params.logistic_c, max_iter=2000))
-            estimator.fit(x_bag, y_bag)
+            # Trees on one OpenMP thread: sklearn adds their gradient sums across threads,
+            # so another thread count gave other trees (logistic regression is unaffected).
+            with threadpool_limits(1 if learner == "hgb" else None, user_api="openmp"):
+                estimator.fit(x_bag, y_bag)
             self.estimators.append(estimator)
             self.n_train_rows += len(y_bag)
         self.learner, self.n_train_positives = learner, n_pos

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
 
 from tasks.data.dataset import Dataset
 from tasks.kernels.als import cg_half_sweep
@@ -174,13 +175,20 @@ def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
     general inverse and no m×m identity right-hand side. In float32: twice as fast as float64
     and, with λ ≥ 1 on count-scale Grams, the same item rankings to the precision scores are
     stored in (float32).
+
+    On one BLAS thread: OpenBLAS's factorisation and inverse split their sums by the number of
+    threads, so the same Gram gave other bits (and other tied items) on another machine or
+    with another thread count. One thread costs ~1.4 s more at 6,000 items on 2 cores.
     """
     g = np.array(gram, dtype=np.float32, order="F", copy=True)
     g[np.diag_indices_from(g)] += np.float32(l2)
-    factor, info = lapack.spotrf(g, lower=0, overwrite_a=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"EASE Gram matrix not positive definite (potrf info={info})")
-    upper, info = lapack.spotri(factor, lower=0, overwrite_c=1)
+    with threadpool_limits(1, user_api="blas"):
+        factor, info = lapack.spotrf(g, lower=0, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(
+                f"EASE Gram matrix not positive definite (potrf info={info})"
+            )
+        upper, info = lapack.spotri(factor, lower=0, overwrite_c=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"EASE inverse failed (potri info={info})")
     # potri fills only the upper triangle; mirror it, then B = −P/diag(P) in place (m² memory).
