@@ -91,6 +91,7 @@ from tasks.warehouse.publish import (
     RunOutputs,
     Verdict,
     last_published_ndcg,
+    prune_candidate_files,
     publish_run,
 )
 from tasks.warehouse.source_log import note_source
@@ -189,6 +190,7 @@ def open_run(
                 "marked %d abandoned run(s) as failed: %s", len(stale), ", ".join(stale)
             )
         leftovers = _staging_of_finished_runs(con)  # a killed run's candidates, GBs at scale
+        prune_candidate_files(con, params.candidate_retention_runs)  # files of killed runs too
         runs.start_run(
             con,
             run_id,
@@ -449,7 +451,7 @@ def publish_task(
             timings,
             verdict.message,
             keep_recommendations=params.retention_runs,
-            keep_candidates=params.retention_runs,
+            keep_candidates=params.candidate_retention_runs,
             evaluation_protocol=verdict.protocol,
         )
 

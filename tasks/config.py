@@ -215,7 +215,13 @@ class RunParameters(BaseModel):
         "evaluation users, or lists below the best single source or popularity).",
     )
     retention_runs: int | None = Field(
-        None, ge=1, description="Keep recommendations of this many latest runs; metrics are kept."
+        7, ge=1, description="Keep the recommendations of this many latest published runs "
+        "(empty = all); metrics, checks and runs are kept forever."
+    )
+    candidate_retention_runs: int | None = Field(
+        1, ge=1, description="Keep the candidates (every source's top-N per user, a run's "
+        "bulkiest output, one file per run beside the database) of this many latest published "
+        "runs (empty = all)."
     )
     lock_timeout_seconds: float = Field(
         0.0,

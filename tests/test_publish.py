@@ -96,9 +96,10 @@ def test_staged_candidate_files_publish_the_rows_in_memory_candidates_do(tmp_pat
 def test_a_failed_insert_raises_its_own_error_and_publishes_nothing(tmp_path: Path):
     broken = [BLOCKS[0], candidates([("behavior", 2, 0, None, 1)])]  # score is NOT NULL
     with fresh_db(tmp_path / "rf.duckdb", "r1") as con:
-        with pytest.raises(duckdb.ConstraintException, match="score"):
+        with pytest.raises(ValueError, match="without a score"):
             publish_run(con, "r1", outputs(staged=stage(broken, tmp_path)), "published", "w", {})
         assert published_candidates(con) == []
+        assert [p.name for p in (tmp_path / "rf.duckdb.runs").iterdir()] == ["run_id=_none"]
         assert con.execute("SELECT count(*) FROM recommendations").fetchone() == (0,)
         assert con.execute("SELECT status FROM runs WHERE run_id = 'r1'").fetchone() == ("running",)
         # the connection is usable again: the same run publishes once its input is sound

@@ -77,13 +77,6 @@ COMMENT ON COLUMN runs.trigger_detail IS 'Who or what started it, when Prefect s
 COMMENT ON COLUMN runs.trigger_note IS 'The free-text parameter triggered_by (an operator''s note).';
 COMMENT ON COLUMN runs.trigger_overrides IS 'What the trigger changed from the deployment''s saved parameters (dotted path to value), as JSON; NULL outside a deployment.';
 
-COMMENT ON TABLE candidates IS 'Per run and modality: each user''s top candidates before fusion (kept for the newest retention_runs published runs).';
-COMMENT ON COLUMN candidates.run_id IS 'The run (runs.run_id).';
-COMMENT ON COLUMN candidates.modality IS 'The candidate source: behavior, content, social, popularity, hybrid_features, hybrid_samples.';
-COMMENT ON COLUMN candidates.user_id IS 'The user.';
-COMMENT ON COLUMN candidates.item_id IS 'The candidate item.';
-COMMENT ON COLUMN candidates.score IS 'The modality''s own score (scales differ between modalities).';
-COMMENT ON COLUMN candidates.rank IS '1-based rank within the user''s list of this modality.';
 
 COMMENT ON TABLE recommendations IS 'Per run: each user''s fused, ranked list (read recommendations_latest for the live one).';
 COMMENT ON COLUMN recommendations.run_id IS 'The run (runs.run_id).';

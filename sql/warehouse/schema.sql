@@ -89,14 +89,7 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger_detail VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger_note VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger_overrides JSON;
 
-CREATE TABLE IF NOT EXISTS candidates (
-    run_id    VARCHAR NOT NULL,
-    modality  VARCHAR NOT NULL,
-    user_id   VARCHAR NOT NULL,
-    item_id   VARCHAR NOT NULL,
-    score     FLOAT   NOT NULL,
-    rank      INTEGER NOT NULL
-);
+-- `candidates` is a view over one Parquet file per run (candidates_view.sql).
 
 CREATE TABLE IF NOT EXISTS recommendations (
     run_id         VARCHAR NOT NULL,

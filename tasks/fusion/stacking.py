@@ -408,9 +408,10 @@ class StackingModel:
             kept[bag] = []  # free the parts before the estimator copies the matrix
             estimator = self._hgb(self.seed + bag) if learner == "hgb" else make_pipeline(
                 StandardScaler(), LogisticRegression(C=self.params.logistic_c, max_iter=2000))
-            # Trees on one OpenMP thread: sklearn adds their gradient sums across threads,
-            # so another thread count gave other trees (logistic regression is unaffected).
-            with threadpool_limits(1 if learner == "hgb" else None, user_api="openmp"):
+            # On one thread: OpenBLAS (the logistic loss's matrix-vector products) and OpenMP
+            # (the trees' gradient sums) add across threads, so another thread count gave
+            # another model, and other scores, from the same rows.
+            with threadpool_limits(1):
                 estimator.fit(x_bag, y_bag)
             self.estimators.append(estimator)
             self.n_train_rows += len(y_bag)

@@ -31,6 +31,7 @@ from tasks.warehouse.errors import (
     DatabaseDamaged,
     DatabaseUnusable,
     RunLockTimeout,
+    analyst_copy_of,
     damage_detail,
     is_damage,
     is_foreign,
@@ -207,8 +208,75 @@ def missing_bytes(path: Path) -> int:
 
 def apply_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(read_sql("schema.sql"))
+    candidates_view(con)
     con.execute(read_sql("views.sql"))
     con.execute(read_sql("comments.sql"))  # after views.sql: replacing a view drops its comments
+    con.execute(read_sql("candidates_comments.sql"))
+
+
+# --------------------------------------------------------------------------- run files
+
+#: A run's candidates (its bulkiest output) live in `<db>.runs/run_id=<run>/candidates.parquet`
+#: beside the analyst copy `<db>`: written once, read by the `candidates` view, never copied.
+RUNS_SUFFIX = ".runs"
+CANDIDATES_FILE = "candidates.parquet"
+#: An empty file of the right schema, so the view's file pattern always matches one.
+_NO_RUN = "run_id=_none"
+
+
+def database_file(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The file of the connection's database; None in memory."""
+    rows = con.execute(read_sql("database_file.sql")).fetchall()
+    return Path(rows[0][0]) if rows and rows[0][0] else None
+
+
+def runs_folder(db: str | Path) -> Path:
+    """`<db>.runs` beside the analyst copy `db` (or beside any database file used directly)."""
+    path = real_path(db)
+    analyst = analyst_copy_of(path) or path
+    return analyst.with_name(analyst.name + RUNS_SUFFIX)
+
+
+def run_candidates_folder(db: str | Path, run_id: str) -> Path:
+    return runs_folder(db) / f"run_id={run_id}"
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _candidates_is_table(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute(read_sql("candidates_is_table.sql")).fetchall() == [(1,)]
+
+
+def candidates_view(con: duckdb.DuckDBPyConnection) -> None:
+    """The `candidates` view over the run files beside this database (an empty view in memory).
+
+    A database from before run files kept its candidates in a table: each run's rows are
+    written to its file first (nothing lost; again after a kill, files are overwritten whole),
+    then the table goes. The view is made anew each time, so a moved database finds its files.
+    """
+    file = database_file(con)
+    if file is None:
+        con.execute("CREATE OR REPLACE VIEW candidates AS SELECT NULL::VARCHAR AS run_id, * FROM ("
+                    + read_sql("candidates_empty.sql") + ")")
+        return
+    folder = runs_folder(file)
+    empty = folder / _NO_RUN / CANDIDATES_FILE
+    if not empty.exists():
+        empty.parent.mkdir(parents=True, exist_ok=True)
+        con.execute(f"COPY ({read_sql('candidates_empty.sql')}) TO {_quoted(empty)} "
+                    "(FORMAT parquet)")
+    if _candidates_is_table(con):
+        con.execute(
+            "COPY (SELECT run_id, modality, user_id, item_id, score, rank FROM candidates) TO "
+            f"{_quoted(folder)} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (run_id), "
+            "OVERWRITE_OR_IGNORE, FILENAME_PATTERN 'candidates_{i}')"
+        )
+        con.execute("DROP TABLE candidates")
+        log.warning("moved the candidates of every run into %s (one file per run)", folder)
+    files = _quoted(folder / "*" / "*.parquet")
+    con.execute(read_sql("candidates_view.sql").format(files=files))
 
 
 def _relations(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:

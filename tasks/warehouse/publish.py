@@ -7,6 +7,8 @@ COMMIT below succeeds, analysts keep seeing the previous run — also if this pr
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -19,7 +21,15 @@ import numpy as np
 import polars as pl
 
 from tasks.fault_injection import fault_point
-from tasks.warehouse.connection import execute_script, read_sql
+from tasks.warehouse.connection import (
+    CANDIDATES_FILE,
+    database_file,
+    execute_script,
+    read_sql,
+    run_candidates_folder,
+    runs_folder,
+)
+from tasks.warehouse.integrity import fsync_dir, fsync_file
 
 FinalStatus = Literal["published", "rejected"]
 KEEP_ALL = 1_000_000_000
@@ -88,11 +98,22 @@ def _id_table(kind: str, ids: np.ndarray) -> Any:
     ).to_arrow()
 
 
-def _insert_candidates(con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs) -> None:
-    """Candidates are the run's largest output (users × modalities × N rows): their string ids
-    are joined on inside DuckDB, which streams, instead of being materialised in Polars."""
+def _write_candidates(
+    con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs
+) -> Path | None:
+    """The run's candidates, its largest output (users × modalities × N rows), as one Parquet
+    file beside the database: written whole under a temporary name, flushed, then renamed into
+    place; the `candidates` view shows it once the run's status commits. Their string ids are
+    joined on inside DuckDB, which streams, instead of being materialised in Polars."""
     if outputs.n_candidates == 0:
-        return
+        return None
+    file = database_file(con)
+    if file is None:
+        raise RuntimeError("a run's candidates are kept beside its database file: none here")
+    final = run_candidates_folder(file, run_id)
+    partial = final.with_name(f".partial-{run_id}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     staged: dict[str, Any] = {
         "staged_users": _id_table("user", outputs.user_ids),
         "staged_items": _id_table("item", outputs.item_ids),
@@ -102,12 +123,50 @@ def _insert_candidates(con: duckdb.DuckDBPyConnection, run_id: str, outputs: Run
         if outputs.candidate_files
         else outputs.candidates.to_arrow(),
     }
-    # Row order in the table does not matter; without it DuckDB streams the insert and spills
-    # past its memory limit instead of buffering every staged row.
+    # Row order in the file does not matter (readers sort); without it DuckDB streams the
+    # write and spills past its memory limit instead of buffering every staged row.
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET memory_limit = '{PUBLISH_MEMORY_LIMIT}'")
-    with _staged(con, staged):
-        con.execute(read_sql("publish_candidates.sql"), {"run_id": run_id})
+    target = partial / CANDIDATES_FILE
+    try:
+        with _staged(con, staged):
+            [(missing,)] = con.execute(read_sql("candidates_incomplete.sql")).fetchall()
+            if missing:
+                raise ValueError(f"run {run_id}: {missing} candidate(s) without a score, rank "
+                                 "or modality: not published")
+            literal = "'" + str(target).replace("'", "''") + "'"
+            con.execute(f"COPY ({read_sql('publish_candidates.sql')}) TO {literal} "
+                        "(FORMAT parquet, COMPRESSION zstd)")
+        fsync_file(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if final.exists():  # an earlier attempt of this run that did not commit
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    fsync_dir(final.parent)
+    return final
+
+
+def prune_candidate_files(con: duckdb.DuckDBPyConnection, keep: int | None) -> list[str]:
+    """Remove the files of runs the retention rule drops, and of runs that never finished (a
+    run killed after writing its file, before its COMMIT); returns the run ids removed."""
+    file = database_file(con)
+    if file is None or not runs_folder(file).is_dir():
+        return []
+    dropped = {r for (r,) in con.execute(read_sql("candidates_pruned.sql"),
+                                          {"keep_candidates": keep or KEEP_ALL}).fetchall()}
+    allowed = {r for (r,) in con.execute(read_sql("candidates_finished_runs.sql")).fetchall()}
+    removed = []
+    for folder in sorted(runs_folder(file).iterdir()):
+        run = folder.name.removeprefix("run_id=")
+        if folder.name.startswith(".partial-") or (
+            folder.name.startswith("run_id=") and run != "_none"
+            and (run in dropped or run not in allowed)
+        ):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(run)
+    return removed
 
 
 def publish_run(
@@ -128,9 +187,12 @@ def publish_run(
     a ROLLBACK that cannot run (DuckDB ends a failed COMMIT's transaction itself) never hides it.
     """
     run = pl.lit(run_id).alias("run_id")
+    written: Path | None = None
     con.execute("BEGIN TRANSACTION")
     try:
-        _insert_candidates(con, run_id, outputs)
+        if con.execute(read_sql("run_is_open.sql"), {"run_id": run_id}).fetchall() == [(0,)]:
+            raise RuntimeError(f"run {run_id} is not an open run in this database: not published")
+        written = _write_candidates(con, run_id, outputs)
         fault_point("publish:after_candidates")
         _insert(con, outputs.recommendations.with_columns(run), "publish_recommendations.sql")
         fault_point("publish:after_recommendations")
@@ -171,7 +233,10 @@ def publish_run(
             con.execute("ROLLBACK")
         except duckdb.Error as rollback_error:
             exc.add_note(f"(the rollback that followed failed too: {rollback_error})")
+        if written is not None:  # the run did not commit: its file must not stay
+            shutil.rmtree(written, ignore_errors=True)
         raise
+    prune_candidate_files(con, keep_candidates)
 
 
 def last_published_ndcg(
