@@ -22,7 +22,9 @@ the same columns.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -39,7 +41,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from tasks.data.dataset import Dataset
-from tasks.fusion.table import RRF_K, candidate_table, top_k
+from tasks.fusion.table import RRF_K, candidate_table, ordered_sum, top_k
 from tasks.fusion.weights import tune_weights
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,11 @@ def _absent_values(modality: str, missing_rank: int) -> dict[str, float]:
             f"{modality}_present": 0.0}
 
 
+#: `_Context.of`'s cache: id of the dataset -> (a weak reference to it, its context).
+_CONTEXTS: dict[int, tuple[weakref.ref[Dataset], _Context]] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True)
 class _Context:
     """Per-user and per-item context arrays, computed once per Dataset (not per user block)."""
@@ -103,6 +110,20 @@ class _Context:
 
     @classmethod
     def of(cls, data: Dataset) -> _Context:
+        """The context of `data`, computed once per dataset object and process (every shard
+        of a run asks for it; it costs a pass over every interaction)."""
+        with _CONTEXTS_LOCK:
+            cached = _CONTEXTS.get(id(data))
+            if cached is not None and cached[0]() is data:
+                return cached[1]
+        context = cls._compute(data)
+        with _CONTEXTS_LOCK:
+            _CONTEXTS.clear()  # one dataset at a time: a run's, then the next stage's
+            _CONTEXTS[id(data)] = (weakref.ref(data), context)
+        return context
+
+    @classmethod
+    def _compute(cls, data: Dataset) -> _Context:
         matrix = data.interactions
         item_users = np.diff(matrix.tocsc().indptr)
         item_conf = np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
@@ -182,7 +203,7 @@ def _aggregates(modalities: Sequence[str],
 
     def total(term: Callable[[str], pl.Expr]) -> pl.Expr:
         terms = [term(m) for m in modalities]
-        return (pl.sum_horizontal(terms) if terms else pl.lit(0.0)).cast(pl.Float64)
+        return ordered_sum(terms).cast(pl.Float64)
 
     return [
         total(lambda m: pl.col(f"{m}_present")).alias("n_modalities"),
@@ -190,6 +211,17 @@ def _aggregates(modalities: Sequence[str],
         total(lambda m: float(weights.get(m, 1.0)) * pl.col(f"{m}_norm")).alias("blend_norm"),
         total(lambda m: pl.col(f"{m}_present") / (RRF_K + pl.col(f"{m}_rank"))).alias("sum_rrf"),
     ]
+
+
+def _sorted_union(arrays: list[np.ndarray]) -> np.ndarray:
+    """The sorted distinct values of int64 arrays. A sort and a mask: `np.unique` hashes, which
+    on codes spread over users × items was 9× slower (measured: 0.37 s vs 0.04 s for 600k)."""
+    if not arrays:
+        return np.zeros(0, dtype=np.int64)
+    values = np.sort(np.concatenate(arrays))
+    keep = np.ones(len(values), dtype=bool)
+    keep[1:] = values[1:] != values[:-1]
+    return values[keep]
 
 
 def candidate_features(candidates: pl.DataFrame, data: Dataset,
@@ -246,8 +278,7 @@ def candidate_features(candidates: pl.DataFrame, data: Dataset,
         per[str(key[0])] = (code[first], part)
     # The union of pairs as sorted int64 codes; each modality's values land by binary search
     # (no hash join, no sort of every candidate row).
-    union = np.unique(np.concatenate([c for c, _ in per.values()])) if per \
-        else np.zeros(0, dtype=np.int64)
+    union = _sorted_union([c for c, _ in per.values()])
     columns: dict[str, np.ndarray] = {}
     for m in mods:
         code, found = per.get(m, (np.zeros(0, dtype=np.int64), None))

@@ -9,7 +9,9 @@ many strategies or weight vectors costs little. A user's blend can depend on the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +23,14 @@ SegmentWeights = Mapping[str, Mapping[str, float]]  # segment -> modality -> wei
 
 DEFAULT_SEGMENT = "warm"
 RRF_K = 60.0
+
+
+def ordered_sum(terms: Sequence[pl.Expr | str]) -> pl.Expr:
+    """((a + b) + c) + …: the sum of columns in the order given. `pl.sum_horizontal` adds in an
+    order that depends on Polars' threads, which moved fused scores in the last bits (and
+    flipped ties) between a run on one core and a run on two."""
+    exprs = [pl.col(t) if isinstance(t, str) else t for t in terms]
+    return functools.reduce(operator.add, exprs) if exprs else pl.lit(0.0)
 
 
 def normalise(candidates: pl.DataFrame, method: Normalisation = "minmax") -> pl.DataFrame:
@@ -138,7 +148,7 @@ def fuse_table(
     frame = frame.with_columns(contrib)
     if strategy == "combmnz":
         # CombMNZ multiplies the sum by how many lists (with weight > 0) contain the item.
-        hits = pl.sum_horizontal(
+        hits = ordered_sum(
             [
                 (pl.col(f"rank_{m}").is_not_null() & (pl.col(f"w_{m}") > 0)).cast(pl.Float64)
                 for m in table.modalities
@@ -149,7 +159,7 @@ def fuse_table(
         )
     contrib_cols = [f"contrib_{m}" for m in table.modalities]
     scored = frame.select("user_idx", "item_idx", *contrib_cols).with_columns(
-        pl.sum_horizontal(contrib_cols).alias("score")
+        ordered_sum(contrib_cols).alias("score")
     )
     return top_k(scored, k).select(
         "user_idx", "item_idx", pl.col("score").cast(pl.Float64), "rank", *contrib_cols

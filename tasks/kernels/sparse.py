@@ -136,3 +136,35 @@ def sparse_gram(left: sp.spmatrix, right: sp.spmatrix | None = None) -> np.ndarr
 
     parallel_chunks(chunk, lt.shape[0], chunk=256)
     return out
+
+
+def scores_on_columns(
+    left: sp.csr_matrix, right: np.ndarray, columns: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """`out[:, columns] = left @ right`, every other entry and every row of `left` without an
+    entry -inf (no evidence there): EASE over an item subset, scored for a block of users.
+
+    Chunks of rows run on the shared pool, each in a small buffer that is then written into
+    its columns; scipy's product held the GIL on one core and built a full intermediate.
+    Each row is one user's own sum, so the bits do not depend on the chunking or threads.
+    """
+    from tasks.kernels.blocks import parallel_chunks
+
+    left = _csr32(left)
+    right = np.ascontiguousarray(right, dtype=np.float32)
+    columns = np.asarray(columns, dtype=np.int64)
+    empty = np.diff(left.indptr) == 0
+    every = len(columns) == out.shape[1] and bool(np.all(columns == np.arange(out.shape[1])))
+
+    def chunk(a: int, b: int) -> None:
+        if every:
+            out[a:b] = 0.0
+            add_sparse_dense_product(left, right, out[a:b], a, empty)
+            return
+        part = np.zeros((b - a, right.shape[1]), dtype=np.float32)
+        add_sparse_dense_product(left, right, part, a, empty)
+        out[a:b] = -np.inf
+        out[a:b, columns] = part
+
+    parallel_chunks(chunk, left.shape[0])
+    return out

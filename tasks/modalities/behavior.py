@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from tasks.data.dataset import Dataset
 from tasks.kernels.als import cg_half_sweep
 from tasks.kernels.blocks import block_array, parallel_chunks
-from tasks.kernels.sparse import sparse_gram
+from tasks.kernels.sparse import scores_on_columns, sparse_gram
 from tasks.modalities.base import Modality
 from tasks.parameter_rules import PARAMETER_CONFIG
 
@@ -239,9 +239,8 @@ class EaseModel:
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         hist = self.history_[np.asarray(users, dtype=np.int64)]
-        out = np.full((hist.shape[0], self.n_items_), NEG_INF, dtype=np.float32)
-        out[:, self.items_] = np.asarray(hist @ self.weights_, dtype=np.float32)
-        return _empty_rows_to_neg_inf(out, hist)
+        out = block_array((hist.shape[0], self.n_items_))
+        return scores_on_columns(hist, self.weights_, self.items_, out)
 
 
 # ---------------------------------------------------------------------------------------- ALS

@@ -19,7 +19,8 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from tasks.data.dataset import Dataset
-from tasks.kernels.sparse import sparse_gram
+from tasks.kernels.blocks import block_array
+from tasks.kernels.sparse import scores_on_columns, sparse_gram
 from tasks.modalities.base import Modality
 from tasks.modalities.behavior import ease_item_subset, ease_weights
 from tasks.modalities.content import ContentParams, MissingModalityInput, item_features
@@ -76,13 +77,11 @@ class _Ease:
         self.weights_ = ease_weights(gram, l2).astype(np.float32, copy=False)
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
-        out = np.full((len(users), self.n_items_), NEG_INF, dtype=np.float32)
-        queries = self.queries_[users]
-        if self.items_.size:
-            scores = np.asarray(queries @ self.weights_, dtype=np.float32)
-            has = np.diff(queries.indptr) > 0
-            out[np.ix_(np.flatnonzero(has), self.items_)] = scores[has]
-        return out
+        out = block_array((len(users), self.n_items_))
+        if not self.items_.size:
+            out[:] = NEG_INF
+            return out
+        return scores_on_columns(self.queries_[users], self.weights_, self.items_, out)
 
 
 class FeatureFusionModel(_Ease):

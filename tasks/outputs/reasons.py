@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from tasks.data.dataset import Dataset
 from tasks.data.segments import EXACT_AUDIENCE_USERS, projected_audiences, unit_audiences
+from tasks.kernels.closest import closest_history_items
 from tasks.modalities.registry import FALLBACK_REASON, REGISTRY
 
 REASON_DIMENSIONS = 256
@@ -55,16 +56,15 @@ def _closest_history_item(
     """
     seen = data.seen()
     vectors, floor = audiences() if audiences else audience_vectors(data)
+    if isinstance(vectors, np.ndarray):
+        return closest_history_items(seen, vectors, users, items, floor)
     best = np.full(len(users), -1, dtype=np.int64)
     for start in range(0, len(users), block):
         u, i = users[start : start + block], items[start : start + block]
         history = seen[u]
         rows = np.repeat(np.arange(len(u)), np.diff(history.indptr))
         hist_items = history.indices.astype(np.int64)
-        if isinstance(vectors, np.ndarray):
-            sims = np.einsum("nd,nd->n", vectors[i[rows]], vectors[hist_items])
-        else:
-            sims = np.asarray(vectors[i[rows]].multiply(vectors[hist_items]).sum(axis=1)).ravel()
+        sims = np.asarray(vectors[i[rows]].multiply(vectors[hist_items]).sum(axis=1)).ravel()
         keep = sims > floor
         rows, hist_items, sims = rows[keep], hist_items[keep], sims[keep]
         if not len(rows):
