@@ -100,6 +100,18 @@ def changed_fields(
 _ABSENT = object()
 
 
+def _paths(data: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Dotted paths of the leaves of a nested mapping (a dict value counts as one leaf only
+    when it is not itself a mapping of further fields)."""
+    out: set[str] = set()
+    for name, value in data.items():
+        if isinstance(value, Mapping) and value:
+            out |= _paths(value, f"{prefix}{name}.") | {f"{prefix}{name}"}
+        else:
+            out.add(f"{prefix}{name}")
+    return out
+
+
 def _given(value: Any) -> bool:
     return value is not _ABSENT
 
@@ -126,7 +138,9 @@ def merged_run_parameters(
 ) -> tuple[M, dict[str, Any]]:
     """The validated merge of a deployment's saved parameters and a trigger's, or one line why not.
 
-    Returns (parameters, the fields the trigger changed from the saved values).
+    Returns (parameters, what the trigger changed): the fields whose value differs from what the
+    run would have used anyway, the deployment's saved value, else the model's default. The UI's
+    form sends every field it shows; those it left alone are no change.
     """
     saved = dict(saved or {})
     merged = merge_parameters(model, saved, dict(given or {}))
@@ -137,7 +151,16 @@ def merged_run_parameters(
             f"deployment {deployment}: its saved parameters with the trigger's are invalid: "
             + "; ".join(parameter_errors(exc, model))
         ) from None
-    return params, changed_fields(model, saved, merged)
+    try:
+        anyway = model.model_validate(saved).model_dump(mode="json")
+    except ValidationError:  # saved values valid only with the trigger's: compare as saved
+        anyway = saved
+    given_paths = _paths(merge_parameters(model, {}, dict(given or {})))
+    changed = changed_fields(model, anyway, params.model_dump(mode="json"))
+    # A value a validator derived (a bigger top_k raising candidates_per_modality) follows a
+    # change the trigger made; only what the trigger itself set is named.
+    return params, {p: v for p, v in changed.items() if any(
+        p == g or p.startswith(g + ".") for g in given_paths)}
 
 
 # --------------------------------------------------------------------------- the runtime
