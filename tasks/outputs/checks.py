@@ -365,10 +365,16 @@ def check_events(
     An unknown event type is reported but does not block: it still counts with the default weight.
     """
     now = now or datetime.now(UTC)
+
+    def present(column: str) -> pl.Expr:
+        # What the suite asks of an id is that it is there: True, or null where it is not. A
+        # pandas column of millions of id strings held ~0.9 GB more at 5M events.
+        return pl.when(pl.col(column).is_null()).then(None).otherwise(True).alias(column)
+
     frame = events.select(
-        "user_id",
-        "item_id",
-        "event_type",
+        present("user_id"),
+        present("item_id"),
+        pl.col("event_type").cast(pl.Categorical),
         (pl.col("ts").dt.epoch("ms") / 1000.0).alias("ts_epoch"),
         pl.col("value").is_finite().fill_null(False).alias("value_is_finite"),
     )
