@@ -280,8 +280,8 @@ def tuning_task(params: RunParameters) -> tuple[RunParameters, dict[str, str]]:
 
 
 @task(name="evaluate-holdout", cache_policy=NO_CACHE)
-def evaluate_task(snap: Snapshot, data: Dataset, params: RunParameters) -> Evaluation | None:
-    return evaluate_holdout(snap, data, params)
+def evaluate_task(data: Dataset, params: RunParameters) -> Evaluation | None:
+    return evaluate_holdout(data, params)
 
 
 @task(name="evaluation-alarm", cache_policy=NO_CACHE)
@@ -324,7 +324,6 @@ def _shard_reporter(
 
 @task(name="recommend", cache_policy=NO_CACHE)
 def recommend_task(
-    snap: Snapshot,
     data: Dataset,
     params: RunParameters,
     evaluation: Evaluation | None,
@@ -333,7 +332,7 @@ def recommend_task(
 ) -> Recommendations:
     """In this process: fit once, then today's loop over user shards (nothing pickled)."""
     tracker, report = _shard_reporter(data.n_users, params, progress)
-    return recommend(snap, data, params, evaluation.plan if evaluation else None, staging,
+    return recommend(data, params, evaluation.plan if evaluation else None, staging,
                      on_shard=report, on_fitted=tracker.begin)
 
 
@@ -404,12 +403,12 @@ def _on_cluster(
 
 
 def _recommend(
-    snap: Snapshot, data: Dataset, params: RunParameters, evaluation: Evaluation | None,
-    staging: Path, progress: Progress,
+    data: Dataset, params: RunParameters, evaluation: Evaluation | None, staging: Path,
+    progress: Progress,
 ) -> Recommendations:
     """The recommend step: in this process, or sharded by users on Dask (`flows/engine.py`)."""
     if not engine.on_dask(params):
-        return recommend_task(snap, data, params, evaluation, staging, progress)
+        return recommend_task(data, params, evaluation, staging, progress)
     started = time.perf_counter()
     work, segments, work_file = fit_for_shards_task(data, params, evaluation, staging)
     runner = FlowRunContext.get().task_runner  # type: ignore[union-attr]
@@ -673,15 +672,17 @@ def _steps(
     if not input_check.passed:
         raise RunFailed("input checks failed: " + "; ".join(input_check.failures()))
     data = dataset_task(snap, params, run_id)
+    fingerprint = snap.fingerprint()
+    del snap  # every later step works on the dataset's integer codes: the id strings can go
     lap("snapshot_and_checks")
-    evaluation = evaluate_task(snap, data, params) if params.evaluate else None
+    evaluation = evaluate_task(data, params) if params.evaluate else None
     alarm = alarm_task(evaluation, params) if params.evaluate else None
     record_evaluation_task(params, run_id, evaluation, tuning)
     lap("evaluate")
     fault_point("after_evaluate")
     # The run's candidates are staged as Parquet here until published, then removed.
     with tempfile.TemporaryDirectory(prefix=_staging_prefix(run_id)) as staging:
-        recs = _recommend(snap, data, params, evaluation, Path(staging), progress)
+        recs = _recommend(data, params, evaluation, Path(staging), progress)
         lap("recommend")
         outputs = assemble_outputs(recs, evaluation, [input_check])
         output_check = check_output_task(
@@ -705,7 +706,7 @@ def _steps(
                 + " (publish_on_alarm publishes anyway)"
             )
         else:
-            passed, message = _regression_gate(params, snap.fingerprint(), evaluation, protocol)
+            passed, message = _regression_gate(params, fingerprint, evaluation, protocol)
             status = "published" if passed else "rejected"
             get_run_logger().info(message)
         verdict = Verdict(status, message, strategy, protocol)

@@ -22,7 +22,7 @@ from tasks.candidates import (
     generate_candidates,
 )
 from tasks.config import RunParameters
-from tasks.data.dataset import Dataset, build_dataset
+from tasks.data.dataset import Dataset, build_dataset, coded_events, subset
 from tasks.data.snapshot import Snapshot
 from tasks.data.splits import Holdout, holdout_split
 from tasks.evaluation.lists import evaluate_lists, user_segments
@@ -89,10 +89,6 @@ def dataset_from(
     )
 
 
-def _truth_idx(truth: pl.DataFrame, data: Dataset) -> pl.DataFrame:
-    return data.with_codes(truth).select("user_idx", "item_idx")
-
-
 def _fixed_plan(params: RunParameters, modalities: list[str]) -> FusionPlan:
     """The plan when nothing could be evaluated: the given (or default) weights, no cold rule."""
     weights = params.fusion.weights or {m: REGISTRY[m].default_weight for m in modalities}
@@ -136,20 +132,19 @@ class Stage:
     split: dict[str, object]
 
 
-def build_stage(
-    snapshot: Snapshot, split: Holdout, full: Dataset, params: RunParameters, seed: int
-) -> Stage:
+def build_stage(split: Holdout, full: Dataset, params: RunParameters, seed: int) -> Stage:
     """Fit every modality on the split's past and score its (sampled) hold-out users.
 
-    The main users and the cold pool are sampled separately (at most `max_users` and half of
-    a fifth of that), so a data set of mostly newcomers still has enough main users to decide on.
+    `split` cuts `coded_events(full)`: its keys are `full`'s integer codes. The main users and
+    the cold pool are sampled separately (at most `max_users` and half of a fifth of that), so
+    a data set of mostly newcomers still has enough main users to decide on.
     """
-    data = dataset_from(snapshot, params, split.train, like=full)
-    truth = _truth_idx(split.truth, data)
+    data = subset(full, split.train)
+    truth = split.truth.select(pl.col("user_id").cast(pl.Int32).alias("user_idx"),
+                               pl.col("item_id").cast(pl.Int32).alias("item_idx"))
     most = params.evaluation.max_users
-    pool_ids = split.cold_users if split.cold_users is not None else pl.Series([], dtype=pl.String)
-    pool_idx = data.user_index(pool_ids)
-    pool_idx = pool_idx[pool_idx >= 0]
+    pool_idx = (np.zeros(0, dtype=np.int64) if split.cold_users is None
+                else split.cold_users.to_numpy().astype(np.int64))
     in_pool = truth["user_idx"].is_in(pl.Series(pool_idx, dtype=pl.Int32).implode())
     main_users = sample_users(truth.filter(~in_pool), most, seed)
     pool_users = sample_users(truth.filter(in_pool), None if most is None else most // 5, seed)
@@ -186,17 +181,17 @@ def report_cold_max(plan: FusionPlan, params: RunParameters) -> int:
 
 
 def _validation_plan(
-    snapshot: Snapshot, outer: Holdout, full: Dataset, params: RunParameters
+    outer: Holdout, full: Dataset, params: RunParameters
 ) -> tuple[FusionPlan | None, dict[str, object]]:
     """The fusion plan chosen on the window before the test window (None: too little data)."""
     inner = holdout_split(outer.train, params.evaluation, params.seed + 1, kind=outer.kind)
     if not (inner.truth.height and inner.train.height):
         return None, inner.describe()
-    stage = build_stage(snapshot, inner, full, params, params.seed + 1)
+    stage = build_stage(inner, full, params, params.seed + 1)
     return _select(stage, params), stage.split
 
 
-def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -> Evaluation | None:
+def evaluate_holdout(full: Dataset, params: RunParameters) -> Evaluation | None:
     """Fit on the past, score the hold-out; None when there is too little data for it.
 
     The plan scored here was chosen on a validation split cut from the training part only, with
@@ -205,16 +200,18 @@ def evaluate_holdout(snapshot: Snapshot, full: Dataset, params: RunParameters) -
     for hold-out users (at most `max_users` of them), so every candidate set stays bounded.
     """
     ev = params.evaluation
-    outer: Holdout = holdout_split(snapshot.events, ev, params.seed)
+    # The splits cut integer-coded events: the same cuts as on the ids (codes sort as ids do),
+    # without a copy of every id string per split.
+    outer: Holdout = holdout_split(coded_events(full), ev, params.seed)
     if outer.truth.height == 0 or outer.train.height == 0:
         log.warning("evaluation skipped: not enough events to hold out")
         return None
     k = params.top_k
     # Validation runs first, in its own function: its dataset, fitted models and candidates are
     # freed before the test part builds its own, so the two never share memory.
-    eval_plan, valid_split = _validation_plan(snapshot, outer, full, params)
+    eval_plan, valid_split = _validation_plan(outer, full, params)
 
-    test = build_stage(snapshot, outer, full, params, params.seed)
+    test = build_stage(outer, full, params, params.seed)
     cands = test.candidates
     eval_plan = eval_plan or _fixed_plan(params, cands.modalities)
     segments = user_segments(test.data, report_cold_max(eval_plan, params))
@@ -294,7 +291,6 @@ def gather_shards(
 
 
 def recommend(
-    snapshot: Snapshot,
     full: Dataset,
     params: RunParameters,
     plan: FusionPlan | None,

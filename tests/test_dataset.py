@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -36,7 +37,7 @@ def test_events_of_a_pair_are_summed_with_type_weights_and_log_values() -> None:
     assert math.isclose(m[0, 0], 4.0 * math.log1p(1.0) + 0.25 * math.log1p(3.0), rel_tol=1e-6)
     assert math.isclose(m[1, 1], 0.5 * math.log1p(1.0), rel_tol=1e-6)  # null value counts as 1
     assert m[0, 1] == 0 and m[1, 0] == 0
-    assert data.events.columns == ["user_idx", "item_idx", "ts"]
+    assert data.events.columns == ["user_idx", "item_idx", "ts", "confidence"]
     assert data.events.height == 3
 
 
@@ -89,3 +90,27 @@ def test_already_seen_finds_exactly_the_pairs_with_events(small_source) -> None:
     expected = {p for p in pairs.iter_rows() if p in truth}
     found = data.already_seen(pairs)
     assert set(found.iter_rows()) == expected and found.height == len(expected) >= 50
+
+
+def test_a_split_cut_from_codes_builds_the_dataset_the_id_strings_would(
+    small_source: Path,
+) -> None:
+    """The evaluation cuts its splits from integer codes (no string per event); the stage
+    dataset must be the one the split's own rows, ids and all, would have built."""
+    from tasks.data.dataset import coded_events, subset
+    from tasks.data.splits import EvaluationParams, holdout_split
+
+    events = pl.read_parquet(small_source / "events.parquet").sample(fraction=1.0, seed=3,
+                                                                     shuffle=True)
+    full = build_dataset(events)
+    ev = EvaluationParams(protocol="user_random")
+    by_ids = holdout_split(events.with_columns(pl.col("ts").dt.replace_time_zone("UTC")), ev)
+    by_codes = holdout_split(coded_events(full), ev)
+    from_ids = build_dataset(by_ids.train, user_ids=full.user_ids, item_ids=full.item_ids)
+    from_codes = subset(full, by_codes.train)
+    assert (from_ids.interactions != from_codes.interactions).nnz == 0
+    assert np.array_equal(from_ids.interactions.data, from_codes.interactions.data)
+    assert from_ids.events.equals(from_codes.events)
+    truth_codes = by_codes.truth.rename({"user_id": "user_idx", "item_id": "item_idx"})
+    assert full.with_codes(by_ids.truth).select("user_idx", "item_idx").sort(
+        "user_idx", "item_idx").equals(truth_codes.cast(pl.Int32).sort("user_idx", "item_idx"))

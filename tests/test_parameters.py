@@ -212,7 +212,7 @@ def test_stacking_parameters_reach_the_learned_fusion(small_source: Path) -> Non
     })
     snap = Snapshot(*(pl.read_parquet(small_source / f"{t}.parquet") for t in
                       ("events", "items", "social")), None, None)
-    evaluation = evaluate_holdout(snap, dataset_from(snap, params), params)
+    evaluation = evaluate_holdout(dataset_from(snap, params), params)
     assert evaluation is not None and evaluation.plan.strategy == "stacking"
     assert evaluation.plan.default.stacker is not None
     used = evaluation.plan.default.stacker.params

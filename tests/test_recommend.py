@@ -32,10 +32,10 @@ def test_evaluation_scores_a_seeded_sample_of_hold_out_users(small_source: Path)
     snap = _snapshot(small_source)
     params = _weighted("behavior", "popularity", evaluation=EvaluationParams(max_users=120))
     full = dataset_from(snap, params)
-    sampled = evaluate_holdout(snap, full, params)
-    again = evaluate_holdout(snap, full, params)
+    sampled = evaluate_holdout(full, params)
+    again = evaluate_holdout(full, params)
     everyone = evaluate_holdout(
-        snap, full, params.model_copy(update={"evaluation": EvaluationParams(max_users=None)})
+        full, params.model_copy(update={"evaluation": EvaluationParams(max_users=None)})
     )
     assert sampled is not None and again is not None and everyone is not None
     assert sampled.n_test_users == 120 < everyone.n_test_users
@@ -50,9 +50,9 @@ def test_fusing_users_block_by_block_changes_nothing(small_source: Path) -> None
     snap = _snapshot(small_source)
     params = _weighted("behavior", "social", "popularity")
     full = dataset_from(snap, params)
-    whole = recommend(snap, full, params, plan=None)
+    whole = recommend(full, params, plan=None)
     blocked = recommend(
-        snap, full, params.model_copy(update={"fusion_block_users": 37}), plan=None
+        full, params.model_copy(update={"fusion_block_users": 37}), plan=None
     )
     order = ["user_idx", "rank"]
     assert whole.fused["user_idx"].n_unique() > 37 * 2  # several blocks really ran
@@ -67,8 +67,8 @@ def test_staged_candidates_are_the_in_memory_ones(small_source: Path, tmp_path: 
     snap = _snapshot(small_source)
     params = _weighted("behavior", "popularity", fusion_block_users=100)
     full = dataset_from(snap, params)
-    held = recommend(snap, full, params, plan=None)
-    staged = recommend(snap, full, params, plan=None, staging=tmp_path)
+    held = recommend(full, params, plan=None)
+    staged = recommend(full, params, plan=None, staging=tmp_path)
     assert len(staged.candidate_files) == len(range(0, full.n_users, 100)) > 1
     assert staged.candidates.candidates.height == 0  # nothing kept in memory
     assert staged.n_candidates == held.n_candidates == held.candidates.candidates.height

@@ -160,7 +160,7 @@ def per_user_split(
                        how="semi")
     cold_users = (
         held_pairs.filter(pl.col("n") < min_history)["user_id"].unique().sort()
-        if cold_pool else pl.Series("user_id", [], dtype=pl.String)
+        if cold_pool else pl.Series("user_id", [], dtype=events.schema["user_id"])
     )
     return Holdout(train, _truth(train, held), "user_temporal" if temporal else "user_random",
                    None, cold_users)
