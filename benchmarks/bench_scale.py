@@ -172,6 +172,16 @@ def _stage_timings(db: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in timings.items()} | {"status": row[1]}
 
 
+def _warehouse(db: Path) -> Path:
+    return db.with_name(db.name + ".warehouse") / "warehouse.duckdb"
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -181,6 +191,7 @@ def main() -> int:
     parser.add_argument("--data", default="/tmp/recfusion-bench-scale", help="source, db go here")
     parser.add_argument("--only-ingest", action="store_true", help="`recfusion ingest`, not `run`")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--workers", type=int, help="`recfusion run --workers N` (Dask)")
     args = parser.parse_args()
 
     recfusion = shutil.which("recfusion") or str(Path(sys.executable).parent / "recfusion")
@@ -205,7 +216,8 @@ def main() -> int:
             print(demo.tail)
             return 1
     command = "ingest" if args.only_ingest else "run"
-    run = measure([recfusion, command, "--source", str(source), "--db", str(db)], env)
+    workers = ["--workers", str(args.workers)] if args.workers and not args.only_ingest else []
+    run = measure([recfusion, command, "--source", str(source), "--db", str(db), *workers], env)
     rows.append((command, run))
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
@@ -222,6 +234,12 @@ def main() -> int:
         for stage, seconds in timings.items():
             print(f"  {stage:<22} {seconds:8.1f}s")
         print(f"  {'sum of stages':<22} {sum(timings.values()):8.1f}s")
+        if timings.get("recommend"):
+            print(f"  recommend: {args.users / timings['recommend']:,.0f} users/s")
+        print("\nsizes")
+        for label, path in (("analyst copy", db), ("warehouse", _warehouse(db)),
+                            ("run files (candidates)", Path(f"{db}.runs"))):
+            print(f"  {label:<24} {_size(path) / 1e6:10.1f} MB")
         print("\ntasks of the run (span from the previous task's end; peak RSS of the run in it)")
         for task, seconds, peak in task_peaks(run):
             print(f"  {task:<28} {seconds:8.1f}s  {_gb(peak)}")
