@@ -74,7 +74,7 @@ class _Ease:
         gram = sparse_gram(samples)
         if extra_gram is not None:
             gram += extra_gram
-        self.weights_ = ease_weights(gram, l2).astype(np.float32, copy=False)
+        self.weights_ = ease_weights(gram, l2, overwrite=True)
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         out = block_array((len(users), self.n_items_))
