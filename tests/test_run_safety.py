@@ -328,9 +328,9 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def fill(folder: Path, leave_bytes: int) -> Path:
+def fill(folder: Path, leave_bytes: int, name: str = "filler.bin") -> Path:
     """Fill the filesystem of `folder` up to `leave_bytes` of free space."""
-    filler = folder / "filler.bin"
+    filler = folder / name
     free = shutil.disk_usage(folder).free - leave_bytes
     with filler.open("wb") as fh:
         while free > 0:
@@ -357,11 +357,13 @@ def test_a_full_disk_during_publish_reports_no_space_and_keeps_the_live_list(
     # A disk that fills up after that check (another process writing): the run fails, named.
     monkeypatch.setattr(analyst_copy, "ROOM_MINIMUM", 0)
     monkeypatch.setattr(analyst_copy, "ROOM_FACTOR", 0.0)
+    more = fill(small_filesystem, leave_bytes=64 << 10, name="more.bin")  # not even its lists
     full = run_nightly(small_source, db, evaluate=False)
     assert full.status == "failed"
     assert "No space left on device" in full.message
     assert "cannot rollback" not in full.message
     filler.unlink()
+    more.unlink()
     assert query(db, LATEST) == before  # nothing half-published
     after = run_nightly(small_source, db, evaluate=False)
     assert after.status == "published" and not after.analyst_copy_problem, after
