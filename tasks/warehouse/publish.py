@@ -24,7 +24,6 @@ from tasks.fault_injection import fault_point
 from tasks.warehouse.connection import (
     CANDIDATES_FILE,
     database_file,
-    execute_script,
     read_sql,
     run_candidates_folder,
     runs_folder,
@@ -154,8 +153,8 @@ def prune_candidate_files(con: duckdb.DuckDBPyConnection, keep: int | None) -> l
     file = database_file(con)
     if file is None or not runs_folder(file).is_dir():
         return []
-    dropped = {r for (r,) in con.execute(read_sql("candidates_pruned.sql"),
-                                          {"keep_candidates": keep or KEEP_ALL}).fetchall()}
+    dropped = {r for (r,) in con.execute(read_sql("runs_beyond_retention.sql"),
+                                          {"keep": keep or KEEP_ALL}).fetchall()}
     allowed = {r for (r,) in con.execute(read_sql("candidates_finished_runs.sql")).fetchall()}
     removed = []
     for folder in sorted(runs_folder(file).iterdir()):
@@ -217,14 +216,11 @@ def publish_run(
         ).fetchall()
         if not flipped:
             raise RuntimeError(f"run {run_id} is not an open run in this database: not published")
-        if keep_recommendations or keep_candidates:
-            execute_script(
-                con,
-                read_sql("prune_runs.sql"),
-                {
-                    "keep_recommendations": keep_recommendations or KEEP_ALL,
-                    "keep_candidates": keep_candidates or KEEP_ALL,
-                },
+        if keep_recommendations:
+            con.execute(
+                "DELETE FROM recommendations WHERE run_id IN "
+                f"({read_sql('runs_beyond_retention.sql')})",  # our own SQL, one rule for both
+                {"keep": keep_recommendations},
             )
         fault_point("publish:before_commit")
         con.execute("COMMIT")
