@@ -1,12 +1,9 @@
-"""DuckDB access: connections, schema, the run lock, and the analyst copy.
+"""DuckDB access: connections (damage found at open), SQL files, the schema, the run lock.
 
-DuckDB lets only one process hold a database file for writing, and while it does no other process
-can even read it. So the path a user gives (`--db recfusion.duckdb`) is the **analyst copy**:
-commands read and write a private warehouse beside it (`<db>.warehouse/warehouse.duckdb`), and
-at the end of every command that changed the warehouse the analyst copy is replaced whole by a
-fresh copy (`refresh_analyst_copy`). A session open on the analyst copy keeps reading the old
-file (the kernel keeps its inode) and never blocks a run; a new session sees the new run.
-A separate lock file serialises whole runs so two runs never interleave their writes.
+Commands work on a private warehouse beside the path a user gives; the analyst copy at that
+path is `tasks.warehouse.analyst_copy`'s. A separate lock file serialises whole runs so two runs
+never interleave their writes. A run's candidates are Parquet files beside the database, read
+by the `candidates` view that `apply_schema` makes.
 """
 
 from __future__ import annotations
