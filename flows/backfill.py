@@ -85,7 +85,7 @@ def published_as_of(db: str) -> set[datetime]:
 @flow(name="recfusion-backfill", log_prints=True)
 def backfill(params: BackfillParameters) -> list[RunSummary]:
     logger = get_run_logger()
-    params, _ = apply_deployment_parameters(params)  # a partial trigger keeps the rest
+    params, _ = apply_deployment_parameters(params, BackfillParameters)  # keeps the rest
     if params.end < params.start:
         raise ValueError(f"end {params.end} is before start {params.start}")
     done = published_as_of(params.run.db)

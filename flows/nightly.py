@@ -30,7 +30,12 @@ from prefect.states import Completed, Failed, State
 from flows import engine, signals
 from flows.artifacts import Progress, publish_artifacts
 from flows.plumbing import REFUSALS, RunFailed, RunRefused, io_task, one_line
-from flows.triggers import Applied, apply_deployment_parameters, current_trigger
+from flows.triggers import (
+    Applied,
+    DeploymentParametersInvalid,
+    apply_deployment_parameters,
+    current_trigger,
+)
 from tasks.config import RunParameters
 from tasks.data.dataset import Dataset
 from tasks.data.snapshot import Snapshot, load_snapshot
@@ -562,6 +567,29 @@ def _regression_gate(
     )
 
 
+def _reject(given: dict[str, Any], run_id: str, summary: RunSummary) -> None:
+    """A run refused for its parameters: a `runs` row marked rejected with the reason, in the
+    database they name (when they name one that is a valid path), and nothing else."""
+    db = given.get("db")
+    if not isinstance(db, str) or not db.strip():
+        return
+    summary.db = db
+    logger = get_run_logger()
+    try:
+        with run_lock(db, 0.0, holder=f"run {run_id}"):
+            with connect(open_warehouse(db)) as con:
+                apply_schema(con)
+                trigger = current_trigger()
+                runs.start_run(con, run_id, given, str(given.get("source") or ""),
+                               "recfusion-nightly", trigger.flow_run_id, trigger.kind,
+                               deployment_name=trigger.deployment,
+                               trigger_detail=trigger.detail)
+                runs.reject_run(con, run_id, summary.message)
+            refresh_analyst_copy(db)
+    except Exception as exc:  # the refusal stands; only its record is missing
+        logger.warning("could not record rejected run %s in %s: %s", run_id, db, one_line(exc))
+
+
 def _fail(params: RunParameters, run_id: str, message: str, refresh: bool = True) -> None:
     """Mark the run failed and show it in the analyst copy; where either cannot be done, keep
     the failure beside the analyst copy, for the next run to record. A run stopped by a signal
@@ -588,18 +616,28 @@ def _fail(params: RunParameters, run_id: str, message: str, refresh: bool = True
         logger.error("could not keep the failure of run %s beside the database: %s", run_id, exc)
 
 
-@flow(name="recfusion-nightly", log_prints=True, validate_parameters=True)
+# recfusion validates the parameters itself (`apply_deployment_parameters`): Prefect's own check
+# fails the run before it starts, with a traceback and no trace in `runs`. The type hint still
+# gives the Prefect UI its typed form.
+@flow(name="recfusion-nightly", log_prints=True, validate_parameters=False)
 def nightly(params: RunParameters | None = None) -> RunSummary | State:
     """One nightly run: returns a summary; the flow run fails unless the run was published."""
-    params = params or RunParameters()
     logger = get_run_logger()
     run_id = runs.new_run_id()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    summary = RunSummary(run_id, "failed", db=params.db)
+    summary = RunSummary(run_id, "failed")
     try:
-        params, applied = apply_deployment_parameters(params)  # a partial trigger keeps the rest
-        summary.db = params.db
+        # whatever reached the flow (a form, JSON, the API, Python), merged over a deployment's
+        # saved values and validated; a partial trigger keeps the rest
+        params, applied = apply_deployment_parameters(params, RunParameters)
+    except DeploymentParametersInvalid as exc:
+        summary.message, summary.status = one_line(exc), "rejected"
+        _reject(exc.parameters, run_id, summary)
+        logger.error("run %s rejected: %s", run_id, summary.message)
+        return Failed(data=summary, message=summary.message)
+    summary.db = params.db
+    try:
         with run_lock(params.db, params.lock_timeout_seconds, holder=f"run {run_id}"):
             check_room(params.db)  # found now, not after the whole run
             source = prepare_source(params)

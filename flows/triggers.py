@@ -40,6 +40,15 @@ TriggerKind = Literal["schedule", "deployment", "cli", "backfill", "subflow"]
 class DeploymentParametersInvalid(RuntimeError):
     """The deployment's saved parameters with the trigger's are not valid parameters."""
 
+    def __init__(self, message: str, parameters: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        #: What the run was asked to use, as given (to record the refusal where it points).
+        self.parameters = dict(parameters or {})
+
+
+class ParametersInvalid(DeploymentParametersInvalid):
+    """A flow run's own parameters (no deployment) are not valid parameters."""
+
 
 # --------------------------------------------------------------------------- merging
 
@@ -149,7 +158,7 @@ def merged_run_parameters(
     except ValidationError as exc:
         raise DeploymentParametersInvalid(
             f"deployment {deployment}: its saved parameters with the trigger's are invalid: "
-            + "; ".join(parameter_errors(exc, model))
+            + "; ".join(parameter_errors(exc, model)), merged
         ) from None
     try:
         anyway = model.model_validate(saved).model_dump(mode="json")
@@ -172,17 +181,24 @@ def _flow_run_context() -> Any:
     return FlowRunContext.get()
 
 
-def apply_deployment_parameters(params: M, key: str = "params") -> tuple[M, Applied]:
+def apply_deployment_parameters(
+    params: Any, model: type[M] | None = None, key: str = "params"
+) -> tuple[M, Applied]:
     """The parameters this flow run applies: its deployment's saved `key` merged with the trigger's.
 
     Call at the start of a flow. Outside a deployment's run (no flow run of its own with a
-    deployment: `recfusion run`, a backfill's days) `params` come back unchanged.
+    deployment: `recfusion run`, a backfill's days) `params` come back as given, validated.
+    `params` may be the model or, for a flow that leaves validation to recfusion
+    (`validate_parameters=False`), whatever reached it: a mapping, or nothing (the defaults).
+    Invalid values raise `DeploymentParametersInvalid` (`ParametersInvalid` without a
+    deployment), one line naming each bad field.
     """
+    model = model or type(params)
     ctx = _flow_run_context()
     flow_run = getattr(ctx, "flow_run", None)
     deployment_id = getattr(flow_run, "deployment_id", None)
     if flow_run is None or deployment_id is None:
-        return params, Applied()
+        return _validated(model, params), Applied()
     from prefect import get_run_logger
     from prefect.client.orchestration import get_client
 
@@ -192,9 +208,10 @@ def apply_deployment_parameters(params: M, key: str = "params") -> tuple[M, Appl
     saved = (deployment.parameters or {}).get(key)
     given = (flow_run.parameters or {}).get(key)
     if not isinstance(given, Mapping):  # e.g. a model passed in-process: what it was given
-        given = params.model_dump(mode="json", exclude_unset=True)
+        given = (params.model_dump(mode="json", exclude_unset=True)
+                 if isinstance(params, BaseModel) else {})
     merged, changed = merged_run_parameters(
-        type(params), saved if isinstance(saved, Mapping) else {}, given, name
+        model, saved if isinstance(saved, Mapping) else {}, given, name
     )
     logger = get_run_logger()
     if changed:
@@ -206,6 +223,16 @@ def apply_deployment_parameters(params: M, key: str = "params") -> tuple[M, Appl
     else:
         logger.info("parameters: deployment %s's saved values (the trigger changed none)", name)
     return merged, Applied(name, changed)
+
+
+def _validated(model: type[M], params: Any) -> M:
+    if isinstance(params, model):
+        return params
+    try:
+        return model.model_validate(params if params is not None else {})
+    except ValidationError as exc:
+        given = params if isinstance(params, Mapping) else {}
+        raise ParametersInvalid("; ".join(parameter_errors(exc, model)), given) from None
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ class TuneSummary:
 @flow(name="recfusion-tune", log_prints=True, validate_parameters=True)
 def tune(params: TuneParameters | None = None) -> TuneSummary:
     """Tune, then store every modality's best values with its validation score."""
-    params, _ = apply_deployment_parameters(params or TuneParameters())  # keeps saved `run`
+    params, _ = apply_deployment_parameters(params or TuneParameters(), TuneParameters)
     logger = get_run_logger()
     run = params.run
     # The analyst copy: a consistent snapshot that never waits for (or blocks) a nightly run.

@@ -112,12 +112,17 @@ def test_a_trigger_whose_merge_is_invalid_fails_in_one_line_and_writes_nothing(
     execute(flow_run_id, api_url, tmp_path / "cwd")
     state, message = flow_run_state(flow_run_id)
     assert state == "FAILED"
-    assert message == (
-        f"not started: deployment recfusion-nightly/{name}: its saved parameters with the "
+    reason = (
+        f"deployment recfusion-nightly/{name}: its saved parameters with the "
         "trigger's are invalid: invalid parameter candidates_per_modality: must be >= top_k "
         "(80): lists are fused from these candidates (got 50)"
     )
-    assert not db.exists()
+    assert message == reason
+    # Recorded where the parameters point, as rejected with the reason; nothing published.
+    [(run_id, status, why, flow_run)] = query(
+        db, "SELECT run_id, status, message, flow_run_id FROM runs")
+    assert (status, why, flow_run) == ("rejected", reason, str(flow_run_id))
+    assert query(db, "SELECT count(*) FROM recommendations_latest") == [(0,)]
 
 
 def test_a_tune_trigger_with_one_field_tunes_the_deployment_s_database(

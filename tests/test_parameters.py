@@ -229,3 +229,28 @@ def test_the_prefect_form_gets_the_same_checks(prefect_harness: None, tmp_path: 
     assert state.is_failed()
     assert "topk" in str(state.message) and "Extra inputs are not permitted" in str(state.message)
     assert not db.exists()  # nothing ran
+
+
+def test_invalid_values_that_reach_the_flow_are_one_line_recorded_rejected_and_publish_nothing(
+    prefect_harness: None, small_source: Path, tmp_path: Path
+) -> None:
+    """The finding: with the form's validation off, or a rule the form cannot express, the run
+    failed before recfusion ran, with a traceback, no report and no row in `runs`. Prefect no
+    longer checks the nightly's parameters; recfusion does, in one line per bad field."""
+    from flows.nightly import RunSummary, nightly
+    from support import query
+
+    db = tmp_path / "rf.duckdb"
+    given = {"source": str(small_source), "db": str(db), "top_k": 0,
+             "fusion": {"strategy": "nonsense"}}
+    state = nightly(params=given, return_state=True)  # as the API delivers it: plain JSON
+    assert state.is_failed()
+    summary = state.result(raise_on_failure=False)
+    assert isinstance(summary, RunSummary) and summary.status == "rejected"
+    assert state.message is not None and "\n" not in state.message
+    assert "invalid parameter top_k: must be >= 1 (got 0)" in state.message
+    assert "invalid parameter fusion.strategy:" in state.message
+    [(status, message, parameters)] = query(db, "SELECT status, message, parameters FROM runs")
+    assert (status, message) == ("rejected", state.message)
+    assert json.loads(parameters)["top_k"] == 0  # what was asked, as it was asked
+    assert query(db, "SELECT count(*) FROM recommendations") == [(0,)]

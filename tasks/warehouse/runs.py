@@ -83,6 +83,13 @@ def record_data_window(
     })
 
 
+def reject_run(con: duckdb.DuckDBPyConnection, run_id: str, message: str) -> None:
+    """Mark a running run rejected (refused for its parameters); it published nothing."""
+    con.execute(read_sql("runs_reject.sql"), {
+        "finished_at": datetime.now(UTC), "message": message[:2000], "run_id": run_id,
+    })
+
+
 def fail_run(
     con: duckdb.DuckDBPyConnection,
     run_id: str,
