@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -284,9 +284,30 @@ def tuning_task(params: RunParameters) -> tuple[RunParameters, dict[str, str]]:
     return tuned, {m: str(r["tuning_id"]) for m, r in found.items()}
 
 
+def _evaluation_reporter(progress: Progress | None) -> Callable[[int, int, str], None]:
+    """After each part of the hold-out evaluation (a fit, a scoring, the plan's choice): a log
+    line with done/total and an expected finish, and the progress artifact moved within it."""
+    started = time.perf_counter()
+    logger = get_run_logger()
+
+    def report(done: int, total: int, label: str) -> None:
+        elapsed = time.perf_counter() - started
+        left = elapsed / done * (total - done) if done else 0.0
+        finish = datetime.now(UTC) + timedelta(seconds=left)
+        note = (f"{label} ({done}/{total} parts, {elapsed:.0f}s), expected finish "
+                f"{finish:%H:%M:%S} UTC (in {left:.0f}s)")
+        logger.info("evaluate: %s", note)
+        if progress is not None:
+            progress.within("evaluate", done / total, note)
+
+    return report
+
+
 @task(name="evaluate-holdout", cache_policy=NO_CACHE)
-def evaluate_task(data: Dataset, params: RunParameters) -> Evaluation | None:
-    return evaluate_holdout(data, params)
+def evaluate_task(
+    data: Dataset, params: RunParameters, progress: Progress | None = None
+) -> Evaluation | None:
+    return evaluate_holdout(data, params, _evaluation_reporter(progress))
 
 
 @task(name="evaluation-alarm", cache_policy=NO_CACHE)
@@ -713,7 +734,7 @@ def _steps(
     fingerprint = snap.fingerprint()
     del snap  # every later step works on the dataset's integer codes: the id strings can go
     lap("snapshot_and_checks")
-    evaluation = evaluate_task(data, params) if params.evaluate else None
+    evaluation = evaluate_task(data, params, progress) if params.evaluate else None
     alarm = alarm_task(evaluation, params) if params.evaluate else None
     record_evaluation_task(params, run_id, evaluation, tuning)
     lap("evaluate")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,8 +43,13 @@ class FittedModalities:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+#: Told after each fit and after the scoring (a long step's progress), with what was done.
+OnStep = Callable[[str], None]
+
+
 def fit_modalities(
-    data: Dataset, params: RunParameters, modalities: Sequence[str] | None = None
+    data: Dataset, params: RunParameters, modalities: Sequence[str] | None = None,
+    on_step: OnStep | None = None,
 ) -> FittedModalities:
     """Fit every enabled modality; one whose inputs are absent is skipped with a log line."""
     out = FittedModalities(data, {})
@@ -56,6 +61,9 @@ def fit_modalities(
             log.info("modality %s skipped: %s", name, exc)
             out.skipped[name] = str(exc)
             continue
+        finally:
+            if on_step is not None:
+                on_step(f"fitted {name}")
         out.seconds[name] = time.perf_counter() - start
     return out
 
@@ -99,9 +107,12 @@ def generate_candidates(
     params: RunParameters,
     users: np.ndarray | None = None,
     modalities: Sequence[str] | None = None,
+    on_step: OnStep | None = None,
 ) -> CandidateSet:
     """Fit every modality and keep each one's top-N unseen items for `users` (default: all)."""
-    fitted = fit_modalities(data, params, modalities)
+    fitted = fit_modalities(data, params, modalities, on_step)
     out = score_candidates(fitted, params, users)
+    if on_step is not None:
+        on_step("scored the candidates")
     out.seconds = {m: fit + out.seconds.get(m, 0.0) for m, fit in fitted.seconds.items()}
     return out

@@ -18,6 +18,7 @@ import polars as pl
 
 from tasks.candidates import (
     CandidateSet,
+    OnStep,
     fit_modalities,
     generate_candidates,
 )
@@ -132,7 +133,10 @@ class Stage:
     split: dict[str, object]
 
 
-def build_stage(split: Holdout, full: Dataset, params: RunParameters, seed: int) -> Stage:
+def build_stage(
+    split: Holdout, full: Dataset, params: RunParameters, seed: int,
+    on_step: OnStep | None = None,
+) -> Stage:
     """Fit every modality on the split's past and score its (sampled) hold-out users.
 
     `split` cuts `coded_events(full)`: its keys are `full`'s integer codes. The main users and
@@ -149,7 +153,7 @@ def build_stage(split: Holdout, full: Dataset, params: RunParameters, seed: int)
     main_users = sample_users(truth.filter(~in_pool), most, seed)
     pool_users = sample_users(truth.filter(in_pool), None if most is None else most // 5, seed)
     users = np.union1d(main_users, pool_users)
-    cands = generate_candidates(data, params, users=users)
+    cands = generate_candidates(data, params, users=users, on_step=on_step)
     described = split.describe() | {"sampled_users": len(main_users),
                                     "sampled_cold_pool_users": len(pool_users)}
     return Stage(data, _restrict(truth, users), pool_users, cands, described)
@@ -181,17 +185,41 @@ def report_cold_max(plan: FusionPlan, params: RunParameters) -> int:
 
 
 def _validation_plan(
-    outer: Holdout, full: Dataset, params: RunParameters
+    outer: Holdout, full: Dataset, params: RunParameters, step: OnStep
 ) -> tuple[FusionPlan | None, dict[str, object]]:
     """The fusion plan chosen on the window before the test window (None: too little data)."""
     inner = holdout_split(outer.train, params.evaluation, params.seed + 1, kind=outer.kind)
     if not (inner.truth.height and inner.train.height):
         return None, inner.describe()
-    stage = build_stage(inner, full, params, params.seed + 1)
-    return _select(stage, params), stage.split
+    stage = build_stage(inner, full, params, params.seed + 1,
+                        on_step=lambda done: step(f"validation: {done}"))
+    plan = _select(stage, params)
+    step("validation: chose the plan")
+    return plan, stage.split
 
 
-def evaluate_holdout(full: Dataset, params: RunParameters) -> Evaluation | None:
+#: Told after each part of the hold-out evaluation: (parts done, parts in all, what was done).
+OnEvaluationStep = Callable[[int, int, str], None]
+
+
+def _stepper(params: RunParameters, on_progress: OnEvaluationStep | None) -> OnStep:
+    """Count the evaluation's parts: per stage every source's fit and the scoring, then the
+    choice of plan (validation), the scored lists and the plan refitted (test)."""
+    total = 2 * (len(params.modalities) + 1) + 3
+    done = 0
+
+    def step(label: str) -> None:
+        nonlocal done
+        done = min(done + 1, total)
+        if on_progress is not None:
+            on_progress(done, total, label)
+
+    return step
+
+
+def evaluate_holdout(
+    full: Dataset, params: RunParameters, on_progress: OnEvaluationStep | None = None
+) -> Evaluation | None:
     """Fit on the past, score the hold-out; None when there is too little data for it.
 
     The plan scored here was chosen on a validation split cut from the training part only, with
@@ -209,9 +237,11 @@ def evaluate_holdout(full: Dataset, params: RunParameters) -> Evaluation | None:
     k = params.top_k
     # Validation runs first, in its own function: its dataset, fitted models and candidates are
     # freed before the test part builds its own, so the two never share memory.
-    eval_plan, valid_split = _validation_plan(outer, full, params)
+    step = _stepper(params, on_progress)
+    eval_plan, valid_split = _validation_plan(outer, full, params, step)
 
-    test = build_stage(outer, full, params, params.seed)
+    test = build_stage(outer, full, params, params.seed,
+                       on_step=lambda done: step(f"test: {done}"))
     cands = test.candidates
     eval_plan = eval_plan or _fixed_plan(params, cands.modalities)
     segments = user_segments(test.data, report_cold_max(eval_plan, params))
@@ -232,11 +262,13 @@ def evaluate_holdout(full: Dataset, params: RunParameters) -> Evaluation | None:
         main[:] = True
     per_user = {name: per_user_ndcg(frame, test.truth, users, k)[main]
                 for name, frame in lists.items()}
+    step("test: scored every list")
 
     # The plan to publish: the one evaluated here, learned again on the latest split.
     f = params.fusion
     plan = refit_plan(eval_plan, pool_, test.truth, test.data, k, f.normalisation, f.weights,
                       params.seed, f.stacking)
+    step("test: refitted the plan to publish")
     protocol: dict[str, object] = {
         "kind": outer.kind, "validation": valid_split, "test": test.split, "k": k,
         "seed": params.seed,

@@ -237,8 +237,9 @@ def test_invalid_values_that_reach_the_flow_are_one_line_recorded_rejected_and_p
     """The finding: with the form's validation off, or a rule the form cannot express, the run
     failed before recfusion ran, with a traceback, no report and no row in `runs`. Prefect no
     longer checks the nightly's parameters; recfusion does, in one line per bad field."""
-    from flows.nightly import RunSummary, nightly
     from support import query
+
+    from flows.nightly import RunSummary, nightly
 
     db = tmp_path / "rf.duckdb"
     given = {"source": str(small_source), "db": str(db), "top_k": 0,
