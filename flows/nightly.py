@@ -348,6 +348,24 @@ def _shard_reporter(
     return tracker, report
 
 
+def _fit_reporter(params: RunParameters, progress: Progress | None) -> Callable[[str], None]:
+    """After each source's fit on all the data (before any shard): a log line with done/total
+    and the time it took, and the progress artifact told what is being fitted."""
+    started, done, total = time.perf_counter(), 0, len(params.modalities)
+    logger = get_run_logger()
+
+    def report(label: str) -> None:
+        nonlocal done
+        done = min(done + 1, total)
+        elapsed = time.perf_counter() - started
+        note = f"{label} on all users ({done}/{total} sources, {elapsed:.0f}s)"
+        logger.info("recommend: %s", note)
+        if progress is not None:
+            progress.within("recommend", 0.0, note)
+
+    return report
+
+
 @task(name="recommend", cache_policy=NO_CACHE)
 def recommend_task(
     data: Dataset,
@@ -359,7 +377,8 @@ def recommend_task(
     """In this process: fit once, then today's loop over user shards (nothing pickled)."""
     tracker, report = _shard_reporter(data.n_users, params, progress)
     return recommend(data, params, evaluation.plan if evaluation else None, staging,
-                     on_shard=report, on_fitted=tracker.begin)
+                     on_shard=report, on_fitted=tracker.begin,
+                     on_step=_fit_reporter(params, progress))
 
 
 @task(name="fit-for-shards", cache_policy=NO_CACHE)
@@ -367,7 +386,8 @@ def fit_for_shards_task(
     data: Dataset, params: RunParameters, evaluation: Evaluation | None, staging: Path
 ) -> tuple[ShardWork, pl.DataFrame, Path]:
     """Fit once on the driver and pickle the fit once for every worker to read."""
-    work, segments = prepare_shards(data, params, evaluation.plan if evaluation else None)
+    work, segments = prepare_shards(data, params, evaluation.plan if evaluation else None,
+                                    _fit_reporter(params, None))
     path, size = save_work(work, staging)
     get_run_logger().info("fit for %d users shipped to the workers as %s (%.1f MB)",
                           data.n_users, path, size / 1e6)

@@ -286,11 +286,12 @@ def popularity_baseline(data: Dataset, truth: pl.DataFrame, k: int) -> pl.DataFr
 
 
 def prepare_shards(
-    full: Dataset, params: RunParameters, plan: FusionPlan | None
+    full: Dataset, params: RunParameters, plan: FusionPlan | None,
+    on_step: OnStep | None = None,
 ) -> tuple[ShardWork, pl.DataFrame]:
     """The serial half of recommending: fit every modality on all data once, fix the plan and
     each user's segment. What is left is per user (`tasks.shards.run_shard`)."""
-    fitted = fit_modalities(full, params)
+    fitted = fit_modalities(full, params, on_step=on_step)
     plan = plan or _fixed_plan(params, list(fitted.models))
     segments = user_segments(full, report_cold_max(plan, params)).with_columns(
         pl.Series("segment", plan.segment_of(full.history_lengths()), dtype=pl.String)
@@ -329,6 +330,7 @@ def recommend(
     staging: Path | None = None,
     on_shard: Callable[[ShardResult], None] | None = None,
     on_fitted: Callable[[], None] | None = None,
+    on_step: OnStep | None = None,
 ) -> Recommendations:
     """Fit every modality on all data once, then score, fuse and explain users a shard at a time.
 
@@ -339,7 +341,7 @@ def recommend(
     in-process loop; `flows/nightly.py` maps the same `run_shard` over a Dask cluster.
     """
     start = time.perf_counter()
-    work, segments = prepare_shards(full, params, plan)
+    work, segments = prepare_shards(full, params, plan, on_step)
     if on_fitted is not None:
         on_fitted()
     results = []
