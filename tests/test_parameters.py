@@ -227,8 +227,11 @@ def test_the_prefect_form_gets_the_same_checks(prefect_harness: None, tmp_path: 
     db = tmp_path / "form.duckdb"
     state = nightly(params={"db": str(db), "topk": 20}, return_state=True)  # type: ignore[arg-type]
     assert state.is_failed()
-    assert "topk" in str(state.message) and "Extra inputs are not permitted" in str(state.message)
-    assert not db.exists()  # nothing ran
+    assert state.message == "invalid parameter topk: unknown parameter (did you mean top_k?)"
+    from support import query
+
+    assert query(db, "SELECT status FROM runs") == [("rejected",)]
+    assert query(db, "SELECT count(*) FROM recommendations") == [(0,)]  # nothing ran
 
 
 def test_invalid_values_that_reach_the_flow_are_one_line_recorded_rejected_and_publish_nothing(
