@@ -244,7 +244,7 @@ def snapshot_task(params: RunParameters) -> Snapshot:
 def check_events_task(
     snap: Snapshot, params: RunParameters, gx_run: checks.GxRun | None = None
 ) -> checks.CheckOutcome:
-    return checks.check_events(snap.events, params.event_weights.keys(), gx_run=gx_run)
+    return checks.check_events(snap.events, params.event_weight_map().keys(), gx_run=gx_run)
 
 
 @task(name="build-dataset", cache_policy=NO_CACHE)

@@ -6,8 +6,8 @@ flows take one object (`params`), so `prefect deployment run … --param params=
 and `./recfusion.duckdb`. Here the run takes the deployment's saved `params` again and lays over
 them only what the trigger gave, field by field into nested models. The UI's form sends every
 field, so it gets what it shows; a schedule sends the saved values, so it gets those. A field
-holding a dict (fusion weights, event weights) or a list (modalities) is replaced whole, not
-merged key by key: a trigger that names two weights means those two.
+holding a list (fusion weights, event weights, modalities) is replaced whole, not merged row by
+row: a trigger that names two weights means those two.
 
 "What the trigger gave" is the flow run's parameters as Prefect recorded them: the fields
 `model_fields_set` would name, without those a validator filled in (a bigger `top_k` raises

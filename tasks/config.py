@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     Field,
     ValidationError,
     field_validator,
@@ -55,20 +56,57 @@ DASK_ADDRESS = re.compile(
 )
 
 
-def _known_modality(name: str) -> str:
-    if name not in ALL_MODALITIES:
-        raise PydanticCustomError(
-            "unknown_modality",
-            "unknown modality (known: {known})",
-            {"known": ", ".join(ALL_MODALITIES)},
-        )
-    return name
-
-
 def _event_type(name: str) -> str:
     if not name.strip():
         raise PydanticCustomError("empty_event_type", "event type must not be empty")
     return name
+
+
+def _pairs(key: str) -> Any:
+    """A validator that reads `{name: weight}` as `[{key: name, weight: weight}]`.
+
+    The typed list is what the Prefect form renders as rows and sends back as plain JSON (a
+    free-form map becomes a JSON box the form cannot submit as filled in); the map stays
+    accepted, so earlier params files, saved deployments and the command line keep working.
+    """
+
+    def read(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return [{key: name, "weight": weight} for name, weight in value.items()]
+        return value
+
+    return read
+
+
+def _once_each(rows: list[Any], key: str) -> None:
+    names = [getattr(row, key) for row in rows]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise PydanticCustomError(
+            "repeated_name",
+            "lists {repeated} more than once",
+            {"repeated": ", ".join(repeated)},
+        )
+
+
+class EventWeight(BaseModel):
+    """One event type's weight: a row of the form's `event_weights`."""
+
+    model_config = PARAMETER_CONFIG
+
+    event_type: Annotated[str, AfterValidator(_event_type)] = Field(
+        description="A value of events.event_type, as the source spells it."
+    )
+    weight: NonNegative = Field(1.0, description="Its weight: >= 0, 0 ignores the type.")
+
+
+class ModalityWeight(BaseModel):
+    """One modality's fusion weight: a row of the form's `fusion.weights`."""
+
+    model_config = PARAMETER_CONFIG
+
+    modality: ModalityName = Field(description="An enabled modality.")
+    weight: NonNegative = Field(description="Its weight in weighted fusion: >= 0.")
 
 
 class FusionParams(BaseModel):
@@ -84,11 +122,14 @@ class FusionParams(BaseModel):
     normalisation: Literal["minmax", "zscore", "rank"] = Field(
         "minmax", description="Score normalisation before weighted fusion."
     )
-    weights: dict[Annotated[str, AfterValidator(_known_modality)], NonNegative] | None = Field(
+    weights: Annotated[
+        list[ModalityWeight] | None, BeforeValidator(_pairs("modality"))
+    ] = Field(
         None,
-        description="Override per-modality weights (e.g. {'behavior': 1, 'social': 0.3}); keys "
-        "are enabled modalities, values finite and >= 0 (a missing modality weighs 0), not all "
-        "0. Empty = tuned on a validation window.",
+        description="Override per-modality weights: rows of modality and weight (also read "
+        "from a map such as {'behavior': 1, 'social': 0.3}); enabled modalities, each once, "
+        "weights finite and >= 0 (a modality not listed weighs 0), not all 0. Empty = tuned on "
+        "a validation window.",
     )
     cold_history_max: int | None = Field(
         None,
@@ -105,16 +146,21 @@ class FusionParams(BaseModel):
 
     @field_validator("weights")
     @classmethod
-    def _not_all_zero(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+    def _not_all_zero(cls, weights: list[ModalityWeight] | None) -> list[ModalityWeight] | None:
         if not weights:
             return None  # empty = tune them
-        if not any(w > 0 for w in weights.values()):
+        _once_each(weights, "modality")
+        if not any(w.weight > 0 for w in weights):
             raise PydanticCustomError(
                 "all_zero_weights",
                 "all weights are 0, so every fused score would be 0; give at least one modality "
                 "a positive weight, or leave weights empty to tune them",
             )
         return weights
+
+    def weight_map(self) -> dict[str, float] | None:
+        """The given weights by modality (None: tune them)."""
+        return None if self.weights is None else {w.modality: w.weight for w in self.weights}
 
 
 class RunParameters(BaseModel):
@@ -169,10 +215,14 @@ class RunParameters(BaseModel):
     fusion: FusionParams = Field(
         default_factory=FusionParams, description="How the candidate lists become one list."
     )
-    event_weights: dict[Annotated[str, AfterValidator(_event_type)], NonNegative] = Field(
-        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
-        description="Weight per event type (purchase > like > click > view); finite, >= 0 "
-        "(0 ignores the type), not all 0. Types not listed weigh 1.",
+    event_weights: Annotated[list[EventWeight], BeforeValidator(_pairs("event_type"))] = Field(
+        default_factory=lambda: [
+            EventWeight(event_type=t, weight=w) for t, w in DEFAULT_EVENT_WEIGHTS.items()
+        ],
+        description="Weight per event type (purchase > like > click > view): rows of event type "
+        "and weight (also read from a map such as {'purchase': 4, 'view': 0.25}); each type "
+        "once, weights finite and >= 0 (0 ignores the type), not all 0. Types not listed "
+        "weigh 1.",
     )
     value_transform: Literal["log1p", "raw", "binary"] = Field(
         "log1p", description="How an event's value (count, rating) becomes confidence."
@@ -294,8 +344,9 @@ class RunParameters(BaseModel):
 
     @field_validator("event_weights")
     @classmethod
-    def _some_event_counts(cls, weights: dict[str, float]) -> dict[str, float]:
-        if not any(w > 0 for w in weights.values()):
+    def _some_event_counts(cls, weights: list[EventWeight]) -> list[EventWeight]:
+        _once_each(weights, "event_type")
+        if not any(w.weight > 0 for w in weights):
             raise PydanticCustomError(
                 "all_zero_weights",
                 "needs at least one event type with a positive weight "
@@ -307,7 +358,7 @@ class RunParameters(BaseModel):
     def _consistent(self) -> RunParameters:
         problems: list[InitErrorDetails] = []
 
-        def problem(loc: tuple[str, ...], kind: str, message: str, value: Any) -> None:
+        def problem(loc: tuple[str | int, ...], kind: str, message: str, value: Any) -> None:
             problems.append(
                 InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
             )
@@ -322,13 +373,15 @@ class RunParameters(BaseModel):
                 )
             else:
                 self.candidates_per_modality = self.top_k
-        for name in sorted(set(self.fusion.weights or {}) - set(self.modalities)):
-            problem(
-                ("fusion", "weights", name),
-                "weight_for_disabled_modality",
-                f"modality {name} is not enabled in modalities ({', '.join(self.modalities)})",
-                (self.fusion.weights or {})[name],
-            )
+        for i, row in enumerate(self.fusion.weights or []):
+            if row.modality not in self.modalities:
+                problem(
+                    ("fusion", "weights", i, "modality"),
+                    "weight_for_disabled_modality",
+                    f"modality {row.modality} is not enabled in modalities "
+                    f"({', '.join(self.modalities)})",
+                    row.modality,
+                )
         if self.workers is not None and self.dask_address is not None:
             problem(
                 ("dask_address",),
@@ -349,9 +402,12 @@ class RunParameters(BaseModel):
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
+    def event_weight_map(self) -> dict[str, float]:
+        return {w.event_type: w.weight for w in self.event_weights}
+
     def weighting(self) -> InteractionWeighting:
         return InteractionWeighting(
-            event_weights=self.event_weights,
+            event_weights=self.event_weight_map(),
             value_transform=self.value_transform,
             half_life_days=self.half_life_days,
         )

@@ -92,7 +92,7 @@ def dataset_from(
 
 def _fixed_plan(params: RunParameters, modalities: list[str]) -> FusionPlan:
     """The plan when nothing could be evaluated: the given (or default) weights, no cold rule."""
-    weights = params.fusion.weights or {m: REGISTRY[m].default_weight for m in modalities}
+    weights = params.fusion.weight_map() or {m: REGISTRY[m].default_weight for m in modalities}
     strategy = (
         DEFAULT_FUSER
         if params.fusion.strategy == AUTO or FUSERS[params.fusion.strategy].needs_labels
@@ -171,7 +171,7 @@ def _select(stage: Stage, params: RunParameters) -> FusionPlan:
         cold_history_max=f.cold_history_max,
         cold_users=stage.cold_pool,
         normalisation=f.normalisation,
-        fixed_weights=f.weights,
+        fixed_weights=f.weight_map(),
         seed=params.seed,
         stacking=f.stacking,
     )
@@ -266,7 +266,7 @@ def evaluate_holdout(
 
     # The plan to publish: the one evaluated here, learned again on the latest split.
     f = params.fusion
-    plan = refit_plan(eval_plan, pool_, test.truth, test.data, k, f.normalisation, f.weights,
+    plan = refit_plan(eval_plan, pool_, test.truth, test.data, k, f.normalisation, f.weight_map(),
                       params.seed, f.stacking)
     step("test: refitted the plan to publish")
     protocol: dict[str, object] = {

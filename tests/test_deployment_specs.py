@@ -97,3 +97,55 @@ def test_deploy_step_refuses_a_folder_that_is_not_a_checkout(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(NotACheckout, match=r"RECFUSION_HOME is not set and .* does not hold"):
         recfusion_home()
+
+
+def _free_form_maps(node: Any, defs: dict[str, Any], path: str, seen: set[str]) -> list[str]:
+    """Paths whose schema is an object without named fields: the form's free-form JSON box."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            name = node["$ref"].rsplit("/", 1)[-1]
+            if name in seen:
+                return []
+            return _free_form_maps(defs[name], defs, path, seen | {name})
+        found = []
+        if node.get("type") == "object" and not node.get("properties"):
+            found.append(path)
+        for key, sub in (node.get("properties") or {}).items():
+            found += _free_form_maps(sub, defs, f"{path}.{key}".lstrip("."), seen)
+        for key in ("anyOf", "allOf", "oneOf"):
+            for sub in node.get(key, []):
+                found += _free_form_maps(sub, defs, path, seen)
+        if "items" in node:
+            found += _free_form_maps(node["items"], defs, f"{path}[]", seen)
+        return found
+    return []
+
+
+@pytest.mark.parametrize("flow_name", ["nightly", "backfill", "tune"])
+def test_every_parameter_is_a_field_the_prefect_form_renders(flow_name: str) -> None:
+    """The finding: `event_weights` and `fusion.weights` were free-form maps, which the form
+    shows as a JSON box holding `{"__prefect_kind": "json"}` that it then refuses to submit."""
+    import importlib
+
+    from prefect.utilities.callables import parameter_schema
+
+    flow = getattr(importlib.import_module(f"flows.{flow_name}"), flow_name)
+    schema = parameter_schema(flow.fn).model_dump_for_openapi()
+    assert _free_form_maps(schema, schema.get("definitions", {}), "", set()) == []
+
+
+def test_the_form_s_own_json_goes_back_in_as_it_came_out() -> None:
+    """What JSON mode shows (every field, as the schema types it) validates against the
+    deployment's schema as Prefect checks it and comes back as the same parameters."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    from flows.nightly import nightly
+
+    schema = parameter_schema(nightly.fn).model_dump_for_openapi()
+    shown = RunParameters.model_validate(
+        {"fusion": {"weights": {"behavior": 1, "social": 0.3}}, "event_weights": {"view": 2}}
+    ).model_dump(mode="json")
+    validate({"params": shown}, schema, raise_on_error=True, ignore_required=True)
+    assert shown["event_weights"] == [{"event_type": "view", "weight": 2.0}]
+    assert RunParameters.model_validate(shown).model_dump(mode="json") == shown

@@ -85,15 +85,22 @@ BAD = [
     ({"modalities": ["social", "behavior", "social"]}, "modalities: lists social more than once"),
     ({"modalities": ["behaviour"]}, "modalities[0]: Input should be 'behavior'"),
     ({"fusion": {"weights": {"popularty": 1.0}}},
-     "fusion.weights.popularty: unknown modality (known: behavior, content, social, popularity,"),
-    ({"fusion": {"weights": {"behavior": -1}}}, "fusion.weights.behavior: must be >= 0 (got -1)"),
+     "fusion.weights[0].modality: Input should be 'behavior', 'content', 'social', 'popularity',"),
+    ({"fusion": {"weights": [{"modality": "behavior", "weight": -1}]}},
+     "fusion.weights[0].weight: must be >= 0 (got -1)"),
+    ({"fusion": {"weights": [{"modality": "social", "weight": 1},
+                             {"modality": "social", "weight": 2}]}},
+     "fusion.weights: lists social more than once"),
     ({"fusion": {"weights": {"behavior": 0, "social": 0}}}, "fusion.weights: all weights are 0"),
     ({"modalities": ["behavior"], "fusion": {"weights": {"behavior": 1, "social": 1}}},
-     "fusion.weights.social: modality social is not enabled in modalities (behavior)"),
-    ({"event_weights": {"view": -0.5}}, "event_weights.view: must be >= 0 (got -0.5)"),
+     "fusion.weights[1].modality: modality social is not enabled in modalities (behavior)"),
+    ({"event_weights": {"view": -0.5}}, "event_weights[0].weight: must be >= 0 (got -0.5)"),
+    ({"event_weights": [{"event_type": "view", "weight": 1}, {"event_type": "view"}]},
+     "event_weights: lists view more than once"),
+    ({"event_weights": [{"weight": 1}]}, "event_weights[0].event_type: Field required"),
     ({"event_weights": {"view": 0, "click": 0}}, "event_weights: needs at least one event type"),
     ({"event_weights": {}}, "event_weights: needs at least one event type"),
-    ({"event_weights": {" ": 1}}, "event_weights. : event type must not be empty"),
+    ({"event_weights": {" ": 1}}, "event_weights[0].event_type: event type must not be empty"),
     ({"evaluation": {"holdout_days": 1e-9}},
      "evaluation.holdout_days: must be >= 0.04167 (got 1e-09)"),
     ({"evaluation": {"holdout_days": 1e6}},
@@ -138,8 +145,8 @@ def test_nan_and_infinity_from_a_json_file_are_rejected() -> None:
     )
     lines = errors_of(data)
     assert sorted(lines) == [
-        "invalid parameter event_weights.view: Input should be a finite number (got -inf)",
-        "invalid parameter fusion.weights.behavior: Input should be a finite number (got nan)",
+        "invalid parameter event_weights[0].weight: Input should be a finite number (got -inf)",
+        "invalid parameter fusion.weights[0].weight: Input should be a finite number (got nan)",
         "invalid parameter lock_timeout_seconds: Input should be a finite number (got inf)",
     ]
 

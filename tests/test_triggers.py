@@ -61,13 +61,13 @@ def test_a_nested_field_merges_into_the_saved_model() -> None:
     params = merged({"fusion": {"strategy": "rrf"}, "evaluation": {"protocol": "user_random"}})
     assert params.fusion.strategy == "rrf"
     assert params.fusion.normalisation == "zscore"  # saved, kept
-    assert params.fusion.weights == SAVED["fusion"]["weights"]
+    assert params.fusion.weight_map() == SAVED["fusion"]["weights"]
     assert params.evaluation.protocol == "user_random" and params.evaluation.holdout_days == 14
 
 
 def test_dict_and_list_fields_are_replaced_whole() -> None:
     params = merged({"fusion": {"weights": {"behavior": 1.0}}, "modalities": ["behavior"]})
-    assert params.fusion.weights == {"behavior": 1.0}  # not merged with the saved content weight
+    assert params.fusion.weight_map() == {"behavior": 1.0}  # not merged with the saved ones
     assert params.modalities == ["behavior"]
 
 
@@ -99,8 +99,8 @@ def test_changed_fields_name_what_the_trigger_changed() -> None:
     given = {"top_k": 20, "db": SAVED["db"], "fusion": {"strategy": "rrf",
                                                         "weights": {"behavior": 1.0}}}
     _, changed = merged_run_parameters(RunParameters, SAVED, given, "x/y")
-    assert changed == {"top_k": 20, "fusion.strategy": "rrf",
-                       "fusion.weights": {"behavior": 1.0}}  # db: same as saved, not a change
+    assert changed == {"top_k": 20, "fusion.strategy": "rrf",  # db: same as saved, no change
+                       "fusion.weights": [{"modality": "behavior", "weight": 1.0}]}
 
 
 def test_the_form_sends_every_field_and_only_what_the_person_changed_is_a_change() -> None:
