@@ -657,11 +657,17 @@ def _fail(params: RunParameters, run_id: str, message: str, refresh: bool = True
         logger.error("could not keep the failure of run %s beside the database: %s", run_id, exc)
 
 
+#: The nightly's default parameters. A default (rather than `None`) keeps the form's schema a
+#: plain object, so a bad value typed in its JSON mode is named by its field, not shown as the
+#: whole object "not valid under any of the given schemas".
+DEFAULT_PARAMETERS = RunParameters()
+
+
 # recfusion validates the parameters itself (`apply_deployment_parameters`): Prefect's own check
 # fails the run before it starts, with a traceback and no trace in `runs`. The type hint still
 # gives the Prefect UI its typed form.
 @flow(name="recfusion-nightly", log_prints=True, validate_parameters=False)
-def nightly(params: RunParameters | None = None) -> RunSummary | State:
+def nightly(params: RunParameters = DEFAULT_PARAMETERS) -> RunSummary | State:
     """One nightly run: returns a summary; the flow run fails unless the run was published."""
     logger = get_run_logger()
     run_id = runs.new_run_id()

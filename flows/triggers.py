@@ -227,7 +227,7 @@ def apply_deployment_parameters(
 
 def _validated(model: type[M], params: Any) -> M:
     if isinstance(params, model):
-        return params
+        return params.model_copy(deep=True)  # never the flow's shared default itself
     try:
         return model.model_validate(params if params is not None else {})
     except ValidationError as exc:

@@ -57,10 +57,14 @@ class TuneSummary:
     improved: dict[str, tuple[float, float]] = field(default_factory=dict)  # default, tuned
 
 
+#: A default rather than `None`: the form's JSON mode then names a bad field (see nightly).
+DEFAULT_PARAMETERS = TuneParameters()
+
+
 @flow(name="recfusion-tune", log_prints=True, validate_parameters=True)
-def tune(params: TuneParameters | None = None) -> TuneSummary:
+def tune(params: TuneParameters = DEFAULT_PARAMETERS) -> TuneSummary:
     """Tune, then store every modality's best values with its validation score."""
-    params, _ = apply_deployment_parameters(params or TuneParameters(), TuneParameters)
+    params, _ = apply_deployment_parameters(params, TuneParameters)
     logger = get_run_logger()
     run = params.run
     # The analyst copy: a consistent snapshot that never waits for (or blocks) a nightly run.

@@ -191,7 +191,7 @@ class RunParameters(BaseModel):
         "without a zone is UTC, as in the data contract. Empty = latest event.",
     )
     modalities: list[ModalityName] = Field(
-        default_factory=lambda: list(ALL_MODALITIES),
+        list(ALL_MODALITIES),
         min_length=1,
         description="Candidate sources to run (at least one, each once): the four modalities, "
         "plus the feature-level (hybrid_features) and sample-level (hybrid_samples) fusion "
@@ -216,9 +216,8 @@ class RunParameters(BaseModel):
         default_factory=FusionParams, description="How the candidate lists become one list."
     )
     event_weights: Annotated[list[EventWeight], BeforeValidator(_pairs("event_type"))] = Field(
-        default_factory=lambda: [
-            EventWeight(event_type=t, weight=w) for t, w in DEFAULT_EVENT_WEIGHTS.items()
-        ],
+        # a default, not a factory: the schema then holds it, and the form shows its rows
+        [EventWeight(event_type=t, weight=w) for t, w in DEFAULT_EVENT_WEIGHTS.items()],
         description="Weight per event type (purchase > like > click > view): rows of event type "
         "and weight (also read from a map such as {'purchase': 4, 'view': 0.25}); each type "
         "once, weights finite and >= 0 (0 ignores the type), not all 0. Types not listed "

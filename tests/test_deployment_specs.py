@@ -149,3 +149,29 @@ def test_the_form_s_own_json_goes_back_in_as_it_came_out() -> None:
     validate({"params": shown}, schema, raise_on_error=True, ignore_required=True)
     assert shown["event_weights"] == [{"event_type": "view", "weight": 2.0}]
     assert RunParameters.model_validate(shown).model_dump(mode="json") == shown
+
+
+def _error_paths(node: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(node, str):
+        return [path]
+    if isinstance(node, dict):
+        inner = (*path, node["property"])
+        return [p for e in node.get("errors", []) for p in _error_paths(e, inner)]
+    return [p for e in node for p in _error_paths(e, path)]
+
+
+def test_a_bad_value_in_json_mode_is_named_by_its_field() -> None:
+    """The finding: an unknown fusion.strategy typed in JSON mode gave a red wall dumping the
+    whole object ("… is not valid under any of the given schemas"), never naming the field."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import build_error_obj, validate
+
+    from flows.nightly import nightly
+
+    schema = parameter_schema(nightly.fn).model_dump_for_openapi()
+    shown = RunParameters().model_dump(mode="json")
+    shown["fusion"]["strategy"], shown["top_k"] = "nonsense", 0
+    errors = build_error_obj(validate({"params": shown}, schema, ignore_required=True))
+    assert sorted(_error_paths(errors["errors"])) == [
+        ("params", "fusion", "strategy"), ("params", "top_k")
+    ]
