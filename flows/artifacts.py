@@ -22,7 +22,15 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.outputs.report import ReportInput, headline_frame, lift_table, render_markdown
+from tasks.outputs.report import (
+    ReportInput,
+    failures_markdown,
+    headline_frame,
+    lift_table,
+    plan_markdown,
+    render_markdown,
+    segment_frame,
+)
 
 KEYS = {
     "metrics": "recfusion-metrics",
@@ -31,6 +39,9 @@ KEYS = {
     "row_counts": "recfusion-row-counts",
     "report": "recfusion-report",
     "progress": "recfusion-progress",
+    "segments": "recfusion-segments",
+    "plan": "recfusion-plan",
+    "failures": "recfusion-failures",
 }
 
 log = logging.getLogger(__name__)
@@ -60,6 +71,22 @@ def publish_artifacts(data: ReportInput, report: Path | None, host: str | None =
             description=f"Fused list of run {data.run_id} vs previous published run "
             f"{data.previous_run_id or '(none)'}",
         )
+        create_table_artifact(
+            key=KEYS["segments"],
+            table=_records(segment_frame(data.metrics)),
+            description=f"Fused list of run {data.run_id} per user segment (all, cold, warm, "
+            "with friends, …); <metric>_se is its standard error",
+        )
+    create_markdown_artifact(
+        key=KEYS["plan"],
+        markdown=f"# Fusion plan of run `{data.run_id}`\n\n{plan_markdown(data)}\n",
+        description=f"The fusion plan run {data.run_id} published, and what it was chosen among",
+    )
+    create_markdown_artifact(
+        key=KEYS["failures"],
+        markdown=f"# What failed in run `{data.run_id}`\n\n{failures_markdown(data)}\n",
+        description=f"Failed checks and quarantined rows of run {data.run_id}, with examples",
+    )
     create_table_artifact(
         key=KEYS["checks"],
         table=_records(data.checks),

@@ -532,6 +532,7 @@ def report_task(
     check_outcomes: list[checks.CheckOutcome],
     ingest_report: IngestReport,
     timings: dict[str, float],
+    plan: dict[str, Any] | None = None,
 ) -> Path | None:
     """HTML report next to the database, and the run's Prefect artifacts (the report as markdown).
 
@@ -556,6 +557,13 @@ def report_task(
     except Exception as exc:
         logger.warning("could not read the runs to compare: %s", exc)
         not_comparable = "not comparable: the runs could not be read"
+    quarantine: pl.DataFrame | None = None
+    try:
+        with connect(warehouse_path(params.db), read_only=True) as con:
+            quarantine = con.sql(read_sql("quarantine_examples.sql"),
+                                 params={"run_id": run_id}).pl()
+    except Exception as exc:
+        logger.warning("could not read the rows this run quarantined: %s", exc)
     data = ReportInput(
         run_id,
         verdict.status,
@@ -570,6 +578,8 @@ def report_task(
         timings,
         not_comparable=not_comparable,
         data_docs=DataDocs.of(check_outcomes),
+        plan=plan,
+        quarantine=quarantine,
     )
     path: Path | None = None
     try:
@@ -582,6 +592,15 @@ def report_task(
     except Exception as exc:
         logger.warning("could not create the run's Prefect artifacts: %s", exc)
     return path
+
+
+def _plan_shown(evaluation: Evaluation | None) -> dict[str, Any] | None:
+    """The published plan, with the recipes compared on validation when it chose among them."""
+    if evaluation is None:
+        return None
+    shown = evaluation.plan.to_dict()
+    shown["selection"] = shown["selection"] or evaluation.eval_plan.selection
+    return shown
 
 
 def report_dir(db: str) -> Path:
@@ -812,7 +831,7 @@ def _steps(
         report_task(
             params, run_id, verdict, outputs, previous,
             [input_check, output_check, *([alarm] if alarm is not None else [])],
-            ingest_report, timings,
+            ingest_report, timings, _plan_shown(evaluation),
         )
     fused = outputs.metrics.filter((pl.col("model") == "fused") & (pl.col("segment") == "all"))
     return RunSummary(

@@ -349,3 +349,70 @@ def test_previous_run_on_different_data_is_marked_not_comparable(
         r["relative_lift"] is None and r["comparison"] == "not comparable: different data"
         for r in rows
     )
+
+
+PLAN = {
+    "default": {"recipe": "weighted", "fuser": "weighted", "normalisation": "minmax",
+                "weights": {"behavior": 0.7, "social": 0.3}},
+    "cold": {"recipe": "popularity", "fuser": "single"},
+    "cold_max": 2,
+    "selection": [
+        {"role": "default", "recipe": "weighted", "ndcg": 0.31, "gain": 0.02, "std_error": 0.004,
+         "vs": "behavior", "n_users": 900},
+        {"role": "default", "recipe": "rrf", "ndcg": 0.29, "gain": 0.0, "std_error": 0.003,
+         "vs": "behavior", "n_users": 900},
+    ],
+}
+
+
+def test_the_plan_and_what_failed_are_in_the_markdown_with_examples() -> None:
+    from tasks.outputs.report import render_markdown
+
+    quarantine = pl.DataFrame({
+        "table_name": ["events"], "source_file": ["/data/events.csv"],
+        "reason": ["ts: not a time"], "rows": [3], "first_row": [17],
+        "example": ['{"user_id": "u1", "ts": "yesterday"}'],
+    })
+    text = render_markdown(report_input(metrics(), plan=PLAN, quarantine=quarantine), "h", None)
+    assert "| all | weighted | weighted | behavior 0.7, social 0.3 | minmax |" not in text
+    assert "| more than 2 items | weighted | weighted | behavior 0.7, social 0.3 | minmax |" in text
+    assert "| at most 2 items (cold) | popularity | single |" in text
+    assert "| default | rrf | 0.2900 |" in text  # what it was chosen among
+    assert "### Failed checks (1 of 3)" in text
+    assert "| evaluation | expect_evaluation_users_at_least | n_users | 12 users (at least" in text
+    assert "### Rows quarantined by this run (3; first example of each reason)" in text
+    assert 'ts: not a time | 3 | 17 | {"user_id": "u1", "ts": "yesterday"} |' in text
+    bare = render_markdown(report_input(metrics()), "h", None)
+    assert "_the run did not evaluate" in bare and "quarantined by this run (0;" in bare
+
+
+def test_the_ui_shows_the_plan_the_segments_and_what_failed_with_example_rows(
+    prefect_harness: None, small_source: Path, tmp_path: Path
+) -> None:
+    """The finding: failed checks with examples, per-segment metrics and the plan were only in
+    the HTML report and Data Docs, paths on the worker the UI cannot open."""
+    source = tmp_path / "source"
+    shutil.copytree(small_source, source)
+    events = pl.read_parquet(source / "events.parquet")
+    bad = events.head(2).with_columns(pl.lit(None, pl.String).alias("user_id"))
+    pl.concat([events, bad]).write_parquet(source / "events.parquet")
+    db = tmp_path / "q.duckdb"
+    summary = run_nightly(source, db)
+    run_id, flow_run_id = _run(db)
+    [(strategy,)] = query(db, "SELECT fusion_strategy FROM runs")
+    assert summary.status == "published"
+
+    (plan,) = _artifacts(flow_run_id, "recfusion-plan")
+    recipe = strategy.split(";")[0]
+    assert f"| {recipe} |" in str(plan.data) and "Chosen on validation among" in str(plan.data)
+
+    (segments,) = _artifacts(flow_run_id, "recfusion-segments")
+    rows = json.loads(segments.data) if isinstance(segments.data, str) else segments.data
+    assert rows[0]["segment"] == "all" and rows[0]["n_users"] > 0 and "ndcg_se" in rows[0]
+
+    (failures,) = _artifacts(flow_run_id, "recfusion-failures")
+    text = str(failures.data)
+    assert "### Rows quarantined by this run (2;" in text
+    [(reason,)] = query(db, "SELECT DISTINCT reason FROM raw.quarantine")
+    example = str(bad["item_id"][0])
+    assert f"| {reason} | 2 |" in text and example in text

@@ -82,6 +82,11 @@ class ReportInput:
     #: Why the previous run cannot be compared with this one ('' when it can): see `comparability`.
     not_comparable: str = ""
     data_docs: DataDocs | None = None
+    #: The published fusion plan (`FusionPlan.to_dict()`), its `selection` the recipes compared
+    #: on validation; None when the run did not evaluate.
+    plan: Mapping[str, Any] | None = None
+    #: Rows this run quarantined: per table, file and reason, with a count and a first example.
+    quarantine: pl.DataFrame | None = None
 
 
 # --- comparability -------------------------------------------------------------------------
@@ -301,6 +306,54 @@ def check_summary(checks: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def failed_checks(checks: pl.DataFrame) -> pl.DataFrame:
+    """The checks that failed, with what was seen (GX's first unexpected values among it)."""
+    return checks.filter(~pl.col("success")).drop("success")
+
+
+def _weights(weights: Mapping[str, float] | None) -> str:
+    return ", ".join(f"{m} {w:g}" for m, w in (weights or {}).items())
+
+
+def _stacker(summary: Mapping[str, Any] | None) -> str:
+    if not summary:
+        return ""
+    return (f"{summary.get('learner')}, {summary.get('bags')} bags on "
+            f"{summary.get('n_train_rows')} rows ({summary.get('n_train_positives')} positive)")
+
+
+def plan_frame(plan: Mapping[str, Any]) -> pl.DataFrame:
+    """The published plan: one row per recipe it uses, with the users it is for."""
+    rows = []
+    cold, cold_max = plan.get("cold"), plan.get("cold_max")
+    for users, recipe in (
+        ("all" if not cold else f"more than {cold_max} items", plan.get("default")),
+        (f"at most {cold_max} items (cold)", cold),
+    ):
+        if recipe:
+            rows.append({
+                "users": users, "recipe": str(recipe.get("recipe")),
+                "fuser": str(recipe.get("fuser")), "weights": _weights(recipe.get("weights")),
+                "normalisation": str(recipe.get("normalisation") or ""),
+                "stacker": _stacker(recipe.get("stacker")),
+            })
+    return pl.DataFrame(rows, schema=dict.fromkeys(
+        ("users", "recipe", "fuser", "weights", "normalisation", "stacker"), pl.String))
+
+
+def selection_frame(plan: Mapping[str, Any]) -> pl.DataFrame:
+    """Every recipe compared on validation: its NDCG and paired gain over the one it challenged."""
+    columns = {"role": pl.String, "recipe": pl.String, "ndcg": pl.Float64, "gain": pl.Float64,
+               "gain_se": pl.Float64, "vs": pl.String, "n_users": pl.Int64}
+    rows = [
+        {"role": str(r.get("role", "")), "recipe": str(r.get("recipe")), "ndcg": r.get("ndcg"),
+         "gain": r.get("gain"), "gain_se": r.get("std_error"), "vs": str(r.get("vs", "")),
+         "n_users": r.get("n_users")}
+        for r in plan.get("selection") or []
+    ]
+    return pl.DataFrame(rows, schema=columns)
+
+
 # --- cells (text) --------------------------------------------------------------------------
 
 Cell = tuple[str, str | None]  # text, css class
@@ -478,6 +531,22 @@ def _counts_and_timings(data: ReportInput) -> tuple[pl.DataFrame, pl.DataFrame]:
     return counts, timings
 
 
+def _html_plan(data: ReportInput) -> str:
+    if data.plan is None:
+        return '<p class="muted">the run did not evaluate: given or default weights</p>'
+    selection = selection_frame(data.plan)
+    return _table(plan_frame(data.plan)) + (
+        "<p>Chosen on validation among:</p>" + _table(selection) if selection.height else ""
+    )
+
+
+def _html_quarantine(data: ReportInput) -> str:
+    q = data.quarantine
+    if q is None or q.height == 0:
+        return ""
+    return f"<h3>Rows quarantined by this run ({int(q['rows'].sum())})</h3>" + _table(q)
+
+
 def render_report(data: ReportInput, base: Path | None = None) -> str:
     """The report as one HTML page; links are relative to `base` (the page's folder) if given."""
     m = data.metrics
@@ -522,10 +591,13 @@ def render_report(data: ReportInput, base: Path | None = None) -> str:
         comparison_html,
         "<h2>Per segment (fused)</h2>",
         _table(segment_frame(m), k) if m.height else "",
+        "<h2>Fusion plan</h2>",
+        _html_plan(data),
         "<h2>Score distribution of the published list</h2>",
         _histogram(data.scores),
         "<h2>Data checks</h2>",
         _html_checks(data, base),
+        _html_quarantine(data),
         "<h2>Row counts</h2>",
         _table(counts),
         "<h2>Timings</h2>",
@@ -574,6 +646,36 @@ def _md_table(frame: pl.DataFrame, k: int | None = None, digits: int = 4) -> str
     return "\n".join(lines)
 
 
+def plan_markdown(data: ReportInput) -> str:
+    """The plan the run published, and every recipe it was chosen against on validation."""
+    if data.plan is None:
+        return ("_the run did not evaluate: its lists use the given weights, or each "
+                "modality's default weight_")
+    out = [_md_table(plan_frame(data.plan)), ""]
+    selection = selection_frame(data.plan)
+    if selection.height:
+        out += ["Chosen on validation among (NDCG per user; gain ± standard error over the "
+                "recipe it challenged):", "", _md_table(selection)]
+    return "\n".join(out)
+
+
+def failures_markdown(data: ReportInput) -> str:
+    """What failed, with examples: the checks that did not pass, and the quarantined rows."""
+    failed = failed_checks(data.checks)
+    out = [
+        f"### Failed checks ({failed.height} of {data.checks.height})",
+        _md_table(failed) if failed.height else f"_all {data.checks.height} checks passed_",
+        "",
+    ]
+    q = data.quarantine
+    rows = int(q["rows"].sum()) if q is not None and q.height else 0
+    out += [
+        f"### Rows quarantined by this run ({rows}; first example of each reason)",
+        _md_table(q) if q is not None and q.height else "_none_",
+    ]
+    return "\n".join(out)
+
+
 def render_markdown(data: ReportInput, host: str, report_path: Path | None) -> str:
     """The report's tables as markdown, for a Prefect artifact; says where the files are."""
     m = data.metrics
@@ -619,9 +721,15 @@ def render_markdown(data: ReportInput, host: str, report_path: Path | None) -> s
         "## Per segment (fused)",
         _md_table(segment_frame(m), k) if m.height else "_evaluation was skipped_",
         "",
+        "## Fusion plan",
+        plan_markdown(data),
+        "",
         "## Data checks",
         _md_table(summary),
         "",
+        failures_markdown(data),
+        "",
+        "### Every check",
         _md_table(data.checks),
         "",
         "## Row counts",
