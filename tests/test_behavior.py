@@ -248,3 +248,20 @@ def test_confidence_scale_does_not_change_scores(params: BehaviorParams) -> None
     a = make_behavior(params).fit(make_data(x)).score_block(np.arange(10))
     b = make_behavior(params).fit(make_data(x * 7.5)).score_block(np.arange(10))
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+
+
+def test_als_scores_are_the_same_bytes_whatever_blas_s_thread_count() -> None:
+    """Found: one chunk of users (≤ 256) was scored on every BLAS thread, and OpenBLAS's split
+    of the rows changed a user's float32 sums with the thread count (2,257 of 12,000 differed
+    between 1 and 2 threads), so lists could differ between machines with other core counts."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(3)
+    x = (rng.random((120, 400)) < 0.05) * rng.uniform(1, 5, (120, 400))
+    model = AlsModel(factors=64, iterations=2).fit(make_data(x))
+    users = np.arange(100)
+    blocks = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            blocks.append(model.score_block(users).copy())
+    np.testing.assert_array_equal(blocks[0], blocks[1])

@@ -97,14 +97,15 @@ def parallel_chunks(fn: Callable[[int, int], T], n: int, chunk: int = CHUNK_ROWS
     """[fn(start, stop) for consecutive chunks of range(n)], in order, on the shared pool.
 
     Runs inline when there is one chunk, one core, or when already inside a pool worker (a worker
-    waiting on its own pool could deadlock). With several chunks BLAS is single-threaded while
-    they run, inline or not.
+    waiting on its own pool could deadlock). BLAS is single-threaded while chunks run, one chunk
+    or many: OpenBLAS splits a product's rows among its threads, and a row's float32 sums depend
+    on where it falls in that split, so a threaded product gave other bytes with another thread
+    count. On one thread a user's scores depend only on its place in the chunk, which the user
+    order fixes.
     """
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, max(1, chunk))]
-    if len(bounds) <= 1:
-        return [fn(a, b) for a, b in bounds]
     with _single_threaded_blas():  # many small BLAS calls: threading them only adds overhead
-        if _threads() == 1 or getattr(_in_worker, "active", False):
+        if len(bounds) <= 1 or _threads() == 1 or getattr(_in_worker, "active", False):
             return [fn(a, b) for a, b in bounds]
         return list(_executor().map(lambda ab: fn(*ab), bounds))
 
