@@ -318,7 +318,7 @@ def _weights(weights: Mapping[str, float] | None) -> str:
 def _stacker(summary: Mapping[str, Any] | None) -> str:
     if not summary:
         return ""
-    return (f"{summary.get('learner')}, {summary.get('bags')} bags on "
+    return (f"{summary.get('learner')}, bags: {summary.get('bags')}, trained on "
             f"{summary.get('n_train_rows')} rows ({summary.get('n_train_positives')} positive)")
 
 
