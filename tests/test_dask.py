@@ -338,3 +338,80 @@ def test_a_worker_killed_mid_run_fails_the_run_cleanly_and_the_next_run_publishe
     assert state.is_completed(), state.message
     assert query(db, latest)[0][0] == state.result().run_id
     assert len(_task_runs(state.state_details.flow_run_id, "recommend-shard")) == 5
+
+
+def _wait_for(path: Path, seconds: float) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and path.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert path.exists(), f"{path} not written within {seconds:.0f} s"
+
+
+@pytest.mark.slow
+def test_a_cluster_started_by_its_own_commands_gets_the_in_process_lists(
+    in_process_db: tuple[Path, str], small_source: Path, tmp_path: Path, api_url: str
+) -> None:
+    """`dask scheduler` and two `dask worker` processes started as on separate machines (each
+    in its own working folder; only the staging folder and the Prefect API in common), and
+    `recfusion run --dask-address` from a third folder: the in-process run's lists."""
+    import json
+
+    from distributed import Client
+
+    bin_dir = Path(sys.executable).parent
+    shared = tmp_path / "shared"  # the staging folder every machine mounts
+    folders = {name: tmp_path / name for name in ("scheduler", "worker-1", "worker-2", "driver")}
+    for folder in (shared, *folders.values()):
+        folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    env |= {"PREFECT_API_URL": api_url, "TMPDIR": str(shared)}
+    contact = shared / "scheduler.json"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen(
+            [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--no-dashboard", "--scheduler-file", str(contact)],
+            cwd=folders["scheduler"], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ))
+        _wait_for(contact, 60)
+        address = json.loads(contact.read_text())["address"]
+        for name in ("worker-1", "worker-2"):
+            procs.append(subprocess.Popen(
+                [str(bin_dir / "dask"), "worker", address, "--name", name, "--nthreads", "1",
+                 "--nworkers", "1", "--no-dashboard", "--local-directory", str(folders[name])],
+                cwd=folders[name], env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        db = folders["driver"] / "rf.duckdb"
+        shutil.copy(in_process_db[0], db)
+        params = folders["driver"] / "params.json"
+        params.write_text(json.dumps({"fusion_block_users": 70}))
+        done = subprocess.run(
+            [str(bin_dir / "recfusion"), "run", "--source", str(small_source), "--db", str(db),
+             "--params", str(params), "--dask-address", address],
+            cwd=folders["driver"], env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        with Client(address, timeout=60) as client:  # the shards ran on these two workers
+            executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+        assert len(executed) == 2 and sum(executed.values()) >= len(user_shards(300, 70))
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    [(run_id,)] = query(db, "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")
+    recs, cands = _published(db, run_id)
+    expected_recs, expected_cands = _published(in_process_db[0], in_process_db[1])
+    assert recs.height == 300 * 10
+    assert_frame_equal(recs, expected_recs)
+    assert_frame_equal(cands, expected_cands)
+    assert not list(shared.glob("recfusion-*")), "the run's staging folder was left behind"
