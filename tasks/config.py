@@ -78,8 +78,8 @@ def _pairs(key: str) -> Any:
     return read
 
 
-def _once_each(rows: list[Any], key: str) -> None:
-    names = [getattr(row, key) for row in rows]
+def _once_each(names: list[str]) -> None:
+    """A list that names a modality or an event type names each once."""
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise PydanticCustomError(
@@ -149,7 +149,7 @@ class FusionParams(BaseModel):
     def _not_all_zero(cls, weights: list[ModalityWeight] | None) -> list[ModalityWeight] | None:
         if not weights:
             return None  # empty = tune them
-        _once_each(weights, "modality")
+        _once_each([w.modality for w in weights])
         if not any(w.weight > 0 for w in weights):
             raise PydanticCustomError(
                 "all_zero_weights",
@@ -332,19 +332,13 @@ class RunParameters(BaseModel):
     @field_validator("modalities")
     @classmethod
     def _each_modality_once(cls, modalities: list[ModalityName]) -> list[ModalityName]:
-        repeated = sorted({m for m in modalities if modalities.count(m) > 1})
-        if repeated:
-            raise PydanticCustomError(
-                "duplicate_modality",
-                "lists {repeated} more than once",
-                {"repeated": ", ".join(repeated)},
-            )
+        _once_each(list(modalities))
         return modalities
 
     @field_validator("event_weights")
     @classmethod
     def _some_event_counts(cls, weights: list[EventWeight]) -> list[EventWeight]:
-        _once_each(weights, "event_type")
+        _once_each([w.event_type for w in weights])
         if not any(w.weight > 0 for w in weights):
             raise PydanticCustomError(
                 "all_zero_weights",
