@@ -299,7 +299,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
         validated_source = read_mapped_source(Path(params.source), mapping)
     else:
-        validated_source = read_source(Path(params.source))
+        from tasks.sources.ingest import ChunkProgress
+
+        chunks = ChunkProgress()
+        validated_source = read_source(
+            Path(params.source),
+            on_chunk=lambda table, done, total: print(chunks.line(table, done, total),
+                                                      file=sys.stderr, flush=True),
+        )
     with run_lock(params.db, params.lock_timeout_seconds, holder="ingest"):
         check_room(params.db)
         with connect(open_warehouse(params.db)) as con, _warning_lines("tasks.sources.ingest"):

@@ -72,7 +72,7 @@ from tasks.shards import (
     user_shards,
 )
 from tasks.sources.demo import generate_demo_source
-from tasks.sources.ingest import IngestReport, load_source, read_source
+from tasks.sources.ingest import ChunkProgress, IngestReport, load_source, read_source
 from tasks.tuning.search import apply_tuning
 from tasks.tuning.store import latest_results
 from tasks.warehouse import runs
@@ -214,12 +214,23 @@ def open_run(
 
 
 @io_task("ingest")
-def ingest(db: str, source: Path, run_id: str) -> IngestReport:
-    validated = read_source(source)  # raises SourceError before anything is written
+def ingest(
+    db: str, source: Path, run_id: str, progress: Progress | None = None
+) -> IngestReport:
+    logger = get_run_logger()
+    chunks = ChunkProgress()
+
+    def on_chunk(table: str, done: int, total: int | None) -> None:
+        line = chunks.line(table, done, total)
+        logger.info(line)
+        if progress is not None and total:  # validating is most of an ingest; loading the rest
+            progress.within("ingest", 0.8 * done / total, line.removeprefix("ingest: "))
+
+    # raises SourceError before anything is written
+    validated = read_source(source, on_chunk=on_chunk)
     with connect(warehouse_path(db)) as con:
         report = load_source(con, validated, run_id)
     note_source(db, source)  # what `recfusion restore` re-ingests if every copy is damaged
-    logger = get_run_logger()
     for table in report.read:
         logger.info(
             "%s: read %d, added %d, quarantined %d",
@@ -767,7 +778,7 @@ def _steps(
         clock = now
         progress.step_done(name)
 
-    ingest_report = ingest(params.db, source, run_id)
+    ingest_report = ingest(params.db, source, run_id, progress)
     lap("ingest")
     fault_point("after_ingest")
     snap = snapshot_task(params)

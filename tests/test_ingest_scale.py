@@ -4,6 +4,7 @@ same outcome (rows, quarantine, keys, re-ingest) as in one go."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -238,3 +239,24 @@ def test_a_big_csv_is_split_by_duckdb_and_read_in_chunks(
     assert events.quarantine["row_number"].to_list() == [3, 8]
     assert events.good_frame()["source_row"].to_list() == [1, 2, 4, 5, 6, 7, 9, 10, 11, 12]
     assert "ü9" in events.good_frame()["user_id"].to_list()
+
+
+def test_a_big_file_reports_each_chunk_with_rows_done_of_all_and_an_expected_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress for a long ingest: 50M events validate for minutes, in 1M-row chunks."""
+    from tasks.sources.ingest import ChunkProgress
+
+    src = _source(tmp_path)
+    monkeypatch.setattr(contract, "CHUNK_ROWS", 5)
+    told: list[tuple[str, int, int | None]] = []
+    read_source(src, on_chunk=lambda table, done, total: told.append((table, done, total)))
+    events = [(done, total) for table, done, total in told if table == "events"]
+    assert events == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]  # bad rows count too
+    assert all(total is not None for _, _, total in told)
+
+    progress = ChunkProgress()
+    line = progress.line("events", 3_000_000, 5_000_000)
+    assert line.startswith("ingest: events 3,000,000/5,000,000 rows validated, ")
+    assert re.search(r"rows/s, expected finish \d\d:\d\d:\d\d UTC \(in \d+s\)$", line), line
+    assert "expected finish" not in progress.line("events", 7, None)  # a CSV: no total

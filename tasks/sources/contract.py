@@ -372,11 +372,14 @@ def _remove_stale_spills(parent: Path) -> None:
 
 
 def validate_spilled(
-    chunks: Iterable[RawTable], validate: Callable[[RawTable], Validated]
+    chunks: Iterable[RawTable],
+    validate: Callable[[RawTable], Validated],
+    on_rows: Callable[[int], None] | None = None,
 ) -> Validated:
     """Validate a file given as chunks, writing each chunk's good rows to a Parquet file in a
     temporary folder as it goes: memory holds one chunk and the (few) quarantined rows, never
-    the file's good rows. The rows and their order are those of validating it in one go."""
+    the file's good rows. The rows and their order are those of validating it in one go.
+    `on_rows` is told each chunk's row count once it is validated (progress)."""
     if Path("/proc/self").exists():  # Linux: process ids tell a killed ingest's leftovers
         _remove_stale_spills(Path(tempfile.gettempdir()))
     folder = tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
@@ -395,6 +398,8 @@ def validate_spilled(
                 writer = pq.ParquetWriter(spill, table.schema, compression="zstd")
             writer.write_table(table.cast(writer.schema))
             rows += outcome.good.height
+            if on_rows is not None:
+                on_rows(outcome.good.height + outcome.quarantine.height)
     except BaseException:
         folder.cleanup()
         raise

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -70,22 +71,62 @@ STREAMED_TABLES = ("events", "users", "social")
 STREAM_CSV_BYTES = 256 << 20
 
 
+#: Told after each validated chunk of a big file: (table, rows so far, rows in the file; None
+#: for a CSV, whose row count is known only at its end).
+OnChunk = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class ChunkProgress:
+    """Rows validated so far of each big file, the rate and the expected finish: a log line.
+
+    Make it when validation starts: a file's rate counts from then, or from the last line of
+    the file read before it."""
+
+    mark: float = field(default_factory=time.perf_counter)
+    started: dict[str, float] = field(default_factory=dict)
+
+    def line(self, table: str, done: int, total: int | None) -> str:
+        now = time.perf_counter()
+        rate = done / max(now - self.started.setdefault(table, self.mark), 1e-9)
+        self.mark = now
+        text = f"ingest: {table} {done:,}{f'/{total:,}' if total else ''} rows validated"
+        text += f", {rate:,.0f} rows/s"
+        if total:
+            left = max(total - done, 0) / rate
+            finish = datetime.now(UTC) + timedelta(seconds=left)
+            text += f", expected finish {finish:%H:%M:%S} UTC (in {left:.0f}s)"
+        return text
+
+
+def _counting(table: str, total: int | None, on_chunk: OnChunk | None) -> Callable[[int], None]:
+    done = 0
+
+    def add(rows: int) -> None:
+        nonlocal done
+        done += rows
+        if on_chunk is not None:
+            on_chunk(table, done, total)
+
+    return add
+
+
 def _validator(table: str, now: datetime | None) -> Callable[[RawTable], Validated]:
     if table == "events":
         return lambda raw: validate_events(raw, now)
     return SIDE_TABLE_VALIDATORS[table]
 
 
-def _validate(table: str, path: Path, now: datetime | None) -> Validated:
+def _validate(
+    table: str, path: Path, now: datetime | None, on_chunk: OnChunk | None = None
+) -> Validated:
     try:
         validate = _validator(table, now)
-        big_parquet = (
-            table in STREAMED_TABLES
-            and path.suffix.lower() == ".parquet"
-            and parquet_rows(path) > contract.CHUNK_ROWS
-        )
-        if big_parquet:
-            return validate_spilled(parquet_chunks(path, contract.CHUNK_ROWS), validate)
+        rows = (parquet_rows(path) if table in STREAMED_TABLES
+                and path.suffix.lower() == ".parquet" else 0)
+        if rows > contract.CHUNK_ROWS:
+            return validate_spilled(parquet_chunks(path, contract.CHUNK_ROWS), validate,
+                                    _counting(table, rows, on_chunk))
         big_csv = (
             table in STREAMED_TABLES
             and path.suffix.lower() == ".csv"
@@ -93,7 +134,7 @@ def _validate(table: str, path: Path, now: datetime | None) -> Validated:
         )
         chunks = csv_chunks(path, contract.CHUNK_ROWS) if big_csv else None
         if chunks is not None:
-            return validate_spilled(chunks, validate)
+            return validate_spilled(chunks, validate, _counting(table, None, on_chunk))
         return validate(read_table_file(path))
     except SourceError:
         raise
@@ -104,10 +145,14 @@ def _validate(table: str, path: Path, now: datetime | None) -> Validated:
         ) from exc
 
 
-def read_source(source_dir: Path, now: datetime | None = None) -> dict[str, Validated]:
-    """Read and validate every table file of a source (SourceError: a file unusable as a whole)."""
+def read_source(
+    source_dir: Path, now: datetime | None = None, on_chunk: OnChunk | None = None
+) -> dict[str, Validated]:
+    """Read and validate every table file of a source (SourceError: a file unusable as a whole).
+
+    A file big enough to be read in chunks tells `on_chunk` after each one."""
     files = find_table_files(Path(source_dir))
-    validated = {table: _validate(table, path, now) for table, path in files.items()}
+    validated = {table: _validate(table, path, now, on_chunk) for table, path in files.items()}
     validated["events"].warnings[:0] = unrecognised_files(Path(source_dir), files)
     return validated
 
