@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from tasks.outputs.report import (
     read_run_records,
     write_report,
 )
+from tasks.progress import expected_finish
 from tasks.recommend import (
     Evaluation,
     Recommendations,
@@ -303,10 +304,8 @@ def _evaluation_reporter(progress: Progress | None) -> Callable[[int, int, str],
 
     def report(done: int, total: int, label: str) -> None:
         elapsed = time.perf_counter() - started
-        left = elapsed / done * (total - done) if done else 0.0
-        finish = datetime.now(UTC) + timedelta(seconds=left)
-        note = (f"{label} ({done}/{total} parts, {elapsed:.0f}s), expected finish "
-                f"{finish:%H:%M:%S} UTC (in {left:.0f}s)")
+        note = f"{label} ({done}/{total} parts, {elapsed:.0f}s), " + expected_finish(
+            done, total, elapsed)
         logger.info("evaluate: %s", note)
         if progress is not None:
             progress.within("evaluate", done / total, note)

@@ -15,7 +15,6 @@ import pickle
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from tasks.config import RunParameters
 from tasks.data.dataset import Dataset
 from tasks.fusion.plan import FusionPlan, apply_plan
 from tasks.outputs.reasons import AudienceVectors, audience_vectors, explain
+from tasks.progress import expected_finish
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +166,12 @@ class ShardProgress:
         self.users_done += result.hi - result.lo
         self.shards_done += 1
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = self.users_done / elapsed
-        left = (self.total_users - self.users_done) / rate if rate > 0 else 0.0
-        finish = datetime.now(UTC) + timedelta(seconds=left)
         where = f" on {result.host}" if result.host else ""
         return (
             f"recommend: shard {result.index + 1}/{self.n_shards} (users {result.lo}-"
             f"{result.hi - 1}{where}, {result.seconds:.1f}s): {self.users_done:,}/"
-            f"{self.total_users:,} users done, {rate:,.0f} users/s, expected finish "
-            f"{finish:%H:%M:%S} UTC (in {left:.0f}s)"
+            f"{self.total_users:,} users done, {self.users_done / elapsed:,.0f} users/s, "
+            f"{expected_finish(self.users_done, self.total_users, elapsed)}"
         )
 
     @property

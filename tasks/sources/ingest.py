@@ -16,13 +16,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import pyarrow as pa
 
+from tasks.progress import expected_finish
 from tasks.sources import contract
 from tasks.sources.contract import (
     SIDE_TABLE_VALIDATORS,
@@ -88,14 +89,12 @@ class ChunkProgress:
 
     def line(self, table: str, done: int, total: int | None) -> str:
         now = time.perf_counter()
-        rate = done / max(now - self.started.setdefault(table, self.mark), 1e-9)
+        elapsed = max(now - self.started.setdefault(table, self.mark), 1e-9)
         self.mark = now
         text = f"ingest: {table} {done:,}{f'/{total:,}' if total else ''} rows validated"
-        text += f", {rate:,.0f} rows/s"
+        text += f", {done / elapsed:,.0f} rows/s"
         if total:
-            left = max(total - done, 0) / rate
-            finish = datetime.now(UTC) + timedelta(seconds=left)
-            text += f", expected finish {finish:%H:%M:%S} UTC (in {left:.0f}s)"
+            text += f", {expected_finish(done, total, elapsed)}"
         return text
 
 
