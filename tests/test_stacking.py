@@ -16,6 +16,7 @@ from tasks.fusion.stacking import (
     StackingModel,
     StackingParams,
     StackingUnavailable,
+    _aggregates,
     candidate_features,
     feature_columns,
     fit_stacker,
@@ -257,3 +258,21 @@ def test_popularity_near_user_is_silent_without_time() -> None:
 
     near = _popularity_near_users(dataset(30, 20))
     assert not near["item_bin_log_pop"].any()
+
+
+def test_logistic_scores_are_the_pipelines_probability() -> None:
+    """The column-at-a-time logistic score is scikit-learn's own predict_proba, and the feature
+    aggregates built on arrays are those the contributions recompute with Polars."""
+    c, truth, data = planted()
+    model = fit_stacker(c, truth, data, MODS, seed=3,
+                        params=StackingParams(**{**FAST.__dict__, "learner": "logistic"}))
+    fresh, _, fresh_data = planted(seed=2)
+    features = model.features(fresh, fresh_data)
+    x = features.select(model.columns).to_numpy()
+    expected = model.estimators[0].predict_proba(x)[:, 1]
+    got = model.predict(features)
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert not np.array_equal(got, np.full_like(got, got[0]))  # a real ranking, not a constant
+    again = features.with_columns(_aggregates(MODS, model.blend_weights))
+    for column in ("n_modalities", "sum_norm", "blend_norm", "sum_rrf"):
+        assert again[column].to_numpy().tobytes() == features[column].to_numpy().tobytes()
