@@ -249,3 +249,25 @@ def test_item_knn_scores_are_history_votes(small_source: Path) -> None:
     got = model.score_block(users)
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
     np.testing.assert_allclose(got[np.isfinite(got)], expected[np.isfinite(expected)], rtol=1e-5)
+
+
+def test_latest_event_per_pair_in_any_row_order() -> None:
+    """The latest time of each (user, item) pair, nulls skipped, whatever order events come in
+    (the Dataset keeps them sorted; a shuffled frame must give the same answer)."""
+    rng = np.random.default_rng(5)
+    n = 400
+    ts = [datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=int(h))
+          for h in rng.integers(0, 5000, n)]
+    events = pl.DataFrame({
+        "user_idx": rng.integers(0, 9, n).astype(np.int32),
+        "item_idx": rng.integers(0, 7, n).astype(np.int32),
+        "ts": pl.Series(ts).cast(pl.Datetime("us", "UTC")),
+    }).with_columns(pl.when(pl.int_range(pl.len()) % 11 == 0).then(None)
+                    .otherwise(pl.col("ts")).alias("ts"))
+    expected = (events.group_by("user_idx", "item_idx")
+                .agg(pl.col("ts").max().dt.epoch("s").cast(pl.Float64).alias("t"))
+                .sort("user_idx", "item_idx"))
+    for frame in (events.sort("user_idx", "item_idx", "ts"), events):
+        codes, latest = content._latest_per_pair(frame, 7)
+        assert codes.tolist() == (expected["user_idx"] * 7 + expected["item_idx"]).to_list()
+        assert np.array_equal(latest, expected["t"].fill_null(np.nan).to_numpy(), equal_nan=True)
