@@ -89,3 +89,35 @@ def test_top_k_keeps_k_and_ranks_contiguously():
     )
     out = top_k(scored, 3)
     assert out["item_idx"].to_list() == [2, 3, 4] and out["rank"].to_list() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("strategy", ["weighted", "rrf"])
+def test_weight_tuning_scores_a_trial_as_the_fused_list_scores(strategy: str) -> None:
+    """The compiled NDCG of a weight trial is the NDCG of the list the fuser would publish."""
+    import numpy as np
+
+    from tasks.fusion.selection import per_user_ndcg
+    from tasks.fusion.table import candidate_table, fuse_table
+    from tasks.fusion.weights import _FastNdcg, _wide_terms, tune_weights
+
+    rng = np.random.default_rng(11)
+    rows = []
+    for m in ("a", "b", "c"):
+        for u in range(60):
+            items = rng.choice(80, 25, replace=False)
+            scores = np.sort(rng.random(25))[::-1]
+            rows += [(m, u, int(i), float(s), r + 1) for r, (i, s) in enumerate(
+                zip(items, scores, strict=True))]
+    candidates = cands(rows)
+    truth = candidates.filter(pl.col("modality") == "b").sample(fraction=0.08, seed=2) \
+        .select(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32)).unique()
+    table = candidate_table(candidates)
+    fast = _FastNdcg(_wide_terms(table, strategy), truth, list(table.modalities), 10)
+    users = np.unique(truth["user_idx"].to_numpy())
+    for weights in ([1.0, 1.0, 1.0], [0.0, 2.0, 0.35], [3.0, 0.05, 0.0]):
+        fused = fuse_table(table, strategy, 10, {"warm": dict(zip("abc", weights, strict=True))})
+        slow = per_user_ndcg(fused, truth, users, 10).mean()
+        assert fast(np.array(weights)) == pytest.approx(slow, rel=1e-5)
+    tuned, best = tune_weights(table, truth, 10, strategy=strategy)
+    assert best >= fast(np.ones(3)) and best > 0  # never worse than where the ascent starts
+    assert set(tuned) == {"a", "b", "c"}

@@ -17,11 +17,12 @@ from tasks.data.dataset import Dataset
 from tasks.data.segments import EXACT_AUDIENCE_USERS, projected_audiences
 from tasks.evaluation.metrics import (
     RANKING_METRICS,
+    LabelledPool,
+    UnitItemVectors,
     catalog_coverage,
     intra_list_diversity,
     novelty,
     per_user_metrics,
-    pool_accuracy,
 )
 
 DIVERSITY_DIMENSIONS = 1024  # a mean over lists that share few items errs by < 0.005 (tested)
@@ -116,7 +117,10 @@ def evaluate_lists(
     popularity = pl.DataFrame(
         {"item_id": np.arange(data.n_items, dtype=np.int32), "n_users": item_users}
     )
-    item_vectors = diversity_item_vectors(data)
+    item_vectors = UnitItemVectors.of(diversity_item_vectors(data))  # once for every list
+    labelled_pool = None if pool is None else LabelledPool.of(  # once for every list
+        truth.filter(pl.col("user_id").is_in(main["user_id"].implode())),
+        pool.rename({"user_idx": "user_id", "item_idx": "item_id"}))
     # Every item the snapshot knows can be recommended (content serves items nobody has had
     # yet), so coverage is a share of all of them and never exceeds 1.
     catalog = max(1, data.n_items)
@@ -143,11 +147,8 @@ def evaluate_lists(
                 main_recs.rename({"item_id": "item_idx"}), item_vectors, k
             ),
         }
-        if pool is not None:
-            extra["accuracy"] = pool_accuracy(
-                main_recs, truth.filter(pl.col("user_id").is_in(main["user_id"].implode())),
-                pool.rename({"user_idx": "user_id", "item_idx": "item_id"}), k,
-            )
+        if labelled_pool is not None:
+            extra["accuracy"] = labelled_pool.accuracy(main_recs, k)
         rows += _long(model, k, "all", extra)
     return pl.DataFrame(rows, schema=METRIC_SCHEMA)
 

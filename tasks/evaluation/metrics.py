@@ -21,6 +21,7 @@ Conventions shared by all functions:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -207,27 +208,46 @@ def pool_accuracy(
     more). Recommended or truth items outside the pool are ignored. NaN for an empty pool.
     It is dominated by true negatives; report it next to, not instead of, ranking metrics.
     """
-    _check_k(k)
-    ufr = _users_frame(users)
-    frames = _align(
-        recs.select(USER, ITEM, RANK),
-        truth.select(USER, ITEM),
-        pool.select(USER, ITEM),
-        *([ufr] if ufr is not None else []),
-    )
-    universe = frames[2].drop_nulls().unique()
-    if ufr is not None:
-        universe = universe.join(frames[3], on=USER, how="semi")
-    predicted = _top_k(frames[0], k).select(USER, ITEM, pl.lit(True).alias("_pred"))
-    actual = frames[1].drop_nulls().unique().with_columns(pl.lit(True).alias("_act"))
-    res = (
-        universe.join(predicted, on=[USER, ITEM], how="left")
-        .join(actual, on=[USER, ITEM], how="left")
-        .select((pl.col("_pred").is_not_null() == pl.col("_act").is_not_null()).mean().alias("acc"))
-        .collect()
-    )
-    value = res.item()
-    return float("nan") if value is None else float(value)
+    return LabelledPool.of(truth, pool, users).accuracy(recs, k)
+
+
+@dataclass(frozen=True)
+class LabelledPool:
+    """A pool's distinct pairs with their truth labels, built once and scored for many lists:
+    the pool is millions of pairs, a top-k list a few thousand, so each list joins only its
+    own pairs. TN = |pool| − |predicted| − |actual| + TP, all within the pool."""
+
+    universe: pl.DataFrame  # user_id, item_id, _act (bool)
+    n_actual: int
+
+    @classmethod
+    def of(cls, truth: pl.DataFrame, pool: pl.DataFrame, users: pl.Series | None = None
+           ) -> LabelledPool:
+        ufr = _users_frame(users)
+        frames = _align(truth.select(USER, ITEM), pool.select(USER, ITEM),
+                        *([ufr] if ufr is not None else []))
+        universe = frames[1].drop_nulls().unique()
+        if ufr is not None:
+            universe = universe.join(frames[2], on=USER, how="semi")
+        actual = frames[0].drop_nulls().unique().with_columns(pl.lit(True).alias("_act"))
+        labelled = universe.join(actual, on=[USER, ITEM], how="left").with_columns(
+            pl.col("_act").fill_null(False)).collect()
+        return cls(labelled, int(labelled["_act"].sum()))
+
+    def accuracy(self, recs: pl.DataFrame, k: int) -> float:
+        _check_k(k)
+        if self.universe.height == 0:
+            return float("nan")
+        rec_lf, universe = _align(recs.select(USER, ITEM, RANK), self.universe)
+        hits = (
+            _top_k(rec_lf, k).select(USER, ITEM)
+            .join(universe, on=[USER, ITEM], how="inner")
+            .select(pl.len().alias("predicted"), pl.col("_act").sum().alias("tp"))
+            .collect()
+            .row(0, named=True)
+        )
+        wrong = hits["predicted"] + self.n_actual - 2 * (hits["tp"] or 0)
+        return 1.0 - wrong / self.universe.height
 
 
 def catalog_coverage(recs: pl.DataFrame, catalog_size: int, k: int) -> float:
@@ -278,18 +298,43 @@ def novelty(recs: pl.DataFrame, item_popularity: pl.DataFrame, n_users: int, k: 
     return stable_mean(res["_si"])
 
 
+@dataclass(frozen=True)
+class UnitItemVectors:
+    """Item feature rows divided by their length (all-zero rows stay zero), in float64: made
+    once for the many lists of a run instead of converting a items × features matrix per list."""
+
+    vectors: sp.csr_array | np.ndarray
+    nonzero: np.ndarray  # bool per item: the row has a length
+
+    @classmethod
+    def of(cls, item_features: sp.spmatrix | sp.sparray | np.ndarray) -> UnitItemVectors:
+        if sp.issparse(item_features):
+            feats = sp.csr_array(item_features, dtype=np.float64)
+            sq_norms = np.asarray(feats.multiply(feats).sum(axis=1), dtype=np.float64).ravel()
+        else:
+            feats = np.asarray(item_features, dtype=np.float64)
+            sq_norms = np.einsum("ij,ij->i", feats, feats)
+        norms = np.sqrt(sq_norms)
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        if sp.issparse(feats):
+            unit: sp.csr_array | np.ndarray = sp.csr_array(sp.diags_array(inv) @ feats)
+        else:
+            unit = feats * inv[:, None]
+        return cls(unit, norms > 0)
+
+
 def intra_list_diversity(
     recs_with_item_idx: pl.DataFrame,
-    item_features: sp.spmatrix | sp.sparray | np.ndarray,
+    item_features: sp.spmatrix | sp.sparray | np.ndarray | UnitItemVectors,
     k: int,
     item_col: str = "item_idx",
 ) -> float:
     """Mean over users of the mean pairwise (1 − cosine similarity) within each top-k list.
 
     ``recs_with_item_idx`` has (user_id, ``item_col``, rank) where ``item_col`` indexes rows of
-    ``item_features`` (dense or scipy.sparse, one row per item). Lists with fewer than 2 items
-    have no pairs and are skipped; NaN if no list has 2 items. An all-zero feature row has
-    cosine 0 with everything (distance 1).
+    ``item_features`` (dense or scipy.sparse, one row per item; or `UnitItemVectors` of them,
+    to reuse across lists). Lists with fewer than 2 items have no pairs and are skipped; NaN if
+    no list has 2 items. An all-zero feature row has cosine 0 with everything (distance 1).
 
     Vectorised via Σ_{i≠j} cos(v_i, v_j) = ||Σ_i v̂_i||² − Σ_i ||v̂_i||² with v̂ = v/||v||: one
     sparse (users × items) @ (items × features) product gives every user's Σ v̂ at once.
@@ -305,31 +350,22 @@ def intra_list_diversity(
         return float("nan")
     u = top["_u"].to_numpy()
     items = top[item_col].to_numpy()
-    n_items = item_features.shape[0]
+    unit = item_features if isinstance(item_features, UnitItemVectors) \
+        else UnitItemVectors.of(item_features)
+    n_items = unit.vectors.shape[0]
     if items.min() < 0 or items.max() >= n_items:
         raise ValueError(f"{item_col} out of range for item_features with {n_items} rows")
 
-    if sp.issparse(item_features):
-        feats_sp = sp.csr_array(item_features, dtype=np.float64)
-        sq_norms = np.asarray(feats_sp.multiply(feats_sp).sum(axis=1), dtype=np.float64).ravel()
-        feats: sp.csr_array | np.ndarray = feats_sp
-    else:
-        feats = np.asarray(item_features, dtype=np.float64)
-        sq_norms = np.einsum("ij,ij->i", feats, feats)
-    norms = np.sqrt(sq_norms)
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-
     n_users = int(u.max()) + 1
-    # Folding 1/||v|| into the user×item matrix normalises without copying item_features.
-    weights = sp.csr_array((inv[items], (u, items)), shape=(n_users, n_items))
-    summed = weights @ feats
+    picks = sp.csr_array((np.ones(len(items)), (u, items)), shape=(n_users, n_items))
+    summed = picks @ unit.vectors
     if sp.issparse(summed):
         summed_sp = sp.csr_array(summed)
         sum_sq = np.asarray(summed_sp.multiply(summed_sp).sum(axis=1), dtype=np.float64).ravel()
     else:
         dense_sum = np.asarray(summed)
         sum_sq = np.einsum("ij,ij->i", dense_sum, dense_sum)
-    self_sq = np.bincount(u, weights=(norms[items] > 0).astype(np.float64), minlength=n_users)
+    self_sq = np.bincount(u, weights=unit.nonzero[items].astype(np.float64), minlength=n_users)
     n = np.bincount(u, minlength=n_users).astype(np.float64)
     has_pairs = n >= 2
     if not has_pairs.any():

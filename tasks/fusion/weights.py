@@ -1,8 +1,8 @@
 """Tune a fuser's per-modality weights on validation labels, fast.
 
 Coordinate ascent over a weight grid; every trial is scored by `_FastNdcg`, which lays one
-fixed candidate pool out as a padded users × slots block, so a trial is one matrix product and
-a row-wise partial sort instead of a global sort.
+fixed candidate pool out as padded users × slots planes (one per modality), so a trial is one
+compiled pass (`tasks.kernels.topn.weighted_dcg`) instead of a global sort.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from tasks.fusion.table import CandidateTable, fusion_terms
+from tasks.kernels.topn import weighted_dcg
 
 WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -29,8 +30,8 @@ def _wide_terms(table: CandidateTable, strategy: str) -> pl.DataFrame:
 class _FastNdcg:
     """NDCG@k of many weight vectors over one fixed candidate pool, with NumPy only.
 
-    Candidates are laid out as a padded users × slots block, so each evaluation is one matrix
-    product and one row-wise argpartition instead of a global sort.
+    Candidates are laid out as padded users × slots planes, one per modality, so each
+    evaluation is one compiled pass over them (weigh, keep each user's top k, add the gains).
     """
 
     def __init__(self, wide: pl.DataFrame, truth: pl.DataFrame, modalities: Sequence[str], k: int):
@@ -42,8 +43,9 @@ class _FastNdcg:
         slots = int(counts.max()) if counts.size else 0
         row = np.repeat(np.arange(len(self.uniq)), counts)
         col = np.arange(len(users)) - np.repeat(starts, counts)
-        self.features = np.zeros((len(self.uniq), slots, len(modalities)), dtype=np.float32)
-        self.features[row, col] = labelled.select(modalities).to_numpy().astype(np.float32)
+        self.planes = np.zeros((len(modalities), len(self.uniq), slots), dtype=np.float32)
+        for j, m in enumerate(modalities):
+            self.planes[j, row, col] = labelled[m].to_numpy().astype(np.float32)
         self.valid = np.zeros((len(self.uniq), slots), dtype=bool)
         self.valid[row, col] = True
         self.hits = np.zeros((len(self.uniq), slots), dtype=np.float32)
@@ -60,14 +62,8 @@ class _FastNdcg:
     def __call__(self, weights: np.ndarray) -> float:
         if self.k == 0:
             return 0.0
-        score = self.features @ weights.astype(np.float32)
-        score[~self.valid] = -np.inf
-        # Slots are item-ordered within a user, so a stable descending sort breaks ties by item.
-        top = np.argpartition(-score, self.k - 1, axis=1)[:, : self.k]
-        top_scores = np.take_along_axis(score, top, axis=1)
-        order = np.lexsort((top, -top_scores), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        gains = np.take_along_axis(self.hits, top, axis=1) @ self.discounts[: self.k]
+        gains = weighted_dcg(self.planes, self.valid, self.hits,
+                             np.asarray(weights, dtype=np.float32), self.discounts[: self.k])
         with np.errstate(invalid="ignore", divide="ignore"):
             ndcg = np.where(self.idcg > 0, gains / self.idcg, 0.0)
         return float(ndcg.sum() / self.n_users)
@@ -92,7 +88,7 @@ def tune_weights(
             for value in WEIGHT_GRID:
                 trial = weights.copy()
                 trial[j] = value
-                if not trial.any():
+                if value == weights[j] or not trial.any():  # the same trial scores the same
                     continue
                 score = ndcg(trial)
                 if score > best + 1e-9:
