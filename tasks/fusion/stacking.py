@@ -450,10 +450,11 @@ class StackingModel:
                 raise ValueError(f"{len(y)} labels for {features.height} feature rows")
             n_pos, n_rows = n_pos + int(y.sum()), n_rows + len(y)
             users = features["user_idx"].to_numpy()
-            x = features.select(self.columns).to_numpy().astype(np.float64, copy=False)
             for bag, stream in enumerate(streams):
                 keep = self._subsample(users, y, stream)
-                kept[bag].append((x[keep], y[keep]))
+                # Only the kept rows become a matrix: a block's every row would be ~0.2 GB.
+                x = features.filter(pl.Series(keep)).select(self.columns).to_numpy()
+                kept[bag].append((x.astype(np.float64, copy=False), y[keep]))
         if n_pos == 0 or n_pos == n_rows:
             raise StackingUnavailable(
                 f"need positive and negative labels, got {n_pos} of {n_rows} positive")
@@ -466,8 +467,10 @@ class StackingModel:
             x_bag = np.concatenate([x for x, _ in kept[bag]])
             y_bag = np.concatenate([y for _, y in kept[bag]])
             kept[bag] = []  # free the parts before the estimator copies the matrix
+            # The scaler standardises the bag in place: no second rows × features copy.
             estimator = self._hgb(self.seed + bag) if learner == "hgb" else make_pipeline(
-                StandardScaler(), LogisticRegression(C=self.params.logistic_c, max_iter=2000))
+                StandardScaler(copy=False),
+                LogisticRegression(C=self.params.logistic_c, max_iter=2000))
             # On one thread: OpenBLAS (the logistic loss's matrix-vector products) and OpenMP
             # (the trees' gradient sums) add across threads, so another thread count gave
             # another model, and other scores, from the same rows.
