@@ -1,7 +1,7 @@
 """Tune content / social / popularity on an inner split of Last.fm train, then score test once.
 
 Protocol (the split's README): every train user with >= 5 items has max(1, round(0.2 n)) of them
-moved to validation at random (seed 7, `tasks.data.splits.random_split`). Each modality's grid is
+moved to validation at random (seed 7, `tasks.data.splits.per_user_split`). Each modality's grid is
 scored on validation; the best config by NDCG@10 is refit on all of train and scored once on
 `test.parquet`. Lists are top-10, train items excluded; users with no list count as zero
 (`tasks.evaluation.metrics.ranking_metrics`).
@@ -27,7 +27,7 @@ from pydantic import BaseModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.data.dataset import Dataset, build_dataset  # noqa: E402
-from tasks.data.splits import random_split  # noqa: E402
+from tasks.data.splits import per_user_split  # noqa: E402
 from tasks.evaluation.metrics import ranking_metrics  # noqa: E402
 from tasks.kernels.blocks import top_n  # noqa: E402
 from tasks.modalities.base import Modality  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> None:
     test = pl.read_parquet(args.data / "test.parquet")
     full = build_dataset(events, items=items, social=social)
 
-    split = random_split(events, fraction=0.2, seed=7)  # the README's rule, seed 7
+    split = per_user_split(events, temporal=False, fraction=0.2, seed=7, cold_pool=False)
     inner_events, valid = split.train, split.truth
     inner = build_dataset(inner_events, items=items, social=social,
                           user_ids=full.user_ids, item_ids=full.item_ids)

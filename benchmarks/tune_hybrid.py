@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from tasks.data.dataset import build_dataset
-from tasks.data.splits import random_split
+from tasks.data.splits import per_user_split
 from tasks.evaluation.metrics import ranking_metrics
 from tasks.kernels.blocks import top_n
 from tasks.modalities.hybrid import FeatureFusionModel, HybridParams, SampleFusionModel
@@ -42,7 +42,7 @@ def main() -> int:
     events = pl.read_parquet(SPLIT / "train" / "events.parquet")
     items = pl.read_parquet(SPLIT / "train" / "items.parquet")
     social = pl.read_parquet(SPLIT / "train" / "social.parquet")
-    inner = random_split(events, 0.2, seed=7)
+    inner = per_user_split(events, temporal=False, fraction=0.2, seed=7, cold_pool=False)
     print("validation (inner split of train, seed 7): NDCG@10")
     best: dict[str, tuple[float, HybridParams]] = {}
     grid = {

@@ -13,8 +13,8 @@ candidates: on the Last.fm validation protocol it beat boosted trees (HistGradie
 shift between the models the stacker is trained on and those it is applied to.
 
 No leakage: the classifier is fit on candidates of models trained strictly before the window its
-labels come from, and applied to candidates of models trained on later data (see
-`benchmarks/stacking_lastfm.py` for the nested protocol). The feature spec (modality list,
+labels come from, and applied to candidates of models trained on later data (the run's nested
+protocol: `tasks.recommend.evaluate_holdout`). The feature spec (modality list,
 missing-rank sentinel, blend weights) lives in the model, so training and application always see
 the same columns.
 """
