@@ -276,3 +276,19 @@ def test_logistic_scores_are_the_pipelines_probability() -> None:
     again = features.with_columns(_aggregates(MODS, model.blend_weights))
     for column in ("n_modalities", "sum_norm", "blend_norm", "sum_rrf"):
         assert again[column].to_numpy().tobytes() == features[column].to_numpy().tobytes()
+
+
+def test_top_k_of_sorted_rows_is_the_sorted_cut() -> None:
+    """The compiled cut keeps what a sort by (user, score desc, item) and a cut at k keep,
+    ties included (scores drawn from a few values, so many tie)."""
+    from tasks.fusion.stacking import _top_k_of_sorted
+    from tasks.fusion.table import top_k
+
+    rng = np.random.default_rng(4)
+    users = np.sort(rng.integers(0, 40, 3000)).astype(np.int32)
+    frame = pl.DataFrame({"user_idx": users, "item_idx": rng.integers(0, 500, 3000)
+                          .astype(np.int32), "score": rng.integers(0, 6, 3000) / 5.0}) \
+        .unique(["user_idx", "item_idx"]).sort("user_idx", "item_idx")
+    for k in (1, 7, 200):
+        assert _top_k_of_sorted(frame, k).equals(top_k(frame, k))
+    assert _top_k_of_sorted(frame.clear(), 5).height == 0

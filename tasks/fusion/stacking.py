@@ -44,8 +44,9 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from tasks.data.dataset import Dataset
-from tasks.fusion.table import RRF_K, candidate_table, ordered_sum, top_k
+from tasks.fusion.table import RRF_K, candidate_table, ordered_sum
 from tasks.fusion.weights import tune_weights
+from tasks.kernels.topn import top_k_per_user
 
 log = logging.getLogger(__name__)
 
@@ -596,6 +597,19 @@ def fit_stacker(candidates: pl.DataFrame, truth: pl.DataFrame, data: Dataset,
     return model.fit_blocks(labelled_blocks())
 
 
+def _top_k_of_sorted(scored: pl.DataFrame, k: int) -> pl.DataFrame:
+    """`top_k` of feature rows, which come sorted by (user, item): one compiled pass keeps each
+    user's k best (ties to the smaller item) instead of sorting every candidate row."""
+    users = scored["user_idx"].to_numpy()
+    picked = top_k_per_user(users, scored["score"].to_numpy().astype(np.float64, copy=False), k)
+    best = scored[picked]
+    kept = users[picked]
+    starts = np.flatnonzero(np.r_[True, kept[1:] != kept[:-1]]) if len(kept) else kept
+    counts = np.diff(np.r_[starts, len(kept)])
+    rank = np.arange(len(kept)) - np.repeat(starts, counts) + 1
+    return best.with_columns(pl.Series("rank", rank, dtype=pl.Int32))
+
+
 def _fused_schema(modalities: Sequence[str]) -> dict[str, Any]:
     return {**FUSED_SCHEMA, **{f"contrib_{m}": pl.Float64 for m in modalities}}
 
@@ -625,7 +639,7 @@ def fuse_stacking(candidates: pl.DataFrame, data: Dataset, model: StackingModel,
     for block in user_blocks(candidates, block_users):
         features = model.features(block, data, context)
         scored = features.with_columns(pl.Series("score", model.predict(features)))
-        best = top_k(scored, k)
+        best = _top_k_of_sorted(scored, k)
         contribs = []
         for m in mods:
             present = best[f"{m}_present"].to_numpy()

@@ -124,3 +124,37 @@ def weighted_dcg(
             gain += hits[u, slots[r]] * discounts[r]
         out[u] = gain
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def top_k_per_user(
+    users: np.ndarray, scores: np.ndarray, k: int,
+) -> np.ndarray:  # pragma: no cover - compiled; covered through `tasks.fusion.stacking`
+    """Row indexes of each user's k best rows, best first, for rows grouped by user with items
+    ascending within a user: the better score first, ties to the earlier row (the smaller item),
+    as a sort by (user, score desc, item) then a cut at k would give, without the sort."""
+    out = np.empty(len(users), dtype=np.int64)
+    vals = np.empty(k, dtype=np.float64)
+    rows = np.empty(k, dtype=np.int64)
+    n_out, start = 0, 0
+    while start < len(users):
+        end = start
+        while end < len(users) and users[end] == users[start]:
+            end += 1
+        count = 0
+        for r in range(start, end):
+            v = scores[r]
+            if count < k or v > vals[k - 1]:
+                pos = count if count < k else k - 1
+                while pos > 0 and vals[pos - 1] < v:
+                    vals[pos] = vals[pos - 1]
+                    rows[pos] = rows[pos - 1]
+                    pos -= 1
+                vals[pos] = v
+                rows[pos] = r
+                count = count + 1 if count < k else k
+        for j in range(count):
+            out[n_out] = rows[j]
+            n_out += 1
+        start = end
+    return out[:n_out]
