@@ -71,7 +71,7 @@ def candidate_table(
 ) -> CandidateTable:
     modalities = tuple(sorted(candidates["modality"].unique().to_list()))
     long = normalise(candidates, normalisation).with_columns(
-        pl.len().over(["modality", "user_idx"]).cast(pl.Float64).alias("len")
+        pl.len().over(["modality", "user_idx"]).cast(pl.Int32).alias("len")  # a count: 4 bytes
     )
     wide = long.pivot(
         on="modality",
@@ -118,7 +118,8 @@ def _weight_columns(
 
 def fusion_terms(strategy: str, m: str) -> pl.Expr:
     """Per-modality evidence before weighting; 0 where the modality did not propose the item."""
-    rank, norm, n = pl.col(f"rank_{m}").cast(pl.Float64), pl.col(f"norm_{m}"), pl.col(f"len_{m}")
+    rank, norm = pl.col(f"rank_{m}").cast(pl.Float64), pl.col(f"norm_{m}")
+    n = pl.col(f"len_{m}").cast(pl.Float64)
     if strategy in ("weighted", "combsum", "combmnz"):
         base = norm
     elif strategy == "rrf":
