@@ -227,3 +227,31 @@ def test_what_an_analyst_writes_into_the_analyst_copy_is_never_silently_lost(
     with duckdb.connect(str(kept), read_only=True) as con:
         assert con.execute("SELECT n FROM my_notes ORDER BY n").fetchall() == [(7,), (8,)]
     assert counts(db) == counts(warehouse_path(db))  # the new copy has the second ingest
+
+
+def test_a_verified_copy_works_within_its_own_memory_limit(tmp_path: Path) -> None:
+    """The copy runs under `COPY_MEMORY_LIMIT` (unset, DuckDB allows 80 % of the machine: a
+    50M-event warehouse's copy held 2.7 GB), whatever limit the connection had."""
+    from tasks.warehouse.integrity import COPY_MEMORY_LIMIT, copy_verified
+
+    source, target = tmp_path / "w.duckdb", tmp_path / "copy.duckdb"
+    with duckdb.connect(str(source)) as con:
+        con.execute("CREATE TABLE t AS SELECT range AS i, range::VARCHAR AS s FROM range(50000)")
+        con.execute("SET memory_limit = '3GB'")
+        before = con.execute("SELECT current_setting('memory_limit')").fetchone()
+        limits: list[str] = []
+
+        class Watched:  # the connection, noting the limit each statement runs under
+            def execute(self, sql: str) -> duckdb.DuckDBPyConnection:
+                if sql.startswith("COPY FROM DATABASE"):
+                    limits.append(str(con.execute(
+                        "SELECT current_setting('memory_limit')").fetchone()))
+                return con.execute(sql)
+
+        copy_verified(Watched(), source, target)  # type: ignore[arg-type]
+        with duckdb.connect() as scratch:
+            scratch.execute(f"SET memory_limit = '{COPY_MEMORY_LIMIT}'")
+            expected = str(scratch.execute("SELECT current_setting('memory_limit')").fetchone())
+        assert limits == [expected] and expected != str(before)
+    with duckdb.connect(str(target), read_only=True) as con:
+        assert con.execute("SELECT count(*), sum(i) FROM t").fetchone() == (50000, 1249975000)
