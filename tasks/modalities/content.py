@@ -89,7 +89,7 @@ def recency_decay(data: Dataset, half_life_days: float | None) -> sp.csr_matrix:
 def _latest_per_pair(events: pl.DataFrame, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct (user, item) pairs as codes user × items + item, and each one's latest
     event time in epoch seconds (NaN when none has a time). A pass over the events in their
-    (user, item) order instead of a hash group-by: 5 × faster at 5M events."""
+    (user, item) order instead of a hash group-by (recency decay at 5M events: 0.9 s to 0.3 s)."""
     code = (events["user_idx"].to_numpy().astype(np.int64) * n_items
             + events["item_idx"].to_numpy().astype(np.int64))
     t = events["ts"].cast(pl.Datetime("us")).dt.epoch("s").cast(pl.Float64).to_numpy()
