@@ -145,14 +145,7 @@ def top_k_per_user(
         for r in range(start, end):
             v = scores[r]
             if count < k or v > vals[k - 1]:
-                pos = count if count < k else k - 1
-                while pos > 0 and vals[pos - 1] < v:
-                    vals[pos] = vals[pos - 1]
-                    rows[pos] = rows[pos - 1]
-                    pos -= 1
-                vals[pos] = v
-                rows[pos] = r
-                count = count + 1 if count < k else k
+                count = _insert(vals, rows, count, k, v, r)
         for j in range(count):
             out[n_out] = rows[j]
             n_out += 1
