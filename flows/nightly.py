@@ -15,7 +15,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -151,6 +152,32 @@ def prepare_source(params: RunParameters) -> Path:
 
 def _staging_prefix(run_id: str) -> str:
     return f"recfusion-{run_id}-"
+
+
+@contextmanager
+def _staging_folder(run_id: str) -> Iterator[Path]:
+    """The run's staging folder, removed on the way out even while a Dask worker still writes
+    into it: Dask does not stop a cancelled shard that already runs. The folder is renamed
+    first, so a shard's next file fails (no folder, no file) instead of racing the removal."""
+    folder = Path(tempfile.mkdtemp(prefix=_staging_prefix(run_id)))
+    try:
+        yield folder
+    finally:
+        doomed = folder.with_name(folder.name + ".removing")
+        try:
+            folder.rename(doomed)
+        except FileNotFoundError:
+            doomed = folder
+        for attempt in range(20):  # only a file whose open began before the rename lands late
+            try:
+                shutil.rmtree(doomed)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05 * (attempt + 1))
+        else:  # the next run of this database removes it (_staging_of_finished_runs)
+            get_run_logger().warning("could not remove the staging folder %s", doomed)
 
 
 def staging_dirs(run_id: str) -> list[Path]:
@@ -795,8 +822,8 @@ def _steps(
     lap("evaluate")
     fault_point("after_evaluate")
     # The run's candidates are staged as Parquet here until published, then removed.
-    with tempfile.TemporaryDirectory(prefix=_staging_prefix(run_id)) as staging:
-        recs = _recommend(data, params, evaluation, Path(staging), progress)
+    with _staging_folder(run_id) as staging:
+        recs = _recommend(data, params, evaluation, staging, progress)
         lap("recommend")
         outputs = assemble_outputs(recs, evaluation, [input_check])
         output_check = check_output_task(

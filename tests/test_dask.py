@@ -158,6 +158,35 @@ def test_shards_are_fusion_blocks_covering_every_user_once() -> None:
     assert user_shards(0, 100) == []
 
 
+def test_the_staging_folder_is_removed_while_a_cancelled_shard_still_writes_into_it() -> None:
+    # Dask does not stop a cancelled shard that already runs: it keeps writing files into the
+    # staging folder while the failed run removes it. The removal must win, not fail the run.
+    import threading
+
+    from flows.nightly import _staging_folder, staging_dirs
+
+    run_id = f"20261207T000000-{os.urandom(4).hex()}"
+    outcome: list[str] = []
+
+    def writer(folder: Path) -> None:
+        for n in range(1_000_000):
+            try:
+                (folder / f"candidates-{n:07d}.parquet").write_bytes(b"x" * 64)
+            except FileNotFoundError:  # as polars' write_parquet: no folder, no file
+                outcome.append("stopped: folder gone")
+                return
+        outcome.append("never stopped")
+
+    with _staging_folder(run_id) as folder:
+        thread = threading.Thread(target=writer, args=(folder,))
+        thread.start()
+        while not any(folder.iterdir()):
+            pass
+    thread.join(timeout=30)
+    assert outcome == ["stopped: folder gone"]
+    assert not folder.exists() and staging_dirs(run_id) == []
+
+
 def test_shard_progress_says_users_done_rate_and_expected_finish(
     small_source: Path,
 ) -> None:
