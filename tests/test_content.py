@@ -14,7 +14,7 @@ from sklearn.preprocessing import normalize
 
 from tasks.data.dataset import Dataset, build_dataset
 from tasks.kernels.blocks import top_n
-from tasks.kernels.sparse import add_sparse_dense_product, product_to_scores
+from tasks.kernels.sparse import add_sparse_dense_product, product_to_scores, sparse_gram
 from tasks.modalities import content
 from tasks.modalities.base import Modality
 from tasks.modalities.content import (
@@ -230,6 +230,25 @@ def test_add_sparse_dense_product_accumulates_a_row_range() -> None:
     out = np.ones((6, 9), dtype=np.float32)
     add_sparse_dense_product(left, right, out, start=10)
     np.testing.assert_allclose(out, 1.0 + left[10:16].toarray() @ right, rtol=1e-5, atol=1e-6)
+
+
+def test_the_gram_summed_on_its_upper_half_is_the_full_sum_bit_for_bit() -> None:
+    # 700 items: several row chunks, tiles cut mid-row; unsorted indices are sorted first.
+    x = sp.random(400, 700, density=0.05, format="csr", dtype=np.float32, random_state=5)
+    x.data = np.random.default_rng(6).uniform(0.1, 3.0, x.nnz).astype(np.float32)
+    shuffled = x.copy()
+    for u in range(shuffled.shape[0]):
+        lo, hi = shuffled.indptr[u], shuffled.indptr[u + 1]
+        order = np.random.default_rng(u).permutation(hi - lo)
+        shuffled.indices[lo:hi], shuffled.data[lo:hi] = (shuffled.indices[lo:hi][order],
+                                                          shuffled.data[lo:hi][order])
+    shuffled.has_sorted_indices = False
+    full = sparse_gram(x, x)  # every (i, j) summed on its own
+    half = sparse_gram(shuffled)
+    np.testing.assert_array_equal(half, full)
+    np.testing.assert_array_equal(half, half.T)
+    np.testing.assert_allclose(half, (x.T @ x).toarray(), rtol=1e-5, atol=1e-5)
+    assert sparse_gram(sp.csr_matrix((5, 3), dtype=np.float32)).tolist() == [[0.0] * 3] * 3
 
 
 def test_zeros_to_neg_inf_keeps_every_other_value() -> None:
