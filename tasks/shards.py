@@ -32,8 +32,22 @@ log = logging.getLogger(__name__)
 #: The pickled fit in a run's staging folder, read by every worker.
 WORK_FILE = "shard-work.pickle"
 #: Set to a shard index and the process scoring that shard SIGKILLs itself (tests: a worker lost
-#: mid-run, like the OOM killer would do it). Unset, nothing happens.
+#: mid-run, like the OOM killer would do it). `INDEX:MARKER` kills once: the first process to
+#: create the file MARKER (on storage every worker shares) dies, the shard's retry does not.
+#: Unset, nothing happens.
 KILL_SHARD_ENV = "RECFUSION_KILL_SHARD"
+
+
+def _kill_point(index: int) -> None:
+    shard, _, marker = os.environ.get(KILL_SHARD_ENV, "").partition(":")
+    if shard != str(index):
+        return
+    if marker:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return  # killed once already: this is the retry
+    os.kill(os.getpid(), 9)  # SIGKILL: no cleanup, no exception, as a lost worker
 
 
 @dataclass
@@ -94,8 +108,7 @@ def run_shard(
     work: ShardWork, index: int, lo: int, hi: int, staging: Path | None = None
 ) -> ShardResult:
     """Score, fuse and explain users [lo, hi); with `staging`, their candidates go to Parquet."""
-    if os.environ.get(KILL_SHARD_ENV) == str(index):
-        os.kill(os.getpid(), 9)  # SIGKILL: no cleanup, no exception, as a lost worker
+    _kill_point(index)
     start = time.perf_counter()
     params = work.params
     users = np.arange(lo, hi)
