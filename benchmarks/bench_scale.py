@@ -7,6 +7,7 @@ high-water mark, so a peak between two polls is not missed). Wall per stage come
 
     python benchmarks/bench_scale.py                       # 100k users × 20k items × 5M events
     python benchmarks/bench_scale.py --users 1000000 --items 100000 --events 50000000 --only-ingest
+    python benchmarks/bench_scale.py --cost-model           # + what 4, 16, 64 workers would buy
 """
 
 from __future__ import annotations
@@ -182,6 +183,31 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+SHARD_LINE = re.compile(r"recommend: shard \d+/\d+ \(users (\d+)-(\d+)[^,]*, ([\d.]+)s\)")
+
+
+def _cost_model(db: Path, run: Measured, timings: dict[str, float], users: int) -> list[str]:
+    from cost_model import measure, report
+
+    shards = [(int(m[2]) - int(m[1]) + 1, float(m[3]))
+              for _, line in run.lines if (m := SHARD_LINE.search(line))]
+    costs = measure(_warehouse(db), 5_000)
+    spans = {task: seconds for task, seconds, _ in task_peaks(run)}
+    serial = {
+        "ingest": timings.get("ingest", 0.0),
+        "snapshot": timings.get("snapshot_and_checks", 0.0),
+        "evaluation": timings.get("evaluate", 0.0),
+        "fit": sum(costs.fit_seconds.values()),
+        "checks": timings.get("explain_and_check", 0.0),
+        "publish": spans.get("publish", 0.0) + spans.get("refresh-analyst-copy", 0.0),
+    }
+    note = "shards scored in this process, the default plan"
+    if shards:  # the run's own shards, with the plan it chose: what the prediction should use
+        costs.shard_seconds_per_1k = 1000 * sum(s for _, s in shards) / sum(u for u, _ in shards)
+        note = f"the run's own {len(shards)} shards and plan"
+    return report(costs, serial, users, note)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -192,6 +218,8 @@ def main() -> int:
     parser.add_argument("--only-ingest", action="store_true", help="`recfusion ingest`, not `run`")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--workers", type=int, help="`recfusion run --workers N` (Dask)")
+    parser.add_argument("--cost-model", action="store_true",
+                        help="then measure per-shard costs on the run's data (cost_model.py)")
     args = parser.parse_args()
 
     recfusion = shutil.which("recfusion") or str(Path(sys.executable).parent / "recfusion")
@@ -243,6 +271,8 @@ def main() -> int:
         print("\ntasks of the run (span from the previous task's end; peak RSS of the run in it)")
         for task, seconds, peak in task_peaks(run):
             print(f"  {task:<28} {seconds:8.1f}s  {_gb(peak)}")
+        if args.cost_model and run.returncode == 0:
+            print("\n".join(_cost_model(db, run, timings, args.users)))
     if run.returncode:
         print(run.tail)
     if not args.keep:

@@ -395,7 +395,8 @@ def _fit_reporter(params: RunParameters, progress: Progress | None) -> Callable[
         nonlocal done
         done = min(done + 1, total)
         elapsed = time.perf_counter() - started
-        note = f"{label} on all users ({done}/{total} sources, {elapsed:.0f}s)"
+        note = (f"{label} on all users ({done}/{total} sources, {elapsed:.0f}s), "
+                f"{expected_finish(done, total, elapsed)}")
         logger.info("recommend: %s", note)
         if progress is not None:
             progress.within("recommend", 0.0, note)
