@@ -522,8 +522,19 @@ def check_output_task(
 @io_task("publish")
 def publish_task(
     params: RunParameters, run_id: str, outputs: RunOutputs, verdict: Verdict,
-    timings: dict[str, float],
+    timings: dict[str, float], progress: Progress | None = None,
 ) -> None:
+    started, logger = time.perf_counter(), get_run_logger()
+
+    def step(done: int, total: int, what: str) -> None:
+        elapsed = time.perf_counter() - started
+        note = f"{what} ({done}/{total} steps, {elapsed:.0f}s)"
+        if done < total:
+            note += f", {expected_finish(done, total, elapsed)}"
+        logger.info("publish: %s", note)
+        if progress is not None:
+            progress.within("publish", done / total, note)
+
     with connect(warehouse_path(params.db)) as con:
         publish_run(
             con,
@@ -536,6 +547,7 @@ def publish_task(
             keep_recommendations=params.retention_runs,
             keep_candidates=params.candidate_retention_runs,
             evaluation_protocol=verdict.protocol,
+            on_step=step,
         )
 
 
@@ -852,7 +864,7 @@ def _steps(
             status = "published" if passed else "rejected"
             get_run_logger().info(message)
         verdict = Verdict(status, message, strategy, protocol)
-        publish_task(params, run_id, outputs, verdict, timings)
+        publish_task(params, run_id, outputs, verdict, timings, progress)
         copy_problem = ""
         try:  # the run is over in the warehouse whatever happens here: never fail it now
             refresh_task(params)

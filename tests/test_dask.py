@@ -319,8 +319,16 @@ def test_dask_and_in_process_publish_identical_lists(
     lines = [m for m in _flow_logs(flow_run) if m.startswith("recommend: shard ")]
     assert len(lines) == n_shards
     assert any("300/300 users done" in m for m in lines)
-    assert any(m.startswith("fit for 300 users shipped to the workers as ")
-               for m in _flow_logs(flow_run))
+    logs = _flow_logs(flow_run)
+    assert any(m.startswith("fit for 300 users shipped to the workers as ") for m in logs)
+    # Every long stage says done/total and when it expects to finish (issue 17's progress).
+    fits = [m for m in logs if m.startswith("recommend: fitted ")]
+    assert len(fits) == 6 and all("expected finish" in m for m in fits[:-1])
+    assert fits[-1].startswith("recommend: fitted hybrid_samples on all users (6/6 sources")
+    publish = [m for m in logs if m.startswith("publish: ")]
+    assert [m.split(" (")[1][:9] for m in publish] == ["1/4 steps", "2/4 steps", "3/4 steps",
+                                                       "4/4 steps"]
+    assert publish[-1].startswith("publish: committed (4/4 steps")
 
 
 @pytest.mark.slow

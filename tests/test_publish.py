@@ -107,6 +107,27 @@ def test_a_failed_insert_raises_its_own_error_and_publishes_nothing(tmp_path: Pa
         assert len(published_candidates(con)) == 5
 
 
+def test_publishing_reports_each_step_in_order_and_none_it_did_not_reach(
+    tmp_path: Path,
+):
+    told: list[tuple[int, int, str]] = []
+
+    def on_step(done: int, total: int, what: str) -> None:
+        told.append((done, total, what))
+
+    broken = [BLOCKS[0], candidates([("behavior", 2, 0, None, 1)])]
+    with fresh_db(tmp_path / "rf.duckdb", "r1") as con:
+        with pytest.raises(ValueError):
+            publish_run(con, "r1", outputs(staged=stage(broken, tmp_path)), "published", "w", {},
+                        on_step=on_step)
+        assert told == []  # the candidates failed: no step is reported done
+        publish_run(con, "r1", outputs(staged=stage(BLOCKS, tmp_path)), "published", "w", {},
+                    on_step=on_step)
+        assert con.execute("SELECT status FROM runs").fetchall() == [("published",)]
+    assert told == [(1, 4, "wrote the candidates"), (2, 4, "inserted the lists"),
+                    (3, 4, "recorded metrics and status"), (4, 4, "committed")]
+
+
 def test_only_an_open_run_is_published(tmp_path: Path):
     with fresh_db(tmp_path / "rf.duckdb", "r1") as con:
         with pytest.raises(RuntimeError, match="r2 is not an open run"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +32,9 @@ from tasks.warehouse.integrity import fsync_dir, fsync_file
 
 FinalStatus = Literal["published", "rejected"]
 KEEP_ALL = 1_000_000_000
+#: What `publish_run` reports as done, in order (the last is the commit that makes it visible).
+PUBLISH_STEPS = ("wrote the candidates", "inserted the lists", "recorded metrics and status",
+                 "committed")
 PUBLISH_MEMORY_LIMIT = "1GB"  # DuckDB's working memory while publishing; the rest spills to disk
 
 
@@ -179,21 +182,34 @@ def publish_run(
     keep_recommendations: int | None = None,
     keep_candidates: int | None = None,
     evaluation_protocol: str | None = None,
+    on_step: Callable[[int, int, str], None] | None = None,
 ) -> None:
     """Write a finished run atomically (rows + status), then apply retention in the same commit.
+
+    `on_step(done, total, what)` is told after each of the PUBLISH_STEPS (progress at scale).
 
     Whatever fails (an insert, the disk filling up at COMMIT), the error raised is that failure:
     a ROLLBACK that cannot run (DuckDB ends a failed COMMIT's transaction itself) never hides it.
     """
     run = pl.lit(run_id).alias("run_id")
     written: Path | None = None
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step(done, len(PUBLISH_STEPS), PUBLISH_STEPS[done - 1])
+
     con.execute("BEGIN TRANSACTION")
     try:
         if con.execute(read_sql("run_is_open.sql"), {"run_id": run_id}).fetchall() == [(0,)]:
             raise RuntimeError(f"run {run_id} is not an open run in this database: not published")
         written = _write_candidates(con, run_id, outputs)
+        step()
         fault_point("publish:after_candidates")
         _insert(con, outputs.recommendations.with_columns(run), "publish_recommendations.sql")
+        step()
         fault_point("publish:after_recommendations")
         _insert(con, _with_std_error(outputs.metrics).with_columns(run), "publish_metrics.sql")
         _insert(
@@ -222,8 +238,10 @@ def publish_run(
                 f"({read_sql('runs_beyond_retention.sql')})",  # our own SQL, one rule for both
                 {"keep": keep_recommendations},
             )
+        step()
         fault_point("publish:before_commit")
         con.execute("COMMIT")
+        step()
     except BaseException as exc:
         try:
             con.execute("ROLLBACK")
