@@ -69,7 +69,7 @@ def tune(params: TuneParameters = DEFAULT_PARAMETERS) -> TuneSummary:
     run = params.run
     # The analyst copy: a consistent snapshot that never waits for (or blocks) a nightly run.
     with connect(run.db, read_only=True) as con:
-        snapshot = load_snapshot(con, run.as_of)
+        snapshot = load_snapshot(con, run.as_of, coded=False)  # its splits cut id strings
     if snapshot.events.height == 0:
         raise ValueError(f"{run.db} holds no events to tune on: run the nightly first")
     check_room(run.db)  # before the search, not after it

@@ -85,8 +85,8 @@ def dataset_from(
         users=snapshot.users,
         weighting=params.weighting(),
         as_of=snapshot.as_of,
-        user_ids=None if like is None else like.user_ids,
-        item_ids=None if like is None else like.item_ids,
+        user_ids=snapshot.user_ids if like is None else like.user_ids,
+        item_ids=snapshot.item_ids if like is None else like.item_ids,
     )
 
 

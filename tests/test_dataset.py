@@ -114,3 +114,62 @@ def test_a_split_cut_from_codes_builds_the_dataset_the_id_strings_would(
     truth_codes = by_codes.truth.rename({"user_id": "user_idx", "item_id": "item_idx"})
     assert full.with_codes(by_ids.truth).select("user_idx", "item_idx").sort(
         "user_idx", "item_idx").equals(truth_codes.cast(pl.Int32).sort("user_idx", "item_idx"))
+
+
+def test_a_snapshot_coded_by_duckdb_builds_the_dataset_the_id_strings_would(
+    tmp_path: Path,
+) -> None:
+    """DuckDB ranks the ids and codes the events (no string per event in Polars): the same id
+    spaces, codes, matrices and events as coding the strings in Polars, with ids that differ
+    only in case or accents, users and items known only from side tables, and an as-of time."""
+    import duckdb
+
+    from tasks.config import RunParameters
+    from tasks.data.snapshot import load_snapshot
+    from tasks.recommend import dataset_from
+    from tasks.sources.ingest import load_source, read_source
+    from tasks.warehouse.connection import apply_schema, connect
+
+    names = ["Zoë", "zoe", "Émile", "emile", "b10", "b9", "B", "a", "日本", "z z"]
+    rng = np.random.default_rng(1)
+    n = 400
+    day = datetime(2024, 1, 1, tzinfo=UTC)
+    src = tmp_path / "src"
+    src.mkdir()
+    pl.DataFrame({
+        "user_id": rng.choice(names, n), "item_id": [f"item-{i}" for i in rng.integers(0, 30, n)],
+        "event_type": rng.choice(["view", "purchase"], n), "value": rng.uniform(0.5, 3, n),
+        "ts": [day.replace(day=1 + int(d)) for d in rng.integers(0, 28, n)],
+    }).write_parquet(src / "events.parquet")
+    pl.DataFrame({"item_id": [f"item-{i}" for i in range(35)], "category": ["x"] * 35}) \
+        .write_parquet(src / "items.parquet")  # items 30-34 only in the catalogue
+    pl.DataFrame({"user_id": [*names, "only-a-user"]}).write_parquet(src / "users.parquet")
+    pl.DataFrame({"user_id": ["a", "B", "zoe"], "friend_id": ["only-a-friend", "a", "late"],
+                  "ts": [day, day, datetime(2024, 2, 1, tzinfo=UTC)]}) \
+        .write_parquet(src / "social.parquet")
+    db = tmp_path / "rf.duckdb"
+    with connect(db) as con:
+        apply_schema(con)
+        load_source(con, read_source(src), "r1")
+    params = RunParameters(source=str(src), db=str(db))
+    heights: list[int] = []
+    for as_of in (None, datetime(2024, 1, 15, tzinfo=UTC)):
+        with duckdb.connect(str(db), read_only=True) as con:
+            coded, strings = load_snapshot(con, as_of), load_snapshot(con, as_of, coded=False)
+        assert coded.coded and not strings.coded
+        assert "user_id" not in coded.events.columns
+        assert coded.events.height == strings.events.height
+        heights.append(coded.events.height)
+        assert coded.fingerprint() == strings.fingerprint()
+        by_duckdb, by_polars = dataset_from(coded, params), dataset_from(strings, params)
+        assert by_duckdb.user_ids.tolist() == by_polars.user_ids.tolist()
+        assert by_duckdb.item_ids.tolist() == by_polars.item_ids.tolist()
+        assert ("late" in by_duckdb.user_ids.tolist()) == (as_of is None)
+        assert {"only-a-user", "only-a-friend", "Zoë", "zoe"} <= set(by_duckdb.user_ids.tolist())
+        assert np.array_equal(by_duckdb.interactions.indptr, by_polars.interactions.indptr)
+        assert np.array_equal(by_duckdb.interactions.indices, by_polars.interactions.indices)
+        assert np.array_equal(by_duckdb.interactions.data, by_polars.interactions.data)
+        assert by_duckdb.events.equals(by_polars.events)
+        assert by_duckdb.social is not None and by_polars.social is not None
+        assert (by_duckdb.social != by_polars.social).nnz == 0
+    assert heights[0] > heights[1] > 0  # the as-of time cut events

@@ -19,7 +19,7 @@ from tasks.tuning.search import apply_tuning, tune_modalities
 def _snapshot(db: Path):  # type: ignore[no-untyped-def]
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return load_snapshot(con, None)
+        return load_snapshot(con, None, coded=False)  # tuning cuts id strings, as flows/tune.py
     finally:
         con.close()
 

@@ -175,6 +175,35 @@ def event_confidence(
     return events.with_columns(confidence=conf.clip(upper_bound=MAX_CONFIDENCE))
 
 
+#: Events per block when a coded snapshot's events are weighed and sorted a block of users at a
+#: time: the sort's working memory is a block's, not every event's (50M events: ~4 GB less).
+BLOCK_EVENTS = 4_000_000
+
+
+def _user_blocks(user_idx: pl.Series, n_users: int) -> list[tuple[int, int]]:
+    """[lo, hi) user ranges holding about BLOCK_EVENTS events each, covering every user."""
+    counts = np.bincount(user_idx.to_numpy(), minlength=n_users)
+    ends = np.searchsorted(np.cumsum(counts), np.arange(BLOCK_EVENTS, counts.sum(), BLOCK_EVENTS))
+    bounds = np.unique(np.r_[0, ends + 1, n_users].clip(0, n_users))
+    return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _weighted_events(events: pl.DataFrame, keys: list[pl.Expr],
+                     weighting: InteractionWeighting, as_of: datetime | None) -> pl.DataFrame:
+    """(user_idx, item_idx, ts, confidence) in one order whatever order the rows came
+    in (DuckDB's parallel scans, a shuffled file): the float32 sums of a pair's events, and
+    everything downstream that walks the events, then give the same bits every time. Sorted by
+    user first, so blocks of users concatenated in user order are the whole sort."""
+    return event_confidence(
+        events.lazy().select(*keys, "event_type", "value", "ts")
+        .drop_nulls(["user_idx", "item_idx"]),
+        weighting,
+        as_of,
+    ).select("user_idx", "item_idx", "ts", "confidence").sort(
+        "user_idx", "item_idx", "ts", "confidence", nulls_last=True
+    ).collect()
+
+
 def _codes(column: str, ids: np.ndarray) -> pl.Expr:
     """Index of each id in the sorted id space (null if absent), without a join.
 
@@ -237,9 +266,11 @@ def build_dataset(
     """Build a snapshot from contract-shaped frames (events: user, item, event_type, value, ts).
 
     `user_ids`/`item_ids` pin the id space, so a training split and the full data share indexes.
-    Events whose user or item is outside a pinned space are dropped.
+    Events whose user or item is outside a pinned space are dropped. Events that already hold
+    `user_idx`/`item_idx` codes into the pinned spaces (a coded snapshot) are taken as they are.
     """
     weighting = weighting or InteractionWeighting()
+    coded = "user_idx" in events.columns and user_ids is not None and item_ids is not None
     if user_ids is None:
         user_ids = _id_space(
             events["user_id"],
@@ -251,32 +282,29 @@ def build_dataset(
         item_ids = _id_space(events["item_id"], items["item_id"] if items is not None else None)
     item_index = _index(item_ids, "item_id")
 
-    indexed = event_confidence(
-        events.lazy()
-        .select(
-            _codes("user_id", user_ids).alias("user_idx"),
-            _codes("item_id", item_ids).alias("item_idx"),
-            "event_type",
-            "value",
-            "ts",
-        )
-        .drop_nulls(["user_idx", "item_idx"]),
-        weighting,
-        as_of,
-    ).select("user_idx", "item_idx", "ts", "confidence").sort(
-        # One order whatever order the rows arrived in (DuckDB's parallel scans, a shuffled
-        # file): the float32 sums of a pair's events below, and everything downstream that
-        # walks the events, then give the same bits every time.
-        "user_idx", "item_idx", "ts", "confidence", nulls_last=True
-    ).collect()
-    capped = int((indexed["confidence"] >= MAX_CONFIDENCE).sum())
+    if coded:  # users in blocks of ~BLOCK_EVENTS events: one block's sort at a time
+        keys = [pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32)]
+        blocks = [events.filter(pl.col("user_idx").is_between(lo, hi - 1))
+                  for lo, hi in _user_blocks(events["user_idx"], len(user_ids))] or [events]
+    else:
+        keys = [_codes("user_id", user_ids).alias("user_idx"),
+                _codes("item_id", item_ids).alias("item_idx")]
+        blocks = [events]
+    parts, capped = [], 0
+    for block in blocks:
+        part = _weighted_events(block, keys, weighting, as_of)
+        capped += int((part["confidence"] >= MAX_CONFIDENCE).sum())
+        parts.append(part.with_columns(pl.col("confidence").cast(pl.Float32)))
+        del block, part
+    blocks.clear()
+    indexed = pl.concat(parts) if len(parts) > 1 else parts[0]
+    parts.clear()
     if capped:
         log.warning(
             "%d event(s) weigh more than %g (huge values?); their confidence is capped there",
             capped,
             MAX_CONFIDENCE,
         )
-    indexed = indexed.with_columns(pl.col("confidence").cast(pl.Float32))
     matrix = _interactions(indexed, len(user_ids), len(item_ids))
 
     item_frame = None
