@@ -138,7 +138,7 @@ def test_a_snapshot_coded_by_duckdb_builds_the_dataset_the_id_strings_would(
     src.mkdir()
     pl.DataFrame({
         "user_id": rng.choice(names, n), "item_id": [f"item-{i}" for i in rng.integers(0, 30, n)],
-        "event_type": rng.choice(["view", "purchase"], n), "value": rng.uniform(0.5, 3, n),
+        "event_type": rng.choice(["view", "purchase", "it's"], n), "value": rng.uniform(0.5, 3, n),
         "ts": [day.replace(day=1 + int(d)) for d in rng.integers(0, 28, n)],
     }).write_parquet(src / "events.parquet")
     pl.DataFrame({"item_id": [f"item-{i}" for i in range(35)], "category": ["x"] * 35}) \
@@ -158,6 +158,9 @@ def test_a_snapshot_coded_by_duckdb_builds_the_dataset_the_id_strings_would(
             coded, strings = load_snapshot(con, as_of), load_snapshot(con, as_of, coded=False)
         assert coded.coded and not strings.coded
         assert "user_id" not in coded.events.columns
+        assert coded.events["event_type"].dtype == pl.Categorical  # not a string per event
+        assert sorted(coded.events["event_type"].unique().cast(pl.String).to_list()) == sorted(
+            strings.events["event_type"].unique().to_list())
         assert coded.events.height == strings.events.height
         heights.append(coded.events.height)
         assert coded.fingerprint() == strings.fingerprint()

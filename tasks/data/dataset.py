@@ -320,8 +320,10 @@ def build_dataset(
                 else pl.lit(1.0).alias("weight")
             )
             .select(
-                _codes("user_id", user_ids).alias("user_idx"),
-                _codes("friend_id", user_ids).alias("friend_idx"),
+                *([pl.col("user_idx").cast(pl.Int32), pl.col("friend_idx").cast(pl.Int32)]
+                  if "user_idx" in social.columns else  # a coded snapshot's ties
+                  [_codes("user_id", user_ids).alias("user_idx"),
+                   _codes("friend_id", user_ids).alias("friend_idx")]),
                 pl.col("weight").clip(upper_bound=MAX_CONFIDENCE),
             )
             .drop_nulls(["user_idx", "friend_idx"])

@@ -23,8 +23,8 @@ class Snapshot:
     """Raw frames a run is built from; items/social/users are None when the source had none.
 
     With `user_ids`/`item_ids` (sorted id spaces), `events` holds `user_idx`/`item_idx` codes
-    into them instead of `user_id`/`item_id` strings (`load_snapshot`); frames built by hand
-    (tests, adapters) may hold the strings."""
+    into them instead of `user_id`/`item_id` strings, and `social` `user_idx`/`friend_idx`
+    (`load_snapshot`); frames built by hand (tests, adapters) may hold the strings."""
 
     events: pl.DataFrame
     items: pl.DataFrame | None
@@ -68,14 +68,16 @@ def load_snapshot(
         con.register("user_codes", _codes(user_ids, "user"))
         con.register("item_codes", _codes(item_ids, "item"))
         try:
-            events = con.sql(read_sql("snapshot_events_coded.sql"), params=at).pl()
+            events = con.sql(_with_enum_types(con, read_sql("snapshot_events_coded.sql"), at),
+                             params=at).pl()
+            social = con.sql(read_sql("snapshot_social_coded.sql"), params=at).pl()
         finally:
             con.unregister("user_codes")
             con.unregister("item_codes")
     else:
         events = con.sql(read_sql("snapshot_events.sql"), params=at).pl()
+        social = con.sql(read_sql("snapshot_social.sql"), params=at).pl()
     items = con.sql("SELECT item_id, title, text, tags, category, embedding FROM raw.items").pl()
-    social = con.sql(read_sql("snapshot_social.sql"), params=at).pl()
     users = con.sql("SELECT user_id FROM raw.users").pl()
     if not events.is_empty():
         events = events.with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
@@ -83,6 +85,19 @@ def load_snapshot(
         items = items.drop("embedding")
     return Snapshot(events, _optional(items), _optional(social), _optional(users), as_of,
                     user_ids, item_ids)
+
+
+def _with_enum_types(con: duckdb.DuckDBPyConnection, events_sql: str,
+                     at: dict[str, datetime | None]) -> str:
+    """`events_sql` with its `event_type` read as an ENUM of the types present (DuckDB has no
+    parameter for a type): each type is quoted as an SQL string literal ('' for ')."""
+    types = [t for (t,) in con.sql(read_sql("snapshot_event_types.sql"), params=at).fetchall()]
+    if not types:
+        return events_sql
+    literal = ", ".join("'" + str(t).replace("'", "''") + "'" for t in types)
+    body = events_sql.strip().rstrip(";")
+    return (f"SELECT user_idx, item_idx, CAST(event_type AS ENUM({literal})) AS event_type, "
+            f"value, ts FROM ({body})")
 
 
 def _ids(con: duckdb.DuckDBPyConnection, sql: str, column: str,
