@@ -176,3 +176,30 @@ def test_a_snapshot_coded_by_duckdb_builds_the_dataset_the_id_strings_would(
         assert by_duckdb.social is not None and by_polars.social is not None
         assert (by_duckdb.social != by_polars.social).nnz == 0
     assert heights[0] > heights[1] > 0  # the as-of time cut events
+
+
+def test_coded_events_weighed_a_block_of_users_at_a_time_are_the_one_block_dataset(
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    import tasks.data.dataset as dataset
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    users = np.array([f"u{i:03d}" for i in range(300)], dtype=object)
+    items = np.array([f"i{i:02d}" for i in range(80)], dtype=object)
+    events = pl.DataFrame({
+        "user_idx": rng.integers(0, 300, n).astype(np.int32),
+        "item_idx": rng.integers(0, 80, n).astype(np.int32),
+        "event_type": rng.choice(["view", "purchase"], n), "value": rng.uniform(0, 3, n),
+        "ts": [datetime(2024, 1, 1 + int(d), tzinfo=UTC) for d in rng.integers(0, 28, n)],
+    })
+    whole = build_dataset(events, user_ids=users, item_ids=items)
+    monkeypatch.setattr(dataset, "BLOCK_EVENTS", 333)
+    blocks = dataset._user_blocks(events["user_idx"], 300)
+    assert len(blocks) >= 14 and blocks[0][0] == 0 and blocks[-1][1] == 300
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
+    in_blocks = build_dataset(events.sample(fraction=1.0, shuffle=True, seed=1),
+                              user_ids=users, item_ids=items)
+    assert in_blocks.events.equals(whole.events)
+    assert np.array_equal(in_blocks.interactions.indptr, whole.interactions.indptr)
+    assert np.array_equal(in_blocks.interactions.data, whole.interactions.data)

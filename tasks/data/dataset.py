@@ -8,7 +8,7 @@ ever see a `Dataset`, never DuckDB, so they are plain functions over arrays and 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, TypeVar
@@ -282,21 +282,22 @@ def build_dataset(
         item_ids = _id_space(events["item_id"], items["item_id"] if items is not None else None)
     item_index = _index(item_ids, "item_id")
 
-    if coded:  # users in blocks of ~BLOCK_EVENTS events: one block's sort at a time
+    if coded:  # users in blocks of ~BLOCK_EVENTS events: one block's copy and sort at a time
         keys = [pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32)]
-        blocks = [events.filter(pl.col("user_idx").is_between(lo, hi - 1))
-                  for lo, hi in _user_blocks(events["user_idx"], len(user_ids))] or [events]
+        bounds = _user_blocks(events["user_idx"], len(user_ids))
+        blocks: Iterator[pl.DataFrame] = (
+            events.filter(pl.col("user_idx").is_between(lo, hi - 1)) for lo, hi in bounds
+        ) if bounds else iter([events])
     else:
         keys = [_codes("user_id", user_ids).alias("user_idx"),
                 _codes("item_id", item_ids).alias("item_idx")]
-        blocks = [events]
+        blocks = iter([events])
     parts, capped = [], 0
     for block in blocks:
         part = _weighted_events(block, keys, weighting, as_of)
         capped += int((part["confidence"] >= MAX_CONFIDENCE).sum())
         parts.append(part.with_columns(pl.col("confidence").cast(pl.Float32)))
         del block, part
-    blocks.clear()
     indexed = pl.concat(parts) if len(parts) > 1 else parts[0]
     parts.clear()
     if capped:
