@@ -4,7 +4,9 @@
 the fit of every source once (the serial fit the driver does), the pickled fit a worker reads
 (bytes shipped per worker), and a few user shards scored in this process (seconds and bytes per
 1,000 users per source). `predict` turns those and the run's serial stages into walls for N
-workers, each a machine like this one.
+workers, each a machine like this one. The per-user cost holds for the measured catalogue only:
+every source scores dense blocks over all items, so a catalogue 5× bigger costs several times
+more per user (the 1M × 100k night measured it; README Scale).
 """
 
 from __future__ import annotations
