@@ -139,7 +139,8 @@ def _id_space(*columns: pl.Series | None) -> np.ndarray:
     return pl.concat(present).drop_nulls().unique().sort().to_numpy().astype(object)
 
 
-def _index(ids: np.ndarray, name: str) -> pl.DataFrame:
+def id_index(ids: np.ndarray, name: str) -> pl.DataFrame:
+    """(`name`, its `_idx` code) for a sorted id space: the place of each id is its code."""
     return pl.DataFrame(
         {
             name: pl.Series(ids, dtype=pl.String),
@@ -280,7 +281,7 @@ def build_dataset(
         )
     if item_ids is None:
         item_ids = _id_space(events["item_id"], items["item_id"] if items is not None else None)
-    item_index = _index(item_ids, "item_id")
+    item_index = id_index(item_ids, "item_id")
 
     if coded:  # users in blocks of ~BLOCK_EVENTS events: one block's copy and sort at a time
         keys = [pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32)]

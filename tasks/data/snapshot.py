@@ -15,6 +15,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from tasks.data.dataset import id_index
 from tasks.warehouse.connection import read_sql
 
 
@@ -65,8 +66,8 @@ def load_snapshot(
     if coded:
         user_ids = _ids(con, "snapshot_user_ids.sql", "user_id", at)
         item_ids = _ids(con, "snapshot_item_ids.sql", "item_id", at)
-        con.register("user_codes", _codes(user_ids, "user"))
-        con.register("item_codes", _codes(item_ids, "item"))
+        con.register("user_codes", id_index(user_ids, "user_id"))
+        con.register("item_codes", id_index(item_ids, "item_id"))
         try:
             events = con.sql(_with_enum_types(con, read_sql("snapshot_events_coded.sql"), at),
                              params=at).pl()
@@ -104,8 +105,3 @@ def _ids(con: duckdb.DuckDBPyConnection, sql: str, column: str,
          at: dict[str, datetime | None]) -> np.ndarray:
     ids = con.sql(read_sql(sql), params=at).pl()[column]
     return ids.cast(pl.String).to_numpy().astype(object)
-
-
-def _codes(ids: np.ndarray, kind: str) -> pl.DataFrame:
-    return pl.DataFrame({f"{kind}_id": pl.Series(ids, dtype=pl.String),
-                         f"{kind}_idx": np.arange(len(ids), dtype=np.int32)})
