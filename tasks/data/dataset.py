@@ -300,7 +300,6 @@ def build_dataset(
         parts.append(part.with_columns(pl.col("confidence").cast(pl.Float32)))
         del block, part
     indexed = pl.concat(parts) if len(parts) > 1 else parts[0]
-    parts.clear()
     if capped:
         log.warning(
             "%d event(s) weigh more than %g (huge values?); their confidence is capped there",
