@@ -246,6 +246,15 @@ def _checkpoint(
     )
 
 
+def _release_batch(context: Any) -> None:
+    """Drop the validated frame from GX's batch cache: the context is kept for the process, and
+    its execution engine held the last frame it checked (at 5M events, the pandas copy of the
+    events) through the rest of the run."""
+    engine = context.data_sources.get(DATASOURCE).get_execution_engine()
+    engine.batch_manager.reset_batch_cache()
+    engine.batch_manager.batch_data_cache.clear()
+
+
 def _local_path(url: str | None) -> Path | None:
     if not url:
         return None
@@ -277,6 +286,7 @@ def _validate(
             expectation_parameters=parameters,
             run_id=run,
         )
+        _release_batch(context)
         ((key, result),) = checkpoint_result.run_results.items()
         if root is None:
             return result, None
