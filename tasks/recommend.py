@@ -184,11 +184,26 @@ def report_cold_max(plan: FusionPlan, params: RunParameters) -> int:
     return params.fusion.cold_history_max or REPORT_COLD_MAX
 
 
+def _outer_split(full: Dataset, params: RunParameters) -> Holdout:
+    # The splits cut integer-coded events: the same cuts as on the ids (codes sort as ids do),
+    # without a copy of every id string per split.
+    return holdout_split(coded_events(full), params.evaluation, params.seed)
+
+
 def _validation_plan(
-    outer: Holdout, full: Dataset, params: RunParameters, step: OnStep
-) -> tuple[FusionPlan | None, dict[str, object]]:
-    """The fusion plan chosen on the window before the test window (None: too little data)."""
+    full: Dataset, params: RunParameters, step: OnStep
+) -> tuple[FusionPlan | None, dict[str, object]] | None:
+    """The fusion plan chosen on the window before the test window (plan None: too little
+    data to validate); None when the test split itself is empty (nothing to evaluate).
+
+    The test split is cut here and again after: seeded, it is the same split both times, and
+    its copy of the events (~0.1 GB at 5M events) is not held while validation fits and fuses.
+    """
+    outer = _outer_split(full, params)
+    if outer.truth.height == 0 or outer.train.height == 0:
+        return None
     inner = holdout_split(outer.train, params.evaluation, params.seed + 1, kind=outer.kind)
+    del outer
     if not (inner.truth.height and inner.train.height):
         return None, inner.describe()
     stage = build_stage(inner, full, params, params.seed + 1,
@@ -227,19 +242,17 @@ def evaluate_holdout(
     (train → test), since nothing is evaluated after it. Lists are built, fused and scored only
     for hold-out users (at most `max_users` of them), so every candidate set stays bounded.
     """
-    ev = params.evaluation
-    # The splits cut integer-coded events: the same cuts as on the ids (codes sort as ids do),
-    # without a copy of every id string per split.
-    outer: Holdout = holdout_split(coded_events(full), ev, params.seed)
-    if outer.truth.height == 0 or outer.train.height == 0:
-        log.warning("evaluation skipped: not enough events to hold out")
-        return None
     k = params.top_k
     # Validation runs first, in its own function: its dataset, fitted models and candidates are
     # freed before the test part builds its own, so the two never share memory.
     step = _stepper(params, on_progress)
-    eval_plan, valid_split = _validation_plan(outer, full, params, step)
+    validated = _validation_plan(full, params, step)
+    if validated is None:
+        log.warning("evaluation skipped: not enough events to hold out")
+        return None
+    eval_plan, valid_split = validated
 
+    outer = _outer_split(full, params)
     test = build_stage(outer, full, params, params.seed,
                        on_step=lambda done: step(f"test: {done}"))
     cands = test.candidates
