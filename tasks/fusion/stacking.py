@@ -63,8 +63,9 @@ TIME_BINS = 32
 KEY_COLUMNS = ("user_idx", "item_idx")
 BLEND_K = 10  # list length the blend weights are tuned for (NDCG@K)
 # Users whose feature rows exist at once (≈ 40 float64 columns × users × candidates per user):
-# 1,000 users × 600 candidates is about 0.2 GB, whatever the number of users in the run.
-FEATURE_BLOCK_USERS = 1_000
+# 250 users × 600 candidates is about 50 MB, whatever the number of users in the run (1,000
+# users' 0.2 GB was a quarter of a 100k-user night's peak over its steady state).
+FEATURE_BLOCK_USERS = 250
 #: The fused shape shared with tasks.fusion.table (plus one contrib_<modality> column per modality).
 FUSED_SCHEMA = {"user_idx": pl.Int32, "item_idx": pl.Int32, "score": pl.Float64, "rank": pl.Int32}
 
