@@ -292,3 +292,42 @@ def test_top_k_of_sorted_rows_is_the_sorted_cut() -> None:
     for k in (1, 7, 200):
         assert _top_k_of_sorted(frame, k).equals(top_k(frame, k))
     assert _top_k_of_sorted(frame.clear(), 5).height == 0
+
+
+def test_kept_rows_are_stacked_in_block_order_and_each_block_is_let_go():
+    from tasks.fusion.stacking import _stack_parts
+
+    rng = np.random.default_rng(3)
+    parts = [(rng.random((n, 4)), rng.random(n) < 0.3) for n in (5, 0, 7, 1)]
+    expected_x = np.concatenate([x for x, _ in parts])
+    expected_y = np.concatenate([y for _, y in parts])
+    x, y = _stack_parts(parts)
+    assert parts == []  # nothing of the blocks is held once stacked
+    assert np.array_equal(x, expected_x) and x.dtype == np.float64
+    assert np.array_equal(y, expected_y) and y.dtype == bool
+
+
+def test_the_logistic_scaler_learns_in_blocks_what_it_learns_at_once(monkeypatch) -> None:
+    """Blocks of rows (no centred copy of them all) give the one-shot scaler's statistics and
+    the one-shot pipeline's probabilities, up to rounding."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tasks.fusion import stacking
+    from tasks.fusion.stacking import StackingModel, StackingParams
+
+    monkeypatch.setattr(stacking, "SCALER_BLOCK_ROWS", 7)
+    rng = np.random.default_rng(5)
+    x = rng.normal(3.0, 2.0, (200, 6)) * np.array([1, 10, 0.1, 1, 1, 100])
+    y = x[:, 0] + rng.normal(0, 2, 200) > 3.5
+    model = StackingModel(("a",), 5, StackingParams(learner="logistic"), 1)
+    pipe = model._logistic(x.copy(), y)
+    whole = StandardScaler().fit(x)
+    assert pipe[0].n_samples_seen_ == 200
+    assert pipe[0].mean_ == pytest.approx(whole.mean_, rel=1e-12)
+    assert pipe[0].scale_ == pytest.approx(whole.scale_, rel=1e-12)
+    at_once = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+    # (the fitted scaler, like the one it replaced, standardises what it is given in place)
+    got = pipe.predict_proba(x.copy())[:, 1]
+    assert got == pytest.approx(at_once.predict_proba(x.copy())[:, 1], rel=1e-8)
