@@ -45,6 +45,7 @@ from tasks.evaluation.gate import regression_gate
 from tasks.evaluation.protocol import protocol_key
 from tasks.fault_injection import fault_point
 from tasks.fusion.plan import DEFAULT_FUSER
+from tasks.memory import release_freed_memory
 from tasks.outputs import assemble, checks
 from tasks.outputs.report import (
     DataDocs,
@@ -828,15 +829,18 @@ def _steps(
     data = dataset_task(snap, params, run_id)
     fingerprint = snap.fingerprint()
     del snap  # every later step works on the dataset's integer codes: the id strings can go
+    release_freed_memory()  # (a reference cycle through Prefect's run objects still held them)
     lap("snapshot_and_checks")
     evaluation = evaluate_task(data, params, progress) if params.evaluate else None
     alarm = alarm_task(evaluation, params) if params.evaluate else None
     record_evaluation_task(params, run_id, evaluation, tuning)
+    release_freed_memory()
     lap("evaluate")
     fault_point("after_evaluate")
     # The run's candidates are staged as Parquet here until published, then removed.
     with _staging_folder(run_id) as staging:
         recs = _recommend(data, params, evaluation, staging, progress)
+        release_freed_memory()
         lap("recommend")
         outputs = assemble_outputs(recs, evaluation, [input_check])
         output_check = check_output_task(

@@ -39,6 +39,7 @@ from tasks.fusion.plan import (
     top_up,
 )
 from tasks.fusion.selection import per_user_ndcg, refit_plan, select_plan
+from tasks.memory import release_freed_memory
 from tasks.modalities.popularity import PopularityParams, make_popularity
 from tasks.modalities.registry import FLOOR_BASELINE, FLOOR_MODALITY, REGISTRY
 from tasks.shards import ShardResult, ShardWork, run_shard, user_shards
@@ -251,6 +252,7 @@ def evaluate_holdout(
         log.warning("evaluation skipped: not enough events to hold out")
         return None
     eval_plan, valid_split = validated
+    release_freed_memory()  # what validation held, before the test part builds its own
 
     outer = _outer_split(full, params)
     test = build_stage(outer, full, params, params.seed,

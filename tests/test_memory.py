@@ -82,3 +82,33 @@ def test_memory_numpy_frees_is_returned_even_below_the_last_array() -> None:
     assert held > 550 and held - after > 500  # 29 of 30 arrays given back
     held, after = _heap_probe("plain")  # without recfusion's setting: kept on the heap
     assert held > 550 and held - after < 100
+
+
+CYCLE_PROBE = """
+import gc
+import tasks
+import numpy as np
+from tasks.memory import release_freed_memory
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+gc.disable()  # as between two collections of a long run: only a collection frees a cycle
+class Holder:
+    pass
+holder = Holder()
+holder.me, holder.rows = holder, np.ones(50_000_000)  # 400 MB kept alive by its own cycle
+del holder
+before = rss_mb()
+release_freed_memory()
+print(before, rss_mb())
+"""
+
+
+def test_memory_released_between_steps_includes_what_only_a_cycle_held() -> None:
+    out = subprocess.run([sys.executable, "-c", CYCLE_PROBE], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.split()
+    before, after = float(out[0]), float(out[1])
+    assert before - after > 350
