@@ -65,7 +65,7 @@ class Evaluation:
 class Recommendations:
     data: Dataset
     candidates: CandidateSet  # in memory; empty when they were staged to `candidate_files`
-    fused: pl.DataFrame  # user_idx, item_idx, score, rank, contrib_*, reason, contributions
+    fused: pl.DataFrame  # tasks.shards.LIST_COLUMNS of every shard
     segments: pl.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
     candidate_files: list[Path] = field(default_factory=list)  # Parquet, one per user block
