@@ -829,7 +829,7 @@ def _steps(
     data = dataset_task(snap, params, run_id)
     fingerprint = snap.fingerprint()
     del snap  # every later step works on the dataset's integer codes: the id strings can go
-    release_freed_memory()  # (a reference cycle through Prefect's run objects still held them)
+    release_freed_memory()  # what only a reference cycle still held, and the C heap's free pages
     lap("snapshot_and_checks")
     evaluation = evaluate_task(data, params, progress) if params.evaluate else None
     alarm = alarm_task(evaluation, params) if params.evaluate else None
