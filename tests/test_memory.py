@@ -1,4 +1,5 @@
-"""Peak memory: memory Polars frees is given back at once, where NumPy can use it again."""
+"""Peak memory: what a recfusion process frees goes back to the system, each probe in its own
+process (`tasks/memory.py`)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: Prepended to every probe: the probe's resident memory in MB.
+RSS_MB = """
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+"""
+
+
+def _run(probe: str, *args: str, env: dict[str, str] | None = None) -> list[float]:
+    """The numbers a probe prints, run by this Python in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", RSS_MB + probe, *args], cwd=ROOT, env=env,
+                         check=True, capture_output=True, text=True).stdout.split()
+    return [float(v) for v in out]
+
 # Builds a ~0.8 GB Polars column and frees it; prints resident MB before, with it, and 3 s after.
 PROBE = """
 import time
 import tasks  # what every recfusion process imports before Polars
 import polars as pl
-
-def rss_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
 
 before = rss_mb()
 frame = pl.select((pl.int_range(0, 100_000_000, dtype=pl.Int64) * 3).alias("x"))
@@ -32,9 +43,7 @@ print(before, held, rss_mb())
 
 
 def _probe(env: dict[str, str]) -> tuple[float, float, float]:
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
-    before, held, after = (float(v) for v in out)
+    before, held, after = _run(PROBE, env=env)
     return before, held, after
 
 
@@ -55,11 +64,6 @@ if sys.argv[1] == "recfusion":
     import tasks
 import numpy as np
 
-def rss_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-
 first = np.ones(2_500_000)
 del first  # the C library's default raises its mmap threshold to this size when it is freed
 arrays = [np.ones(2_500_000) for _ in range(30)]
@@ -71,9 +75,8 @@ print(held, rss_mb())
 
 def _heap_probe(mode: str) -> tuple[float, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], cwd=ROOT, env=env,
-                         check=True, capture_output=True, text=True).stdout.split()
-    return float(out[0]), float(out[1])
+    held, after = _run(HEAP_PROBE, mode, env=env)
+    return held, after
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
@@ -90,11 +93,6 @@ import tasks
 import numpy as np
 from tasks.memory import release_freed_memory
 
-def rss_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-
 gc.disable()  # as between two collections of a long run: only a collection frees a cycle
 class Holder:
     pass
@@ -108,7 +106,5 @@ print(before, rss_mb())
 
 
 def test_memory_released_between_steps_includes_what_only_a_cycle_held() -> None:
-    out = subprocess.run([sys.executable, "-c", CYCLE_PROBE], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout.split()
-    before, after = float(out[0]), float(out[1])
+    before, after = _run(CYCLE_PROBE)
     assert before - after > 350
