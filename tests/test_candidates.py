@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 
 import numpy as np
 import polars as pl
@@ -11,7 +12,13 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_info
 
 from tasks.kernels import blocks as candidates
-from tasks.kernels.blocks import block_array, parallel_chunks, top_n, top_n_of_block
+from tasks.kernels.blocks import (
+    block_array,
+    parallel_chunks,
+    parallel_map,
+    top_n,
+    top_n_of_block,
+)
 
 
 def reference(scores: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
@@ -80,6 +87,24 @@ def test_parallel_chunks_keeps_order_and_covers_the_range() -> None:
 
     nested = parallel_chunks(outer, 100, 10)
     assert sum(nested) == 100
+
+
+def test_parallel_map_yields_in_order_a_window_at_a_time() -> None:
+    """Results come in item order, and no more than a pool's width run ahead of the consumer
+    (each result may be a large block of feature rows)."""
+    started: list[int] = []
+
+    def work(i: int) -> int:
+        started.append(i)
+        return i * i
+
+    items = list(range(23))
+    results = parallel_map(work, items)
+    first = next(results)
+    assert first == 0
+    assert 1 <= len(started) <= len(os.sched_getaffinity(0))  # one window, not every item
+    assert [first, *results] == [i * i for i in items]
+    assert sorted(started) == items
 
 
 def _covered(n: int) -> int:

@@ -191,6 +191,17 @@ def test_deterministic_and_modality_mismatch_rejected():
     assert empty.height == 0 and "contrib_c" in empty.columns
 
 
+def test_user_blocks_fused_side_by_side_give_the_one_block_bytes():
+    """Blocks of users are fused on the shared pool: the list must be the one of a single
+    block, byte for byte (scores, ranks and contributions)."""
+    c, truth, data = planted(n_users=90)
+    model = fit_stacker(c, truth, data, MODS, seed=5, params=FAST)
+    whole = fuse_stacking(c, data, model, k=4, block_users=1_000)
+    blocked = fuse_stacking(c, data, model, k=4, block_users=7)  # 13 blocks, 2 at a time
+    assert whole.height == 90 * 4
+    assert blocked.equals(whole)
+
+
 def test_degenerate_labels_raise_stacking_unavailable():
     c, truth, data = planted(n_users=30)
     with pytest.raises(StackingUnavailable):

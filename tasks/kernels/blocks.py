@@ -10,9 +10,10 @@ too (`parallel_chunks`), and block-sized score arrays are recycled across blocks
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
@@ -32,6 +33,7 @@ CANDIDATE_SCHEMA = {
 }
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 CHUNK_ROWS = 256  # rows per task: a chunk of a 20k-item block (20 MB) stays cache- and RSS-friendly
 _TOP_ROWS = 64  # users per selection task
@@ -108,6 +110,23 @@ def parallel_chunks(fn: Callable[[int, int], T], n: int, chunk: int = CHUNK_ROWS
         if len(bounds) <= 1 or _threads() == 1 or getattr(_in_worker, "active", False):
             return [fn(a, b) for a, b in bounds]
         return list(_executor().map(lambda ab: fn(*ab), bounds))
+
+
+def parallel_map(fn: Callable[[T], U], items: Sequence[T]) -> Iterator[U]:
+    """fn(item) for each item, yielded in order, a pool's width of items at a time.
+
+    For work whose results are large (a block of feature rows): at most one window of results
+    exists at once, whatever the number of items, and the caller consumes them in item order, so
+    the output is the sequential one. Inline where `parallel_chunks` would run inline.
+    """
+    width = _threads()
+    for start in range(0, len(items), width):
+        window = items[start:start + width]
+        yield from parallel_chunks(functools.partial(_call_at, fn, window), len(window), chunk=1)
+
+
+def _call_at(fn: Callable[[T], U], items: Sequence[T], at: int, _stop: int) -> U:
+    return fn(items[at])
 
 
 def top_n_of_block(
