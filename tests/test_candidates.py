@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 
 import numpy as np
 import polars as pl
@@ -16,6 +17,7 @@ from tasks.kernels.blocks import (
     block_array,
     parallel_chunks,
     parallel_map,
+    side_by_side,
     top_n,
     top_n_of_block,
 )
@@ -105,6 +107,27 @@ def test_parallel_map_yields_in_order_a_window_at_a_time() -> None:
     assert 1 <= len(started) <= len(os.sched_getaffinity(0))  # one window, not every item
     assert [first, *results] == [i * i for i in items]
     assert sorted(started) == items
+
+
+def test_jobs_side_by_side_keep_order_use_the_pool_and_one_blas_thread() -> None:
+    """A job may chunk its own work on the shared pool (it is not a pool worker, so it is not
+    run inline), BLAS is on one thread while jobs run, and the caller's limit comes back."""
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+
+    def job(i: int) -> tuple[int, int, list[int]]:
+        spans = parallel_chunks(lambda a, b: (a, b, threading.current_thread().name), 600, 64)
+        on_pool = sum(name.startswith("recfusion-chunks") for _, _, name in spans)
+        return i, on_pool, blas_threads()
+
+    results = list(side_by_side(job, list(range(5))))
+    assert [i for i, _, _ in results] == list(range(5))
+    if len(os.sched_getaffinity(0)) > 1:
+        assert all(on_pool == 10 for _, on_pool, _ in results)  # every chunk on the pool
+    assert all(set(threads) <= {1} for _, _, threads in results)
+    assert blas_threads() == before
 
 
 def _covered(n: int) -> int:

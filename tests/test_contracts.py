@@ -96,6 +96,22 @@ def test_fitting_twice_gives_the_same_scores(name: str, data: Dataset) -> None:
     )
 
 
+def test_sources_fitted_side_by_side_score_the_bytes_each_fitted_alone_scores(
+    data: Dataset,
+) -> None:
+    """`fit_modalities` fits two sources at once on the shared pool; what each learns must not
+    depend on what ran beside it."""
+    from tasks.candidates import fit_modalities
+
+    params = RunParameters(modalities=list(REGISTRY))
+    together = fit_modalities(data, params)
+    assert list(together.models) == list(REGISTRY)  # the parameters' order, not finishing order
+    users = np.arange(data.n_users)
+    for name, model in together.models.items():
+        alone = _fit(name, data)
+        assert np.array_equal(model.score_block(users), alone.score_block(users)), name
+
+
 @pytest.fixture(scope="module")
 def labelled(snapshot: Snapshot) -> tuple[CandidatePool, pl.DataFrame, Dataset]:
     """Candidates of three cheap modalities on an inner training split, and its held-out pairs."""

@@ -121,3 +121,28 @@ def test_weight_tuning_scores_a_trial_as_the_fused_list_scores(strategy: str) ->
     tuned, best = tune_weights(table, truth, 10, strategy=strategy)
     assert best >= fast(np.ones(3)) and best > 0  # never worse than where the ascent starts
     assert set(tuned) == {"a", "b", "c"}
+
+
+def test_a_weight_trial_scores_the_same_bits_in_chunks_of_users(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Users' gains are computed in chunks on the pool: any chunking gives the same NDCG bits."""
+    import numpy as np
+
+    import tasks.fusion.weights as weights_module
+    from tasks.fusion.table import candidate_table
+    from tasks.fusion.weights import _FastNdcg, _wide_terms
+
+    rng = np.random.default_rng(5)
+    rows = [(m, u, int(i), float(rng.random()), r + 1) for m in ("a", "b") for u in range(50)
+            for r, i in enumerate(rng.choice(40, 12, replace=False))]
+    candidates = cands(rows)
+    truth = candidates.sample(fraction=0.1, seed=3).select(
+        pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32)).unique()
+    table = candidate_table(candidates)
+    fast = _FastNdcg(_wide_terms(table, "weighted"), truth, list(table.modalities), 5)
+    trials = [np.array(w) for w in ([1.0, 1.0], [0.2, 3.0], [2.0, 0.05])]
+    whole = [fast(w) for w in trials]
+    monkeypatch.setattr(weights_module, "TRIAL_USERS", 7)  # 8 chunks, side by side
+    assert [fast(w) for w in trials] == whole
+    assert len(set(whole)) > 1

@@ -13,8 +13,11 @@ import numpy as np
 import polars as pl
 
 from tasks.fusion.table import CandidateTable, fusion_terms
+from tasks.kernels.blocks import parallel_chunks
 from tasks.kernels.topn import weighted_dcg
 
+#: Users per task of one trial's NDCG (a trial over 20k users took 4 ms on one core).
+TRIAL_USERS = 2048
 WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
@@ -62,8 +65,14 @@ class _FastNdcg:
     def __call__(self, weights: np.ndarray) -> float:
         if self.k == 0:
             return 0.0
-        gains = weighted_dcg(self.planes, self.valid, self.hits,
-                             np.asarray(weights, dtype=np.float32), self.discounts[: self.k])
+        w, discounts = np.asarray(weights, dtype=np.float32), self.discounts[: self.k]
+        # Users are independent: their gains are computed a chunk of users at a time on the
+        # shared pool and joined in order, so the sum below adds the same numbers in the
+        # same order whatever the number of threads.
+        gains = np.concatenate(parallel_chunks(
+            lambda a, b: weighted_dcg(self.planes[:, a:b], self.valid[a:b], self.hits[a:b], w,
+                                      discounts),
+            len(self.uniq), TRIAL_USERS))
         with np.errstate(invalid="ignore", divide="ignore"):
             ndcg = np.where(self.idcg > 0, gains / self.idcg, 0.0)
         return float(ndcg.sum() / self.n_users)

@@ -72,7 +72,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
-def _single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas() -> Iterator[None]:
     """BLAS on one thread while pool tasks run: the pool already uses every core.
 
     Otherwise each task's BLAS call fans out to its own threads (oversubscription), and
@@ -106,7 +106,7 @@ def parallel_chunks(fn: Callable[[int, int], T], n: int, chunk: int = CHUNK_ROWS
     order fixes.
     """
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, max(1, chunk))]
-    with _single_threaded_blas():  # many small BLAS calls: threading them only adds overhead
+    with single_threaded_blas():  # many small BLAS calls: threading them only adds overhead
         if len(bounds) <= 1 or _threads() == 1 or getattr(_in_worker, "active", False):
             return [fn(a, b) for a, b in bounds]
         return list(_executor().map(lambda ab: fn(*ab), bounds))
@@ -123,6 +123,24 @@ def parallel_map(fn: Callable[[T], U], items: Sequence[T]) -> Iterator[U]:
     for start in range(0, len(items), width):
         window = items[start:start + width]
         yield from parallel_chunks(functools.partial(_call_at, fn, window), len(window), chunk=1)
+
+
+def side_by_side(fn: Callable[[T], U], items: Sequence[T]) -> Iterator[U]:
+    """fn(item) for each item, a pool's width of them at once, results yielded in item order.
+
+    For independent jobs that each chunk their own work (fitting one source): unlike
+    `parallel_map`'s, these threads are not pool workers, so a job's `parallel_chunks` still
+    use the shared pool, and the cores one job leaves idle (a one-threaded factorisation,
+    Python between its chunks) go to the other. BLAS runs on one thread throughout: a job's
+    products must not change bits with what else happens to be running.
+    """
+    width = min(_threads(), max(1, len(items)))
+    if width == 1 or getattr(_in_worker, "active", False):
+        yield from (fn(item) for item in items)
+        return
+    with single_threaded_blas(), ThreadPoolExecutor(width, thread_name_prefix="recfusion-jobs") \
+            as jobs:
+        yield from jobs.map(fn, items)
 
 
 def _call_at(fn: Callable[[T], U], items: Sequence[T], at: int, _stop: int) -> U:

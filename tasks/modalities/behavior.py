@@ -26,11 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 from scipy.linalg import lapack
-from threadpoolctl import threadpool_limits
 
 from tasks.data.dataset import Dataset
 from tasks.kernels.als import cg_half_sweep
-from tasks.kernels.blocks import block_array, parallel_chunks
+from tasks.kernels.blocks import block_array, parallel_chunks, single_threaded_blas
 from tasks.kernels.ease import weights_from_inverse
 from tasks.kernels.sparse import scores_on_columns, sparse_gram
 from tasks.modalities.base import Modality
@@ -189,7 +188,7 @@ def ease_weights(gram: np.ndarray, l2: float, overwrite: bool = False) -> np.nda
     else:
         g = np.array(gram, dtype=np.float32, order="F", copy=True)
     g[np.diag_indices_from(g)] += np.float32(l2)
-    with threadpool_limits(1, user_api="blas"):
+    with single_threaded_blas():  # counted: jobs side by side share one limit
         factor, info = lapack.spotrf(g, lower=0, overwrite_a=1)
         if info != 0:
             raise np.linalg.LinAlgError(

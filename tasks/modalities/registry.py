@@ -54,6 +54,9 @@ class ModalitySpec:
     because: str | None  # "… {}" naming the user's closest history item, when there are titles
     search: Space  # the hyperparameters `recfusion tune` searches, as an Optuna space
     friends_reason: bool = False  # the reason counts the user's friends who have the item
+    # Its fit's working memory is the largest (every user's and friends' histories pooled): it is
+    # fitted by itself after the others, which are fitted two at a time.
+    fit_alone: bool = False
 
 
 def _half_life(t: Any, choices: list[float | None]) -> float | None:
@@ -114,6 +117,7 @@ _SPECS = (
             "samples_l2": t.suggest_float("samples_l2", 10.0, 3000.0, log=True),
             "social_weight": t.suggest_float("social_weight", 0.0, 1.0),
         },
+        fit_alone=True,
     ),
 )
 
