@@ -216,6 +216,26 @@ def test_pool_accuracy() -> None:
     assert math.isnan(pool_accuracy(recs, truth, pool.clear(), k=2))
 
 
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_pool_accuracy_on_integer_codes_counts_what_the_join_counts(k: int) -> None:
+    """Integer ids are found in the pool by binary search over pair codes, other ids by a
+    join: on the same pairs both give the same bits (items past the pool's widest, users
+    outside it, a pair listed twice, and ranks past k included)."""
+    rng = np.random.default_rng(k)
+    pool = pl.DataFrame({"user_id": rng.integers(0, 60, 3000),
+                         "item_id": rng.integers(0, 90, 3000)})
+    truth = pl.concat([pool.sample(300, seed=k), pl.DataFrame(
+        {"user_id": [5, 70], "item_id": [95, 3]})]).cast(pl.Int64)
+    recs = pl.DataFrame({"user_id": rng.integers(0, 70, 900), "item_id": rng.integers(0, 99, 900),
+                         "rank": rng.integers(1, 15, 900)})
+    recs = pl.concat([recs, recs.head(20)])
+    as_text = [f.with_columns(pl.col("user_id", "item_id").cast(pl.String))
+               for f in (recs, truth, pool)]
+    codes = pool_accuracy(recs, truth, pool, k)
+    assert codes == pool_accuracy(*as_text, k)
+    assert 0.0 < codes < 1.0
+
+
 def test_catalog_coverage() -> None:
     # Top-2 lists: u1 {a, b}, u2 {b, c} -> 3 distinct items of a catalog of 12 = 0.25.
     recs = _recs([("u1", "a", 1), ("u1", "b", 2), ("u1", "d", 3), ("u2", "b", 1), ("u2", "c", 2)])

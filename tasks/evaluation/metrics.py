@@ -214,11 +214,20 @@ def pool_accuracy(
 @dataclass(frozen=True)
 class LabelledPool:
     """A pool's distinct pairs with their truth labels, built once and scored for many lists:
-    the pool is millions of pairs, a top-k list a few thousand, so each list joins only its
-    own pairs. TN = |pool| − |predicted| − |actual| + TP, all within the pool."""
+    the pool is millions of pairs, a top-k list a few thousand. TN = |pool| − |predicted| −
+    |actual| + TP, all within the pool.
 
-    universe: pl.DataFrame  # user_id, item_id, _act (bool)
+    Integer ids (the run's codes) are kept as sorted pair codes, and a list's pairs are found by
+    binary search: a join against the pool built a hash table of all its pairs for every list
+    (+0.46 GB and 0.46 s per list for 11.6M pairs). Other ids are joined.
+    """
+
+    size: int  # distinct pairs in the pool
     n_actual: int
+    codes: np.ndarray | None = None  # sorted user·width + item, integer ids only
+    labels: np.ndarray | None = None  # truth label per code
+    width: int = 0  # items' code width
+    universe: pl.DataFrame | None = None  # user_id, item_id, _act: other ids
 
     @classmethod
     def of(cls, truth: pl.DataFrame, pool: pl.DataFrame, users: pl.Series | None = None
@@ -232,22 +241,50 @@ class LabelledPool:
         actual = frames[0].drop_nulls().unique().with_columns(pl.lit(True).alias("_act"))
         labelled = universe.join(actual, on=[USER, ITEM], how="left").with_columns(
             pl.col("_act").fill_null(False)).collect()
-        return cls(labelled, int(labelled["_act"].sum()))
+        n_actual = int(labelled["_act"].sum())
+        if not (labelled.schema[USER].is_integer() and labelled.schema[ITEM].is_integer()):
+            return cls(labelled.height, n_actual, universe=labelled)
+        users_, items = (labelled[c].to_numpy().astype(np.int64) for c in (USER, ITEM))
+        width = int(items.max()) + 1 if len(items) else 1
+        codes = users_ * width + items
+        order = np.argsort(codes, kind="stable")
+        return cls(labelled.height, n_actual, codes[order], labelled["_act"].to_numpy()[order],
+                   width)
 
     def accuracy(self, recs: pl.DataFrame, k: int) -> float:
         _check_k(k)
-        if self.universe.height == 0:
+        if self.size == 0:
             return float("nan")
-        rec_lf, universe = _align(recs.select(USER, ITEM, RANK), self.universe)
+        predicted, tp = self._hits(recs, k)
+        wrong = predicted + self.n_actual - 2 * tp
+        return 1.0 - wrong / self.size
+
+    def _hits(self, recs: pl.DataFrame, k: int) -> tuple[int, int]:
+        """(top-k pairs in the pool, of which relevant)."""
+        if self.codes is None or self.labels is None or not (
+                recs.schema[USER].is_integer() and recs.schema[ITEM].is_integer()):
+            return self._joined_hits(recs, k)
+        top = _top_k(recs.lazy(), k).select(USER, ITEM).collect()
+        users, items = (top[c].to_numpy().astype(np.int64) for c in (USER, ITEM))
+        inside = (items >= 0) & (items < self.width) & (users >= 0)
+        codes = users[inside] * self.width + items[inside]
+        at = np.minimum(np.searchsorted(self.codes, codes), len(self.codes) - 1)
+        found = self.codes[at] == codes
+        return int(found.sum()), int(self.labels[at[found]].sum())
+
+    def _joined_hits(self, recs: pl.DataFrame, k: int) -> tuple[int, int]:
+        universe = self.universe
+        if universe is None:  # integer pool, other ids in the list: nothing of it is inside
+            return 0, 0
+        rec_lf, pool = _align(recs.select(USER, ITEM, RANK), universe)
         hits = (
             _top_k(rec_lf, k).select(USER, ITEM)
-            .join(universe, on=[USER, ITEM], how="inner")
+            .join(pool, on=[USER, ITEM], how="inner")
             .select(pl.len().alias("predicted"), pl.col("_act").sum().alias("tp"))
             .collect()
             .row(0, named=True)
         )
-        wrong = hits["predicted"] + self.n_actual - 2 * (hits["tp"] or 0)
-        return 1.0 - wrong / self.universe.height
+        return int(hits["predicted"]), int(hits["tp"] or 0)
 
 
 def catalog_coverage(recs: pl.DataFrame, catalog_size: int, k: int) -> float:
