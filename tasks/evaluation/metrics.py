@@ -232,6 +232,9 @@ class LabelledPool:
     @classmethod
     def of(cls, truth: pl.DataFrame, pool: pl.DataFrame, users: pl.Series | None = None
            ) -> LabelledPool:
+        if users is None and all(f.schema[c].is_integer() for f in (truth, pool)
+                                 for c in (USER, ITEM)):
+            return cls._coded(truth, pool)
         ufr = _users_frame(users)
         frames = _align(truth.select(USER, ITEM), pool.select(USER, ITEM),
                         *([ufr] if ufr is not None else []))
@@ -241,15 +244,29 @@ class LabelledPool:
         actual = frames[0].drop_nulls().unique().with_columns(pl.lit(True).alias("_act"))
         labelled = universe.join(actual, on=[USER, ITEM], how="left").with_columns(
             pl.col("_act").fill_null(False)).collect()
-        n_actual = int(labelled["_act"].sum())
-        if not (labelled.schema[USER].is_integer() and labelled.schema[ITEM].is_integer()):
-            return cls(labelled.height, n_actual, universe=labelled)
-        users_, items = (labelled[c].to_numpy().astype(np.int64) for c in (USER, ITEM))
-        width = int(items.max()) + 1 if len(items) else 1
-        codes = users_ * width + items
-        order = np.argsort(codes, kind="stable")
-        return cls(labelled.height, n_actual, codes[order], labelled["_act"].to_numpy()[order],
-                   width)
+        return cls(labelled.height, int(labelled["_act"].sum()), universe=labelled)
+
+    @classmethod
+    def _coded(cls, truth: pl.DataFrame, pool: pl.DataFrame) -> LabelledPool:
+        """Pairs as sorted int64 codes, labelled by binary search of the truth's codes: one
+        array of the pool's size at a time (a labelling join held 0.6 GB more for 11.6M)."""
+        pool = pool.select(USER, ITEM).drop_nulls()
+        width = int(pool[ITEM].max() or 0) + 1 if pool.height else 1  # type: ignore[arg-type]
+        codes = pool[USER].to_numpy().astype(np.int64) * width
+        codes += pool[ITEM].to_numpy()
+        codes.sort()
+        if len(codes) > 1 and not (distinct := codes[1:] != codes[:-1]).all():
+            codes = codes[np.r_[True, distinct]]
+        truth = truth.select(USER, ITEM).drop_nulls()
+        items = truth[ITEM].to_numpy().astype(np.int64)
+        inside = (items >= 0) & (items < width)
+        actual = np.unique(truth[USER].to_numpy().astype(np.int64)[inside] * width
+                           + items[inside])
+        labels = np.zeros(len(codes), dtype=bool)
+        if len(codes):
+            at = np.minimum(np.searchsorted(codes, actual), len(codes) - 1)
+            labels[at[codes[at] == actual]] = True
+        return cls(len(codes), int(labels.sum()), codes, labels, width)
 
     def accuracy(self, recs: pl.DataFrame, k: int) -> float:
         _check_k(k)

@@ -165,6 +165,10 @@ STACKING = "stacking"
 
 
 def _fit_stacking(pool: CandidatePool, truth: pl.DataFrame, ctx: FitContext) -> Recipe | None:
+    # The stacker learns from the candidates, never from the wide tables, and its training
+    # rows are the evaluation's largest working set: the tables go first (a recipe that needs
+    # one later builds it again; stacking is tried last, so few do).
+    pool.tables.clear()
     cands = pool.candidates
     try:
         model = fit_stacker(cands, truth, ctx.data, _modalities(cands), seed=ctx.seed,

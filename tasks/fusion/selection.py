@@ -124,17 +124,25 @@ def _score_recipes(
         fused = top_up(apply_recipe(recipe, pool, k, ctx.data), pool, k)
         values[m], recipes[m] = per_user_ndcg(fused, truth, users, k), recipe
     fold = np.random.default_rng(ctx.seed).random(len(users)) < 0.5
+
+    def learned(name: str) -> bool:
+        fuser = FUSERS[name]
+        return fuser.learned and not (ctx.fixed_weights and fuser.weights)
+
+    for name in [n for n in fusers if not learned(n)]:
+        recipe_all = FUSERS[name].fit(pool, truth, ctx)
+        if recipe_all is None:
+            continue
+        fused = top_up(apply_recipe(recipe_all, pool, k, ctx.data), pool, k)
+        values[name], recipes[name] = per_user_ndcg(fused, truth, users, k), recipe_all
+    # The learned fusers work on the halves, which carry their own part of the tables: the whole
+    # pool's go meanwhile (held twice, they and the stacker's training rows were the validation's
+    # peak), built again only if the chosen recipe is refitted on a table.
     halves = {side: (pool.restrict(users[fold == side]), _restrict(truth, users[fold == side]))
               for side in (True, False)}
-    for name in fusers:
+    pool.tables.clear()
+    for name in [n for n in fusers if learned(n)]:
         fuser = FUSERS[name]
-        if not fuser.learned or ctx.fixed_weights and fuser.weights:
-            recipe_all = fuser.fit(pool, truth, ctx)
-            if recipe_all is None:
-                continue
-            fused = top_up(apply_recipe(recipe_all, pool, k, ctx.data), pool, k)
-            values[name], recipes[name] = per_user_ndcg(fused, truth, users, k), recipe_all
-            continue
         out = np.zeros(len(users))
         fitted: Recipe | None = None
         for side in (True, False):
@@ -148,6 +156,11 @@ def _score_recipes(
             fitted = fitted or half
         if fitted is not None:
             values[name], recipes[name] = out, fitted
+    del halves
+    # In the order the sources and fusers are listed, whatever order they were scored in.
+    order = [*pool.modalities, *fusers]
+    values = {n: values[n] for n in order if n in values}
+    recipes = {n: recipes[n] for n in order if n in recipes}
     refs = dict(references or {})
     for name, frame in refs.items():
         values[name] = per_user_ndcg(frame, truth, users, k)
