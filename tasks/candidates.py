@@ -14,6 +14,7 @@ import polars as pl
 from tasks.config import RunParameters
 from tasks.data.dataset import Dataset
 from tasks.kernels.blocks import CANDIDATE_SCHEMA, side_by_side, top_n
+from tasks.memory import release_freed_memory
 from tasks.modalities.base import Modality
 from tasks.modalities.content import MissingModalityInput
 from tasks.modalities.registry import REGISTRY, build_modality
@@ -69,6 +70,9 @@ def fit_modalities(
         fits[name] = fitted, seconds
         if on_step is not None:
             on_step(f"fitted {name}")
+    # The fits' working sets (0.3–0.8 GB each at 100k users) are gone; give their pages back
+    # before the scoring builds its own.
+    release_freed_memory()
     out = FittedModalities(data, {})
     for name in names:
         fitted, seconds = fits[name]
