@@ -282,9 +282,11 @@ def refit_plan(
     """
     pool = CandidatePool.of(candidates)
     ctx = FitContext(data, k, seed, normalisation, fixed_weights, stacking)
+    # The cold recipe first: a stacker's fit drops the pool's tables, which a tuned fuser needs.
+    cold = refit_recipe(plan.cold, pool, truth, ctx) if plan.cold else None
     return FusionPlan(
         refit_recipe(plan.default, pool, truth, ctx),
-        refit_recipe(plan.cold, pool, truth, ctx) if plan.cold else None,
+        cold,
         plan.cold_max,
         plan.selection,
         plan.alternatives,
