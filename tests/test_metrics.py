@@ -234,6 +234,8 @@ def test_pool_accuracy_on_integer_codes_counts_what_the_join_counts(k: int) -> N
     codes = pool_accuracy(recs, truth, pool, k)
     assert codes == pool_accuracy(*as_text, k)
     assert 0.0 < codes < 1.0
+    shifted = [f.with_columns(pl.col("item_id") - 50) for f in (recs, truth, pool)]  # < 0: joined
+    assert pool_accuracy(*shifted, k) == codes
 
 
 def test_catalog_coverage() -> None:

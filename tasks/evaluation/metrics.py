@@ -233,7 +233,7 @@ class LabelledPool:
     def of(cls, truth: pl.DataFrame, pool: pl.DataFrame, users: pl.Series | None = None
            ) -> LabelledPool:
         if users is None and all(f.schema[c].is_integer() for f in (truth, pool)
-                                 for c in (USER, ITEM)):
+                                 for c in (USER, ITEM)) and _non_negative(pool):
             return cls._coded(truth, pool)
         ufr = _users_frame(users)
         frames = _align(truth.select(USER, ITEM), pool.select(USER, ITEM),
@@ -302,6 +302,12 @@ class LabelledPool:
             .row(0, named=True)
         )
         return int(hits["predicted"]), int(hits["tp"] or 0)
+
+
+def _non_negative(pool: pl.DataFrame) -> bool:
+    """Pair codes need ids ≥ 0 (the run's indexes always are)."""
+    low = pool.select(pl.min_horizontal(pl.col(USER).min(), pl.col(ITEM).min())).item()
+    return low is None or low >= 0
 
 
 def catalog_coverage(recs: pl.DataFrame, catalog_size: int, k: int) -> float:
