@@ -163,3 +163,25 @@ def test_scores_equal_the_plain_iteration(small_source: Path, params: SocialPara
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
     finite = np.isfinite(expected)
     np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-4, atol=1e-8)
+
+
+def test_taste_overlap_in_blocks_of_ties_is_the_one_block_bytes(
+    small_source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ties' cosines are computed a block of ties at a time (bounded memory): any block
+    size gives the same fitted model, bit for bit."""
+    import tasks.modalities.social as social
+
+    data = build_dataset(
+        pl.read_parquet(small_source / "events.parquet"),
+        social=pl.read_parquet(small_source / "social.parquet"),
+    )
+    params = SocialParams(taste_weight=0.5)
+    whole = SocialModality(params).fit(data)
+    monkeypatch.setattr(social, "OVERLAP_TIES", 7)
+    assert data.social is not None and data.social.nnz > 7 * 3  # several blocks
+    blocked = SocialModality(params).fit(data)
+    users = np.arange(data.n_users)
+    assert np.array_equal(whole.score_block(users), blocked.score_block(users))
+    assert whole._walk is not None and blocked._walk is not None
+    assert np.array_equal(whole._walk.data, blocked._walk.data)

@@ -70,12 +70,25 @@ class SocialParams(BaseModel):
     )
 
 
+#: Ties whose two histories are multiplied at once (two rows of histories per tie: all 1M ties
+#: of a 100k-user graph at once held 0.6 GB).
+OVERLAP_TIES = 65_536
+
+
 def _taste_overlap(history: sp.csr_matrix, ties: sp.csr_matrix) -> sp.csr_matrix:
-    """Cosine of the two users' histories on each existing tie (same pattern as `ties`)."""
+    """Cosine of the two users' histories on each existing tie (same pattern as `ties`).
+
+    A block of ties at a time: each tie's cosine is its own row's sum, so the blocks change
+    no bit of it.
+    """
     coo = ties.tocoo()
     unit = sp.csr_matrix(normalize(history))
-    cos = np.asarray(unit[coo.row].multiply(unit[coo.col]).sum(axis=1)).ravel()
-    return sp.csr_matrix((cos.astype(np.float32), (coo.row, coo.col)), shape=ties.shape)
+    cos = np.concatenate([np.zeros(0, dtype=np.float32)] + [
+        np.asarray(unit[coo.row[lo:lo + OVERLAP_TIES]].multiply(
+            unit[coo.col[lo:lo + OVERLAP_TIES]]).sum(axis=1)).ravel().astype(np.float32)
+        for lo in range(0, coo.nnz, OVERLAP_TIES)
+    ])
+    return sp.csr_matrix((cos, (coo.row, coo.col)), shape=ties.shape)
 
 
 class SocialModality:
