@@ -468,6 +468,27 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def test_the_temporary_server_runs_without_prefects_server_module(prefect_home: Path) -> None:
+    """The run process starts the server's command itself and reports to it by PREFECT_API_URL
+    (its settings and its children's); it never loads Prefect's server module (80 MB), and the
+    server goes when the process exits."""
+    tag = uuid.uuid4().hex
+    code = (
+        "import os, sys, httpx\n"
+        "from flows.prefect_server import start_temporary_server\n"
+        "url = start_temporary_server()\n"
+        "from prefect.settings import PREFECT_API_URL\n"
+        "print(url.startswith('http://127.0.0.1:'), os.environ['PREFECT_API_URL'] == url,\n"
+        "      PREFECT_API_URL.value() == url, 'prefect.server.api.server' in sys.modules,\n"
+        "      httpx.get(url + '/health').status_code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=no_server_env(prefect_home, tag), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True", "True", "False", "200"]
+    assert survivors(tag, within=10) == []
+
+
 def test_a_killed_run_leaves_no_prefect_server_behind(
     prefect_home: Path, small_source: Path, tmp_path: Path
 ):
