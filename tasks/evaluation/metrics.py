@@ -278,9 +278,10 @@ class LabelledPool:
 
     def _hits(self, recs: pl.DataFrame, k: int) -> tuple[int, int]:
         """(top-k pairs in the pool, of which relevant)."""
-        if self.codes is None or self.labels is None or not (
-                recs.schema[USER].is_integer() and recs.schema[ITEM].is_integer()):
+        if self.codes is None or self.labels is None:
             return self._joined_hits(recs, k)
+        for col in (USER, ITEM):  # other ids: the TypeError a join would give
+            _common_key_dtype([pl.Int64(), recs.schema[col]], col)
         top = _top_k(recs.lazy(), k).select(USER, ITEM).collect()
         users, items = (top[c].to_numpy().astype(np.int64) for c in (USER, ITEM))
         inside = (items >= 0) & (items < self.width) & (users >= 0)
@@ -290,10 +291,8 @@ class LabelledPool:
         return int(found.sum()), int(self.labels[at[found]].sum())
 
     def _joined_hits(self, recs: pl.DataFrame, k: int) -> tuple[int, int]:
-        universe = self.universe
-        if universe is None:  # integer pool, other ids in the list: nothing of it is inside
-            return 0, 0
-        rec_lf, pool = _align(recs.select(USER, ITEM, RANK), universe)
+        assert self.universe is not None  # a pool without codes keeps its pairs
+        rec_lf, pool = _align(recs.select(USER, ITEM, RANK), self.universe)
         hits = (
             _top_k(rec_lf, k).select(USER, ITEM)
             .join(pool, on=[USER, ITEM], how="inner")

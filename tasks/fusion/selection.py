@@ -27,6 +27,7 @@ from tasks.fusion.plan import (
     SINGLE,
     CandidatePool,
     FitContext,
+    Fuser,
     FusionPlan,
     Recipe,
     apply_recipe,
@@ -118,16 +119,16 @@ def _score_recipes(
     k = ctx.k
     values: dict[str, np.ndarray] = {}
     recipes: dict[str, Recipe] = {}
+    modalities = pool.modalities
     pool.table("minmax"), pool.table(ctx.normalisation)  # built once, shared by every fold
-    for m in pool.modalities:
+    for m in modalities:
         recipe = single(m)
         fused = top_up(apply_recipe(recipe, pool, k, ctx.data), pool, k)
         values[m], recipes[m] = per_user_ndcg(fused, truth, users, k), recipe
     fold = np.random.default_rng(ctx.seed).random(len(users)) < 0.5
 
     def learned(name: str) -> bool:
-        fuser = FUSERS[name]
-        return fuser.learned and not (ctx.fixed_weights and fuser.weights)
+        return _learns(FUSERS[name], ctx)
 
     for name in [n for n in fusers if not learned(n)]:
         recipe_all = FUSERS[name].fit(pool, truth, ctx)
@@ -158,7 +159,7 @@ def _score_recipes(
             values[name], recipes[name] = out, fitted
     del halves
     # In the order the sources and fusers are listed, whatever order they were scored in.
-    order = [*pool.modalities, *fusers]
+    order = [*modalities, *fusers]
     values = {n: values[n] for n in order if n in values}
     recipes = {n: recipes[n] for n in order if n in recipes}
     refs = dict(references or {})
@@ -259,9 +260,14 @@ def refit_recipe(
 ) -> Recipe:
     """The same recipe learned again on these candidates and labels (singles need nothing)."""
     fuser = FUSERS.get(recipe.fuser)
-    if fuser is None or not fuser.learned or ctx.fixed_weights and fuser.weights:
+    if fuser is None or not _learns(fuser, ctx):
         return recipe
     return fuser.fit(pool, truth, ctx) or recipe
+
+
+def _learns(fuser: Fuser, ctx: FitContext) -> bool:
+    """Learned from labels here: fixed weights replace a weight search."""
+    return fuser.learned and not (ctx.fixed_weights and fuser.weights)
 
 
 def refit_plan(
