@@ -28,3 +28,31 @@ def run_nightly(source: Path, db: Path, **extra: Any) -> RunSummary:
     summary = state.result(raise_on_failure=False)
     assert isinstance(summary, RunSummary), summary
     return summary
+
+
+def flow_run_logs(flow_run_id: Any) -> list[str]:
+    """Every log line of one flow run, oldest first.
+
+    Prefect ships log lines to its API in batches every few seconds, and a flow run returns
+    without waiting for the last batch: on a loaded machine the run's last lines were not there
+    yet. So the batch is sent first; and the lines are read in pages, as the API answers a limited
+    number per request.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+
+    page = 200
+    lines: list[str] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=page,
+                offset=len(lines),
+            )
+            lines += [log.message for log in logs]
+            if len(logs) < page:
+                return lines

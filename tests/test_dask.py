@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
-from support import query
+from support import flow_run_logs, query
 
 from flows.cli import main
 from tasks.config import FusionParams, RunParameters, parameter_errors
@@ -277,17 +277,6 @@ def _task_runs(flow_run_id: Any, name: str) -> list[Any]:
     return list(found)
 
 
-def _flow_logs(flow_run_id: Any) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return [log.message for log in logs]
-
-
 @pytest.fixture(scope="module")
 def in_process_db(
     prefect_harness: None, small_source: Path, tmp_path_factory: pytest.TempPathFactory
@@ -316,10 +305,10 @@ def test_dask_and_in_process_publish_identical_lists(
     flow_run = state.state_details.flow_run_id
     n_shards = len(user_shards(300, 70))
     assert len(_task_runs(flow_run, "recommend-shard")) == n_shards == 5
-    lines = [m for m in _flow_logs(flow_run) if m.startswith("recommend: shard ")]
+    lines = [m for m in flow_run_logs(flow_run) if m.startswith("recommend: shard ")]
     assert len(lines) == n_shards
     assert any("300/300 users done" in m for m in lines)
-    logs = _flow_logs(flow_run)
+    logs = flow_run_logs(flow_run)
     assert any(m.startswith("fit for 300 users shipped to the workers as ") for m in logs)
     # Every long stage says done/total and when it expects to finish (issue 17's progress).
     fits = [m for m in logs if m.startswith("recommend: fitted ")]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from support import query, run_nightly
+from support import flow_run_logs, query, run_nightly
 
 from flows.cli import main as cli
 
@@ -144,20 +144,13 @@ def test_modalities_without_their_inputs_are_skipped_not_fatal(small_source: Pat
 def test_a_long_ingest_logs_each_chunk_with_rows_done_of_all_and_an_expected_finish(
     small_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
     from tasks.sources import contract
 
     monkeypatch.setattr(contract, "CHUNK_ROWS", 2_000)  # 8,000 events: four chunks
     summary = run_nightly(small_source, tmp_path / "rf.duckdb", evaluate=False)
     assert summary.status == "published"
     [(flow_run_id,)] = query(tmp_path / "rf.duckdb", "SELECT flow_run_id FROM runs")
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-        )
-    lines = [log.message for log in logs if log.message.startswith("ingest: events ")]
+    lines = [m for m in flow_run_logs(flow_run_id) if m.startswith("ingest: events ")]
     assert [line.split(" rows validated")[0] for line in lines] == [
         f"ingest: events {done:,}/8,000" for done in (2_000, 4_000, 6_000, 8_000)
     ]
