@@ -36,8 +36,13 @@ def tune_allocators() -> None:
     freed (up to 32 MB): later arrays of that size are then carved from the heap, whose freed
     middle is never given back. A fixed threshold keeps every array above 16 MB its own mapping,
     returned when freed. 1 MB saved a little more but cost the scoring 10 % in page faults.
+
+    Arrow (a frame turned into pandas for Great Expectations) keeps its own mimalloc pool, which
+    held 0.06 GB of a 100k-user check's buffers for the rest of the run; on the C library's
+    malloc they are given back as the rule above says.
     """
     os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:1000,muzzy_decay_ms:0")
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     libc = _libc()
     if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         with contextlib.suppress(AttributeError):  # not glibc (musl has no mallopt)

@@ -146,17 +146,24 @@ def test_checks_go_to_a_file_context_beside_the_database_created_once_and_reused
 @pytest.mark.parametrize("in_file", [False, True], ids=["in memory", "file context"])
 def test_a_checked_frame_is_not_kept_by_great_expectations_after_its_check(tmp_path, in_file):
     """GX's context lives as long as the process; its batch cache held the pandas copy of the
-    last frame checked (the whole events at 5M rows) through the rest of the run."""
+    last frame checked (the whole events at 5M rows), and its metric cache a column per
+    expectation, through the rest of the run."""
     import gc
 
+    import pandas as pd
     from great_expectations.execution_engine.pandas_batch_data import PandasBatchData
 
     from tasks.outputs.checks import GxRun
 
+    rows = 4_321  # a length nothing else in the process has
+    events = EVENTS.sample(rows, with_replacement=True, seed=1)
     run = GxRun.for_db(tmp_path / "rf.duckdb", "run-1") if in_file else None
-    assert check_events(EVENTS, ["view", "like"], now=NOW, gx_run=run).passed
+    assert check_events(events, ["view", "like"], now=NOW, gx_run=run).passed
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, PandasBatchData)]
+    assert not [
+        o for o in gc.get_objects() if isinstance(o, pd.Series | pd.DataFrame) and len(o) == rows
+    ]
 
 
 def test_output_suite_in_a_file_context_takes_each_runs_k(tmp_path):
