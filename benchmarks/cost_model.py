@@ -63,7 +63,7 @@ def measure(warehouse: Path, shard_users: int) -> Costs:
             for source, s in result.candidates.seconds.items():
                 score[source] = score.get(source, 0.0) + s
             cand_bytes += result.candidate_file.stat().st_size if result.candidate_file else 0
-            list_bytes += int(result.fused.estimated_size())
+            list_bytes += int(result.lists().estimated_size())
     per_1k = 1000 / max(users, 1)
     return Costs(
         users=data.n_users,

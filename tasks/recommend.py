@@ -333,7 +333,7 @@ def gather_shards(
     seconds["recommend_total"] = time.perf_counter() - started
     files = [r.candidate_file for r in shards if r.candidate_file is not None]
     return Recommendations(
-        work.data, cands, pl.concat([r.fused for r in shards], how="diagonal_relaxed"),
+        work.data, cands, pl.concat([r.lists() for r in shards], how="diagonal_relaxed"),
         segments, seconds, files, sum(r.n_candidates for r in shards),
     )
 

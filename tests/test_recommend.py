@@ -63,7 +63,9 @@ def test_fusing_users_block_by_block_changes_nothing(small_source: Path) -> None
     )
 
 
-def test_staged_candidates_are_the_in_memory_ones(small_source: Path, tmp_path: Path) -> None:
+def test_staged_candidates_and_lists_are_the_in_memory_ones(
+    small_source: Path, tmp_path: Path
+) -> None:
     snap = _snapshot(small_source)
     params = _weighted("behavior", "popularity", fusion_block_users=100)
     full = dataset_from(snap, params)
@@ -77,6 +79,10 @@ def test_staged_candidates_are_the_in_memory_ones(small_source: Path, tmp_path: 
         pl.read_parquet(staged.candidate_files).sort(order),
         held.candidates.candidates.sort(order),
     )
+    # Each shard's lists went to a file of their own too, read back in user order.
+    assert len(list(tmp_path.glob("lists-*.parquet"))) == len(staged.candidate_files)
+    assert staged.fused.height == held.fused.height > 0
+    assert_frame_equal(staged.fused, held.fused)
 
 
 def test_the_evaluation_reports_each_part_so_progress_moves_within_it(small_source: Path) -> None:
