@@ -266,7 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = run_parameters(args)
     _folder(params.source, _source_label(args))
     _engine(params)
-    _flow_server("flows.nightly")
+    # Great Expectations too (1.5 s to import): the run's first check would import it.
+    _flow_server("flows.nightly", "great_expectations")
     from flows.engine import flow_on
     from flows.nightly import RunSummary, nightly
 

@@ -263,7 +263,7 @@ def top_n(
     users: np.ndarray,
     n: int,
     seen: sp.csr_matrix | None = None,
-    block_size: int = 2048,
+    block_size: int = 1024,
 ) -> pl.DataFrame:
     """Score `users` in blocks and keep each user's top-n unseen items with finite scores."""
     parts: list[pl.DataFrame] = []
