@@ -29,6 +29,7 @@ from tasks.data.dataset import DEFAULT_EVENT_WEIGHTS, InteractionWeighting
 from tasks.data.splits import EvaluationParams
 from tasks.fusion.plan import AUTO, FUSERS
 from tasks.fusion.stacking import StackingParams
+from tasks.kernels.blocks import BLOCK_USERS
 from tasks.modalities.behavior import BehaviorParams
 from tasks.modalities.content import ContentParams
 from tasks.modalities.hybrid import HybridParams
@@ -246,8 +247,9 @@ class RunParameters(BaseModel):
         "evaluation.",
     )
     seed: int = Field(7, ge=0, description="Seed for random splits (>= 0, as NumPy needs).")
-    # 1,024: 2,048 held 0.08 GB more per shard at 20k items, for no time measured.
-    block_size: int = Field(1024, ge=1, description="Users scored per block (bounds memory).")
+    block_size: int = Field(
+        BLOCK_USERS, ge=1, description="Users scored per block (bounds memory)."
+    )
     fusion_block_users: int = Field(
         5_000, ge=1, description="Users whose candidates are fused at once (bounds memory)."
     )

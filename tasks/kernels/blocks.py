@@ -35,6 +35,9 @@ CANDIDATE_SCHEMA = {
 T = TypeVar("T")
 U = TypeVar("U")
 
+#: Users scored per block by default. Any multiple of `CHUNK_ROWS` gives the same bytes; 2,048
+#: held 0.08 GB more per shard at 20k items than 1,024, for no time measured.
+BLOCK_USERS = 1024
 CHUNK_ROWS = 256  # rows per task: a chunk of a 20k-item block (20 MB) stays cache- and RSS-friendly
 _TOP_ROWS = 64  # users per selection task
 _pool: ThreadPoolExecutor | None = None
@@ -263,7 +266,7 @@ def top_n(
     users: np.ndarray,
     n: int,
     seen: sp.csr_matrix | None = None,
-    block_size: int = 1024,
+    block_size: int = BLOCK_USERS,
 ) -> pl.DataFrame:
     """Score `users` in blocks and keep each user's top-n unseen items with finite scores."""
     parts: list[pl.DataFrame] = []
