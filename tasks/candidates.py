@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -43,6 +45,38 @@ class FittedModalities:
     models: dict[str, Modality]
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+#: A run's candidates as published (`candidates` view; sql/warehouse/candidates_empty.sql).
+PUBLISHED_SCHEMA = pl.Schema({"modality": pl.String, "user_id": pl.String, "item_id": pl.String,
+                              "score": pl.Float32, "rank": pl.Int32})
+
+
+def write_published(
+    candidates: pl.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray, path: Path
+) -> None:
+    """Integer-coded candidates written as published, with their string ids, to `path`.
+
+    Each shard writes its own, so publishing only links the files in: joining the ids on for
+    every candidate at once took 10 s of one process at 100k users (and would take minutes at
+    1M). Streamed (0.07 GB, not 0.14 GB of id strings at 3M rows) and written under another
+    name first: `path` is either the whole file or absent, and a file already published (a
+    hard link to it) is never rewritten in place.
+    """
+    users = pl.LazyFrame({"user_idx": np.arange(len(user_ids), dtype=np.int32),
+                          "user_id": pl.Series(user_ids, dtype=pl.String)})
+    items = pl.LazyFrame({"item_idx": np.arange(len(item_ids), dtype=np.int32),
+                          "item_id": pl.Series(item_ids, dtype=pl.String)})
+    partial = path.with_name(f".partial-{path.name}")
+    (
+        candidates.lazy()
+        .with_columns(pl.col("user_idx", "item_idx").cast(pl.Int32))
+        .join(users, on="user_idx", how="left", maintain_order="left")
+        .join(items, on="item_idx", how="left", maintain_order="left")
+        .select(pl.col(name).cast(dtype) for name, dtype in PUBLISHED_SCHEMA.items())
+        .sink_parquet(partial, compression="zstd")
+    )
+    os.replace(partial, path)
 
 
 #: Told after each fit and after the scoring (a long step's progress), with what was done.

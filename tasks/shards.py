@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tasks.candidates import CandidateSet, FittedModalities, score_candidates
+from tasks.candidates import CandidateSet, FittedModalities, score_candidates, write_published
 from tasks.config import RunParameters
 from tasks.data.dataset import Dataset
 from tasks.fusion.plan import FusionPlan, apply_plan
@@ -89,7 +89,7 @@ class ShardResult:
     hi: int
     fused: pl.DataFrame  # LIST_COLUMNS; empty when staged to `list_file`
     candidates: CandidateSet  # empty frame when staged to `candidate_file`
-    candidate_file: Path | None
+    candidate_file: Path | None  # as published (string ids: `write_published`)
     n_candidates: int
     seconds: float
     host: str = ""
@@ -119,9 +119,10 @@ def list_file(staging: Path, index: int) -> Path:
 def run_shard(
     work: ShardWork, index: int, lo: int, hi: int, staging: Path | None = None
 ) -> ShardResult:
-    """Score, fuse and explain users [lo, hi); with `staging`, their candidates and lists go to
-    Parquet: held until every shard is done, the lists alone grew the process by 0.2 GB at 100k
-    users (10 rows per user with their contributions), on top of the fitted sources."""
+    """Score, fuse and explain users [lo, hi); with `staging`, their candidates (as published)
+    and lists go to Parquet: held until every shard is done, the lists alone grew the process
+    by 0.2 GB at 100k users (10 rows per user with their contributions), on top of the fitted
+    sources."""
     _kill_point(index)
     start = time.perf_counter()
     params = work.params
@@ -135,7 +136,7 @@ def run_shard(
     path = lists = None
     if staging is not None:
         path, lists = candidate_file(staging, index), list_file(staging, index)
-        cands.candidates.write_parquet(path)
+        write_published(cands.candidates, work.data.user_ids, work.data.item_ids, path)
         cands.candidates = cands.candidates.clear()
         fused.write_parquet(lists)
         fused = fused.clear()

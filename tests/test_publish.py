@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tasks.candidates import write_published
 from tasks.warehouse.connection import apply_schema
 from tasks.warehouse.publish import RunOutputs, publish_run
 from tasks.warehouse.runs import fail_run, start_run
@@ -67,10 +68,11 @@ def fresh_db(path: Path, run_id: str) -> duckdb.DuckDBPyConnection:
 
 
 def stage(blocks: list[pl.DataFrame], folder: Path) -> list[Path]:
+    """Candidates staged as shards stage them: as published, one file per block."""
     files = []
     for n, block in enumerate(blocks):
         files.append(folder / f"candidates-{n:05d}.parquet")
-        block.write_parquet(files[-1])
+        write_published(block, USERS, ITEMS, files[-1])
     return files
 
 
@@ -91,6 +93,26 @@ def test_staged_candidate_files_publish_the_rows_in_memory_candidates_do(tmp_pat
     assert from_files[0] == ("r1", "behavior", "ann", "i1", pytest.approx(0.9), 1)  # ids joined
     assert ("r1", "popularity", "cy", "i3", 12.0, 1) in from_files
     assert len(from_files) == 5
+
+
+def test_staged_files_are_linked_in_whole_and_a_file_not_as_published_is_refused(
+    tmp_path: Path,
+):
+    files = stage(BLOCKS, tmp_path)
+    with fresh_db(tmp_path / "links.duckdb", "r1") as con:
+        publish_run(con, "r1", outputs(staged=files), "published", "w", {})
+        published = sorted((tmp_path / "links.duckdb.runs" / "run_id=r1").iterdir())
+        assert [p.name for p in published] == ["candidates-00000.parquet",
+                                               "candidates-00001.parquet"]
+        assert [p.read_bytes() for p in published] == [f.read_bytes() for f in files]
+    coded = tmp_path / "coded.parquet"
+    BLOCKS[0].write_parquet(coded)  # integer-coded, as shards staged them before
+    with fresh_db(tmp_path / "coded.duckdb", "r1") as con:
+        with pytest.raises(ValueError, match=r"coded.parquet have columns .*user_idx.* not the "
+                                             r"published"):
+            publish_run(con, "r1", outputs(staged=[files[0], coded]), "published", "w", {})
+        assert published_candidates(con) == []
+        assert [p.name for p in (tmp_path / "coded.duckdb.runs").iterdir()] == ["run_id=_none"]
 
 
 def test_a_failed_insert_raises_its_own_error_and_publishes_nothing(tmp_path: Path):

@@ -20,6 +20,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from tasks.candidates import PUBLISHED_SCHEMA
 from tasks.fault_injection import fault_point
 from tasks.warehouse.connection import (
     CANDIDATES_FILE,
@@ -48,7 +49,7 @@ class RunOutputs:
     checks: pl.DataFrame  # suite, expectation, column_name, success, observed_value
     user_ids: np.ndarray  # user_idx -> user_id, for the candidates
     item_ids: np.ndarray  # item_idx -> item_id
-    candidate_files: list[Path] = field(default_factory=list)  # staged instead, if any
+    candidate_files: list[Path] = field(default_factory=list)  # staged as published, if any
     n_candidates: int = 0  # rows in `candidates` or in the staged files
 
 
@@ -103,10 +104,13 @@ def _id_table(kind: str, ids: np.ndarray) -> Any:
 def _write_candidates(
     con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs
 ) -> Path | None:
-    """The run's candidates, its largest output (users × modalities × N rows), as one Parquet
-    file beside the database: written whole under a temporary name, flushed, then renamed into
-    place; the `candidates` view shows it once the run's status commits. Their string ids are
-    joined on inside DuckDB, which streams, instead of being materialised in Polars."""
+    """The run's candidates, its largest output (users × modalities × N rows), as Parquet files
+    beside the database: gathered in a folder under a temporary name, flushed, then renamed
+    into place; the `candidates` view shows them once the run's status commits.
+
+    Staged files are already as published (each shard wrote its own with string ids), so they
+    are linked in, not rewritten; a file that is not as published is refused. Candidates held in
+    memory (integer-coded) have their ids joined on inside DuckDB, which streams."""
     if outputs.n_candidates == 0:
         return None
     file = database_file(con)
@@ -116,30 +120,11 @@ def _write_candidates(
     partial = final.with_name(f".partial-{run_id}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    staged: dict[str, Any] = {
-        "staged_users": _id_table("user", outputs.user_ids),
-        "staged_items": _id_table("item", outputs.item_ids),
-        # DuckDB's own Parquet reader streams within its memory limit; an Arrow dataset scan
-        # held ~1.4 GB outside it at 100k users.
-        "staged_candidates": con.read_parquet([str(f) for f in outputs.candidate_files])
-        if outputs.candidate_files
-        else outputs.candidates.to_arrow(),
-    }
-    # Row order in the file does not matter (readers sort); without it DuckDB streams the
-    # write and spills past its memory limit instead of buffering every staged row.
-    con.execute("SET preserve_insertion_order = false")
-    con.execute(f"SET memory_limit = '{PUBLISH_MEMORY_LIMIT}'")
-    target = partial / CANDIDATES_FILE
     try:
-        with _staged(con, staged):
-            [(missing,)] = con.execute(read_sql("candidates_incomplete.sql")).fetchall()
-            if missing:
-                raise ValueError(f"run {run_id}: {missing} candidate(s) without a score, rank "
-                                 "or modality: not published")
-            literal = "'" + str(target).replace("'", "''") + "'"
-            con.execute(f"COPY ({read_sql('publish_candidates.sql')}) TO {literal} "
-                        "(FORMAT parquet, COMPRESSION zstd)")
-        fsync_file(target)
+        if outputs.candidate_files:
+            _link_staged(con, run_id, outputs.candidate_files, partial)
+        else:
+            _copy_in_memory(con, run_id, outputs, partial / CANDIDATES_FILE)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -148,6 +133,62 @@ def _write_candidates(
     os.replace(partial, final)
     fsync_dir(final.parent)
     return final
+
+
+def _refuse_incomplete(con: duckdb.DuckDBPyConnection, run_id: str, relation: str) -> None:
+    [(missing,)] = con.execute(read_sql("candidates_incomplete.sql").format(relation=relation)
+                               ).fetchall()
+    if missing:
+        raise ValueError(f"run {run_id}: {missing} candidate(s) without a score, rank, "
+                         "modality or id: not published")
+
+
+def _link_staged(
+    con: duckdb.DuckDBPyConnection, run_id: str, files: list[Path], folder: Path
+) -> None:
+    """Staged files into `folder`: hard links where the file system allows (no bytes copied),
+    copies elsewhere; each flushed to disk before the folder is renamed into place."""
+    for f in files:
+        schema = dict(pl.read_parquet_schema(f))
+        if schema != dict(PUBLISHED_SCHEMA):
+            raise ValueError(f"run {run_id}: staged candidates {f} have columns {schema}, not "
+                             f"the published {dict(PUBLISHED_SCHEMA)}: not published")
+    _refuse_incomplete(con, run_id, f"read_parquet({_sql_list(files)})")
+    for n, f in enumerate(files):
+        target = folder / f"candidates-{n:05d}.parquet"
+        try:
+            os.link(f, target)
+        except OSError:  # another file system (a temporary folder on tmpfs), or no links
+            shutil.copyfile(f, target)
+        fsync_file(target)
+
+
+def _copy_in_memory(
+    con: duckdb.DuckDBPyConnection, run_id: str, outputs: RunOutputs, target: Path
+) -> None:
+    staged: dict[str, Any] = {
+        "staged_users": _id_table("user", outputs.user_ids),
+        "staged_items": _id_table("item", outputs.item_ids),
+        "staged_candidates": outputs.candidates.to_arrow(),
+    }
+    # Row order in the file does not matter (readers sort); without it DuckDB streams the
+    # write and spills past its memory limit instead of buffering every row.
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET memory_limit = '{PUBLISH_MEMORY_LIMIT}'")
+    with _staged(con, staged):
+        published = read_sql("publish_candidates.sql")
+        _refuse_incomplete(con, run_id, f"({published}\n)")
+        con.execute(f"COPY ({published}\n) TO {_sql_string(target)} "
+                    "(FORMAT parquet, COMPRESSION zstd)")
+    fsync_file(target)
+
+
+def _sql_string(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _sql_list(paths: list[Path]) -> str:
+    return "[" + ", ".join(_sql_string(p) for p in paths) + "]"
 
 
 def prune_candidate_files(con: duckdb.DuckDBPyConnection, keep: int | None) -> list[str]:
