@@ -342,3 +342,24 @@ def test_the_logistic_scaler_learns_in_blocks_what_it_learns_at_once(monkeypatch
     # (the fitted scaler, like the one it replaced, standardises what it is given in place)
     got = pipe.predict_proba(x.copy())[:, 1]
     assert got == pytest.approx(at_once.predict_proba(x.copy())[:, 1], rel=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.bool_])
+def test_the_compiled_linear_sum_has_numpys_bits_for_every_column_type(dtype: type) -> None:
+    """`_predict_linear` moved from NumPy's expression to a compiled loop: same bits or the
+    published scores (and tied ranks) would move."""
+    from tasks.kernels.linear import add_standardised
+
+    draws = np.random.default_rng(3)
+    columns = [(draws.normal(size=10_001) * 50).astype(dtype) for _ in range(7)]
+    if dtype == np.float32:
+        columns[0][::97] = np.nan  # a missing feature stays missing
+    stats = draws.normal(size=(7, 3)) + [0.0, 2.0, 0.0]
+    expected = np.zeros(10_001)
+    compiled = np.zeros(10_001)
+    for x, (mean, scale, coef) in zip(columns, stats, strict=True):
+        expected += (x.astype(np.float64) - mean) / scale * coef
+        add_standardised(compiled, x, mean, scale, coef)
+    assert compiled.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError, match="float64"):
+        add_standardised(np.zeros(3, dtype=np.float32), columns[1][:3], 0.0, 1.0, 1.0)

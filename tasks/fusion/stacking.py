@@ -47,6 +47,7 @@ from tasks.data.dataset import Dataset
 from tasks.fusion.table import RRF_K, candidate_table, ordered_sum
 from tasks.fusion.weights import tune_weights
 from tasks.kernels.blocks import parallel_map
+from tasks.kernels.linear import add_standardised
 from tasks.kernels.topn import top_k_per_user
 
 log = logging.getLogger(__name__)
@@ -547,8 +548,8 @@ class StackingModel:
         scaler, linear = self.estimators[0][0], self.estimators[0][-1]
         z = np.zeros(features.height, dtype=np.float64)
         for j, column in enumerate(self.columns):
-            x = features[column].to_numpy().astype(np.float64, copy=False)
-            z += (x - scaler.mean_[j]) / scaler.scale_[j] * linear.coef_[0, j]
+            add_standardised(z, features[column].to_numpy(), scaler.mean_[j], scaler.scale_[j],
+                             linear.coef_[0, j])
         return np.asarray(expit(z + linear.intercept_[0]), dtype=np.float64)
 
     def summary(self) -> dict[str, object]:
