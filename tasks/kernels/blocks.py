@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import polars as pl
@@ -261,6 +261,35 @@ class Scorer(Protocol):
     def score_block(self, users: np.ndarray) -> np.ndarray: ...
 
 
+@runtime_checkable
+class SubsetScorer(Protocol):
+    """A modality whose scores are finite on a fixed subset of items only (EASE's most-interacted
+    items): it scores just those columns, and `top_n` selects among them. A block as wide as
+    the catalogue was mostly -inf: written, masked and searched for nothing (at 100k items,
+    16 columns of every 17 for a 6,000-item EASE)."""
+
+    def scored_items(self) -> np.ndarray | None:
+        """Sorted item indexes `score_items` scores; None: every item (use `score_block`)."""
+        ...
+
+    def score_items(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), len(scored_items())) float32: `score_block` on those columns only."""
+        ...
+
+
+def _mask_seen_columns(
+    scores: np.ndarray, seen: sp.csr_matrix, position: np.ndarray
+) -> None:
+    """`top_n_of_block`'s seen mask for a block of `columns` only (`position`: item -> column,
+    -1 for items not among them)."""
+    if not seen.nnz:
+        return
+    rows = np.repeat(np.arange(scores.shape[0]), np.diff(seen.indptr))
+    columns = position[seen.indices]
+    kept = columns >= 0
+    scores[rows[kept], columns[kept]] = -np.inf
+
+
 def top_n(
     model: Scorer,
     users: np.ndarray,
@@ -268,15 +297,31 @@ def top_n(
     seen: sp.csr_matrix | None = None,
     block_size: int = BLOCK_USERS,
 ) -> pl.DataFrame:
-    """Score `users` in blocks and keep each user's top-n unseen items with finite scores."""
+    """Score `users` in blocks and keep each user's top-n unseen items with finite scores.
+
+    A `SubsetScorer` is scored on its items only; the lists are the same (its columns are
+    sorted, so ties still go to the lower item index)."""
     parts: list[pl.DataFrame] = []
     users = np.asarray(users, dtype=np.int64)
+    subset = model.scored_items() if isinstance(model, SubsetScorer) else None
+    position = None
+    if subset is not None and seen is not None:
+        position = np.full(seen.shape[1], -1, dtype=np.int64)
+        position[subset] = np.arange(len(subset))
     with _blocks.run():
         for start in range(0, len(users), block_size):
             block = users[start : start + block_size]
-            scores = np.asarray(model.score_block(block), dtype=np.float32)
             block_seen = seen[block] if seen is not None else None
-            rows, items, top_scores, ranks = top_n_of_block(scores, n, block_seen)
+            if subset is None:
+                scores = np.asarray(model.score_block(block), dtype=np.float32)
+                rows, items, top_scores, ranks = top_n_of_block(scores, n, block_seen)
+            else:
+                assert isinstance(model, SubsetScorer)
+                scores = np.asarray(model.score_items(block), dtype=np.float32)
+                if block_seen is not None and position is not None:
+                    _mask_seen_columns(scores, block_seen, position)
+                rows, items, top_scores, ranks = top_n_of_block(scores, n)
+                items = subset[items]
             _blocks.give_back(scores)
             del scores
             parts.append(

@@ -29,7 +29,7 @@ from scipy.linalg import lapack
 
 from tasks.data.dataset import Dataset
 from tasks.kernels.als import cg_half_sweep
-from tasks.kernels.blocks import block_array, parallel_chunks, single_threaded_blas
+from tasks.kernels.blocks import SubsetScorer, block_array, parallel_chunks, single_threaded_blas
 from tasks.kernels.ease import weights_from_inverse
 from tasks.kernels.sparse import scores_on_columns, sparse_gram
 from tasks.modalities.base import Modality
@@ -241,6 +241,14 @@ class EaseModel:
         hist = self.history_[np.asarray(users, dtype=np.int64)]
         out = block_array((hist.shape[0], self.n_items_))
         return scores_on_columns(hist, self.weights_, self.items_, out)
+
+    def scored_items(self) -> np.ndarray:
+        return self.items_
+
+    def score_items(self, users: np.ndarray) -> np.ndarray:
+        hist = self.history_[np.asarray(users, dtype=np.int64)]
+        out = block_array((hist.shape[0], len(self.items_)))
+        return scores_on_columns(hist, self.weights_, np.arange(len(self.items_)), out)
 
 
 # ---------------------------------------------------------------------------------------- ALS
@@ -505,6 +513,14 @@ class AutoBehavior:
         if self.model_ is None:
             raise RuntimeError("AutoBehavior.score_block called before fit")
         return self.model_.score_block(users)
+
+    def scored_items(self) -> np.ndarray | None:
+        return self.model_.scored_items() if isinstance(self.model_, SubsetScorer) else None
+
+    def score_items(self, users: np.ndarray) -> np.ndarray:
+        if not isinstance(self.model_, SubsetScorer):
+            raise RuntimeError(f"the {self.algorithm_} model scores every item: use score_block")
+        return self.model_.score_items(users)
 
 
 def make_behavior(params: BehaviorParams | None = None) -> Modality:

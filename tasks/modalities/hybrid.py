@@ -83,6 +83,16 @@ class _Ease:
             return out
         return scores_on_columns(self.queries_[users], self.weights_, self.items_, out)
 
+    def scored_items(self) -> np.ndarray:
+        return self.items_
+
+    def score_items(self, users: np.ndarray) -> np.ndarray:
+        out = block_array((len(users), len(self.items_)))
+        if not self.items_.size:
+            return out
+        return scores_on_columns(self.queries_[users], self.weights_, np.arange(len(self.items_)),
+                                 out)
+
 
 class FeatureFusionModel(_Ease):
     name = "hybrid_features"
