@@ -9,9 +9,11 @@ for it. Prefect fixes a flow's task runner when the flow is decorated, so the CL
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tasks.config import RunParameters
+from tasks.kernels.blocks import THREADS_ENV
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -54,6 +56,8 @@ def dask_task_runner(params: RunParameters) -> TaskRunner[Any]:
 
     One thread per worker: a shard already uses the process's own thread pool for its kernels
     (`tasks.kernels.blocks`), and one shard at a time bounds each worker's memory to one shard.
+    That pool gets the worker's share of the machine's cores (`RECFUSION_THREADS`, unless set):
+    two workers with a pool as wide as the machine each ran twice the threads there are cores.
     No dashboard: bokeh is not a dependency, and a port nobody asked for stays closed.
     """
     check_available(params)
@@ -71,9 +75,16 @@ def dask_task_runner(params: RunParameters) -> TaskRunner[Any]:
             "dashboard_address": None,
             # Without it each worker would start a temporary Prefect server of its own (30 s
             # each) and report its shards there, where the run's flow never looks.
-            "env": {"PREFECT_API_URL": url} if url else {},
+            "env": ({"PREFECT_API_URL": url} if url else {})
+            | {THREADS_ENV: worker_threads(params)},
         },
     )
+
+
+def worker_threads(params: RunParameters) -> str:
+    """Each local worker's pool: its share of this machine's cores (an explicit setting wins)."""
+    return os.environ.get(THREADS_ENV) or str(
+        max(1, len(os.sched_getaffinity(0)) // max(1, params.workers or 1)))
 
 
 def prefect_api_url() -> str | None:

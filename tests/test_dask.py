@@ -123,6 +123,27 @@ def test_a_plain_run_needs_no_dask_and_keeps_the_default_task_runner() -> None:
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
 
 
+def test_local_workers_share_the_machines_cores_and_an_explicit_setting_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers each with a pool as wide as the machine ran twice the threads there are
+    cores (a 100k night's shards 7 s a pair instead of 6 s)."""
+    from flows.engine import worker_threads
+    from tasks.kernels.blocks import THREADS_ENV, _threads
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert worker_threads(RunParameters(workers=2)) == str(max(1, cores // 2))
+    assert worker_threads(RunParameters(workers=4 * cores)) == "1"
+    assert _threads() == max(1, min(8, cores))
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert worker_threads(RunParameters(workers=2)) == "3"
+    assert _threads() == 3
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(ValueError, match="RECFUSION_THREADS='many' is not a number of threads"):
+        _threads()
+
+
 # --------------------------------------------------------------------------- shards
 
 

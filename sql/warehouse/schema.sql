@@ -89,7 +89,7 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger_detail VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger_note VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS trigger_overrides JSON;
 
--- `candidates` is a view over one Parquet file per run (candidates_view.sql).
+-- `candidates` is a view over Parquet files, one folder per run (candidates_view.sql).
 
 CREATE TABLE IF NOT EXISTS recommendations (
     run_id         VARCHAR NOT NULL,

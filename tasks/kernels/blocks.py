@@ -48,8 +48,19 @@ _blas_limit: Any = None  # threadpoolctl's limiter while `_blas_users` > 0
 _blas: ThreadpoolController | None = None  # inspecting the loaded libraries costs ~1 ms: once
 
 
+#: Threads of this process's pool; default: its cores, at most 8. Dask workers sharing a machine
+#: get their share of its cores (`flows/engine.py`), not every core each.
+THREADS_ENV = "RECFUSION_THREADS"
+
+
 def _threads() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+    wanted = os.environ.get(THREADS_ENV, "").strip()
+    if not wanted:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    try:
+        return max(1, int(wanted))
+    except ValueError:
+        raise ValueError(f"{THREADS_ENV}={wanted!r} is not a number of threads") from None
 
 
 def _executor() -> ThreadPoolExecutor:

@@ -213,7 +213,8 @@ def apply_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 # --------------------------------------------------------------------------- run files
 
-#: A run's candidates (its bulkiest output) live in `<db>.runs/run_id=<run>/candidates.parquet`
+#: A run's candidates (its bulkiest output) live in `<db>.runs/run_id=<run>/*.parquet` (one file
+#: per shard; `CANDIDATES_FILE` when published from memory, and in databases from before)
 #: beside the analyst copy `<db>`: written once, read by the `candidates` view, never copied.
 RUNS_SUFFIX = ".runs"
 CANDIDATES_FILE = "candidates.parquet"
