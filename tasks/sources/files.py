@@ -327,7 +327,7 @@ def _reject_reasons(rejects: pl.DataFrame, header: list[str]) -> pl.Expr:
         .then(
             pl.format(
                 "{}: no field (the row has {} of {} fields)",
-                missing.get(fields.clip(0, width).fill_null(width)),  # evaluated on every row
+                missing.gather(fields.clip(0, width).fill_null(width)),  # evaluated on every row
                 fields,
                 pl.lit(width),
             )
