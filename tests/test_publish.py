@@ -105,6 +105,8 @@ def test_staged_files_are_linked_in_whole_and_a_file_not_as_published_is_refused
         assert [p.name for p in published] == ["candidates-00000.parquet",
                                                "candidates-00001.parquet"]
         assert [p.read_bytes() for p in published] == [f.read_bytes() for f in files]
+        assert all(p.stat().st_ino == f.stat().st_ino  # linked, not copied: one file system
+                   for p, f in zip(published, files, strict=True))
     coded = tmp_path / "coded.parquet"
     BLOCKS[0].write_parquet(coded)  # integer-coded, as shards staged them before
     with fresh_db(tmp_path / "coded.duckdb", "r1") as con:
@@ -113,6 +115,25 @@ def test_staged_files_are_linked_in_whole_and_a_file_not_as_published_is_refused
             publish_run(con, "r1", outputs(staged=[files[0], coded]), "published", "w", {})
         assert published_candidates(con) == []
         assert [p.name for p in (tmp_path / "coded.duckdb.runs").iterdir()] == ["run_id=_none"]
+
+
+def test_staged_files_on_another_file_system_are_copied_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staging folder on tmpfs cannot be hard-linked from the database's disk: copied."""
+    import os
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    files = stage(BLOCKS, tmp_path)
+    monkeypatch.setattr(os, "link", cross_device)
+    with fresh_db(tmp_path / "copies.duckdb", "r1") as con:
+        publish_run(con, "r1", outputs(staged=files), "published", "w", {})
+        assert len(published_candidates(con)) == 5
+    published = sorted((tmp_path / "copies.duckdb.runs" / "run_id=r1").iterdir())
+    assert [p.read_bytes() for p in published] == [f.read_bytes() for f in files]
+    assert all(p.stat().st_ino != f.stat().st_ino for p, f in zip(published, files, strict=True))
 
 
 def test_a_failed_insert_raises_its_own_error_and_publishes_nothing(tmp_path: Path):
