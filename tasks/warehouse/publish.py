@@ -120,6 +120,11 @@ def _write_candidates(
     partial = final.with_name(f".partial-{run_id}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    # For the rest of publishing too. Row order in a file or table does not matter (readers
+    # sort); without it DuckDB streams writes and spills past its memory limit instead of
+    # buffering every row.
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET memory_limit = '{PUBLISH_MEMORY_LIMIT}'")
     try:
         if outputs.candidate_files:
             _link_staged(con, run_id, outputs.candidate_files, partial)
@@ -171,10 +176,6 @@ def _copy_in_memory(
         "staged_items": _id_table("item", outputs.item_ids),
         "staged_candidates": outputs.candidates.to_arrow(),
     }
-    # Row order in the file does not matter (readers sort); without it DuckDB streams the
-    # write and spills past its memory limit instead of buffering every row.
-    con.execute("SET preserve_insertion_order = false")
-    con.execute(f"SET memory_limit = '{PUBLISH_MEMORY_LIMIT}'")
     with _staged(con, staged):
         published = read_sql("publish_candidates.sql")
         _refuse_incomplete(con, run_id, f"({published}\n)")
