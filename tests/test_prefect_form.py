@@ -141,9 +141,25 @@ def _field(browser: Any, label: str) -> Any:
 
 
 def _submit(browser: Any) -> None:
+    """Click Submit once the button takes clicks (on a loaded machine the form may still be
+    binding the last edit when the button appears)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.find_element(By.XPATH, "//button[normalize-space(.)='Submit']").click()
+    button = (By.XPATH, "//button[normalize-space(.)='Submit']")
+    WebDriverWait(browser, 20).until(expected_conditions.element_to_be_clickable(button)).click()
+
+
+def _wait_for_runs(browser: Any, server: Server, n: int, what: str) -> None:
+    """`n` triggered runs, or a failure saying where the browser was and what it showed."""
+    deadline = time.monotonic() + 60  # a loaded 2-core machine: the UI, the API and the tests
+    while time.monotonic() < deadline:
+        if len(server.flow_runs()) == n:
+            return
+        time.sleep(0.5)
+    text = " ".join(browser.find_element("tag name", "body").text.split())[:600]
+    pytest.fail(f"not within 60 s: {what}; the browser is at {browser.current_url}: {text}")
 
 
 def _json_mode(browser: Any) -> Any:
@@ -177,8 +193,9 @@ def test_the_form_and_its_json_mode_start_runs_that_name_only_what_the_person_ch
     top_k = _field(browser, "Top K")
     top_k.send_keys(Keys.CONTROL, "a")
     top_k.send_keys("4")
+    _wait(lambda: top_k.get_attribute("value") == "4", 10, "Top K showing the 4 typed")
     _submit(browser)
-    _wait(lambda: len(server.flow_runs()) == 1, 30, "a flow run from the form")
+    _wait_for_runs(browser, server, 1, "a flow run from the form")
     form_params = server.flow_runs()[0]["parameters"]["params"]
     assert form_params["top_k"] == 4
     assert "__prefect_kind" not in json.dumps(form_params)  # plain JSON, weights as rows
@@ -191,7 +208,7 @@ def test_the_form_and_its_json_mode_start_runs_that_name_only_what_the_person_ch
     shown["params"]["top_k"] = 6
     _type_json(browser, editor, shown)
     _submit(browser)
-    _wait(lambda: len(server.flow_runs()) == 2, 30, "a flow run from JSON mode")
+    _wait_for_runs(browser, server, 2, "a flow run from JSON mode")
 
     # 3. A bad value in JSON mode is named by its field, and starts nothing.
     _open_form(browser, server)
