@@ -514,10 +514,11 @@ def assemble_outputs(
 
 @task(name="check-recommendations", cache_policy=NO_CACHE)
 def check_output_task(
-    outputs: RunOutputs, data: Dataset, k: int, gx_run: checks.GxRun | None = None
+    recs: Recommendations, k: int, gx_run: checks.GxRun | None = None
 ) -> checks.CheckOutcome:
-    seen = data.already_seen(outputs.recommendations)  # the only seen pairs the rule can meet
-    return checks.check_recommendations(outputs.recommendations, seen, k, gx_run)
+    """The lists' rules on their integer codes, before the ids are put on (`checks`)."""
+    seen = recs.data.already_seen(recs.fused)  # the only seen pairs the rule can meet
+    return checks.check_recommendations(recs.fused, seen, k, gx_run)
 
 
 @io_task("publish")
@@ -842,10 +843,11 @@ def _steps(
         recs = _recommend(data, params, evaluation, staging, progress)
         release_freed_memory()
         lap("recommend")
-        outputs = assemble_outputs(recs, evaluation, [input_check])
         output_check = check_output_task(
-            outputs, data, params.top_k, checks.GxRun.for_db(params.db, run_id)
+            recs, params.top_k, checks.GxRun.for_db(params.db, run_id)
         )
+        outputs = assemble_outputs(recs, evaluation, [input_check])
+        del recs  # the lists now live, with their ids, in `outputs` only
         previous = previous_run_task(params.db)
         outputs.checks = pl.concat([outputs.checks, output_check.results.drop("blocking")])
         if alarm is not None:

@@ -31,40 +31,61 @@ def test_good_recommendations_pass():
 
 
 @pytest.mark.parametrize(
-    ("broken", "k", "expectation"),
+    ("broken", "k", "rule"),
     [
         (
             GOOD.with_columns(pl.Series("item_id", ["x", "x", "z", "x"])),
             3,
-            "expect_compound_columns_to_be_unique",
+            "items_unique",
         ),
         (
             GOOD.with_columns(pl.Series("rank", [1, 2, 4, 1])),
             3,
-            "expect_column_pair_values_to_be_equal",
+            "ranks_in_order",
         ),
-        (GOOD, 2, "expect_column_values_to_be_between"),  # list of 3 > K
+        (GOOD, 2, "list_length"),  # list of 3 > K
         (
             GOOD.with_columns(pl.Series("score", [3.0, float("nan"), 1.0, 1.0])),
             3,
-            "expect_column_values_to_be_in_set",
+            "scores_finite",
         ),
         (
             GOOD.with_columns(pl.Series("score", [1.0, 2.0, 3.0, 1.0])),
             3,
-            "expect_column_values_to_be_between",
+            "score_rise",
         ),  # score rises with rank
         (
             GOOD.with_columns(pl.Series("item_id", ["x", "y", "w", "x"])),
             3,
-            "expect_column_values_to_be_in_set",
+            "already_seen",
         ),  # 'w' already seen by a
     ],
 )
-def test_each_output_rule_fails_on_its_own(broken: pl.DataFrame, k: int, expectation: str):
-    outcome = check_recommendations(broken, SEEN, k=k)
+@pytest.mark.parametrize("coded", [False, True], ids=["ids", "codes"])
+def test_each_output_rule_fails_on_its_own(
+    broken: pl.DataFrame, k: int, rule: str, coded: bool
+):
+    recs, seen = (_coded(broken), _coded(SEEN)) if coded else (broken, SEEN)
+    outcome = check_recommendations(recs, seen, k=k)
     assert not outcome.passed
-    assert expectation in failed(outcome)
+    failures = outcome.results.filter(~pl.col("success"))
+    assert failures["column_name"].to_list() == [rule]  # this rule alone
+    assert failures["observed_value"].item().startswith("1 unexpected")  # one list breaks it
+
+
+def _coded(frame: pl.DataFrame) -> pl.DataFrame:
+    """The frame keyed as a run checks its lists: integer codes, one per id."""
+    codes = {"a": 0, "b": 1, "w": 0, "x": 1, "y": 2, "z": 3}
+    return frame.with_columns(
+        pl.col("user_id").replace_strict(codes, return_dtype=pl.Int32).alias("user_idx"),
+        pl.col("item_id").replace_strict(codes, return_dtype=pl.Int32).alias("item_idx"),
+    ).drop("user_id", "item_id")
+
+
+def test_lists_keyed_by_codes_are_checked_like_lists_keyed_by_ids():
+    by_codes = check_recommendations(_coded(GOOD), _coded(SEEN), k=3)
+    assert by_codes.passed, by_codes.failures()
+    assert by_codes.results.equals(check_recommendations(GOOD, SEEN, k=3).results)
 
 
 def test_events_suite_blocks_future_and_non_finite_but_only_warns_on_unknown_types():

@@ -90,6 +90,9 @@ def test_already_seen_finds_exactly_the_pairs_with_events(small_source) -> None:
     expected = {p for p in pairs.iter_rows() if p in truth}
     found = data.already_seen(pairs)
     assert set(found.iter_rows()) == expected and found.height == len(expected) >= 50
+    # Keyed by codes (a run's lists before their ids), the same pairs come back as codes.
+    coded = data.already_seen(data.with_codes(pairs).select("user_idx", "item_idx"))
+    assert set(data.with_ids(coded).iter_rows()) == expected and coded.height == len(expected)
 
 
 def test_a_split_cut_from_codes_builds_the_dataset_the_id_strings_would(

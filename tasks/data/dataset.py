@@ -101,16 +101,22 @@ class Dataset:
         )
 
     def already_seen(self, pairs: pl.DataFrame) -> pl.DataFrame:
-        """The distinct (user_id, item_id) of `pairs` that have events in this snapshot.
+        """The distinct pairs of `pairs` that have events in this snapshot, keyed as `pairs` is:
+        by integer codes (user_idx, item_idx) or by ids (user_id, item_id).
 
         Matched on integer codes: giving every event its string ids instead held ~0.3 GB more
         at 5M events, for a result that is normally empty.
         """
+        codes = ["user_idx", "item_idx"]
+        if set(codes) <= set(pairs.columns):
+            keys, coded = codes, pairs.select(pl.col(c).cast(pl.Int32) for c in codes)
+        else:
+            keys = ["user_id", "item_id"]
+            coded = self.with_codes(pairs.select(keys))
         return (
-            self.with_codes(pairs.select("user_id", "item_id"))
-            .join(self.events.select("user_idx", "item_idx"), on=["user_idx", "item_idx"],
-                  how="semi")
-            .select("user_id", "item_id")
+            coded.join(self.events.select(pl.col(c).cast(pl.Int32) for c in codes), on=codes,
+                       how="semi")
+            .select(keys)
             .unique()
         )
 
