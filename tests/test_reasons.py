@@ -90,3 +90,48 @@ def test_closest_history_item_on_many_users_picks_a_near_best_item() -> None:
     assert np.mean([g >= 0 for _, g, _ in strong]) >= 0.95
     ratios = [cosine(i, g) / cosine(i, e) for i, g, e in strong if g >= 0]
     assert np.mean(ratios) > 0.9
+
+
+def _sequential_projection(data: Dataset, dims: int, seed: int = 0) -> np.ndarray:
+    """The projection as first written: one slice of users at a time, one product each."""
+    import scipy.sparse as sp
+
+    from tasks.data.segments import _DIRECTION_ROWS, unit_audiences
+
+    unit = sp.csc_matrix(unit_audiences(data))
+    rng = np.random.default_rng(seed)
+    scale = np.float32(1.0 / np.sqrt(dims))
+    out = np.zeros((data.n_items, dims), dtype=np.float32)
+    for lo in range(0, data.n_users, _DIRECTION_ROWS):
+        hi = min(lo + _DIRECTION_ROWS, data.n_users)
+        out += np.asarray(unit[:, lo:hi] @ (rng.standard_normal((hi - lo, dims),
+                                                               dtype=np.float32) * scale))
+    return out
+
+
+def test_projected_audiences_are_the_same_bits_on_one_thread_or_many(monkeypatch) -> None:
+    """Slices of users in order, their products split by items over the pool: an item's
+    vector must not depend on the split, nor on the number of threads."""
+    from tasks.data.segments import _DIRECTION_ROWS, projected_audiences
+    from tasks.kernels.blocks import THREADS_ENV
+
+    rng = np.random.default_rng(11)
+    n_users, n_items, n_events = 2 * _DIRECTION_ROWS + 700, 2500, 60_000
+    events = pl.DataFrame(
+        {
+            "user_id": rng.integers(0, n_users, n_events).astype(str),
+            "item_id": (rng.zipf(1.3, n_events) % n_items).astype(str),
+            "event_type": "view",
+            "value": 1.0,
+            "ts": None,
+        },
+        schema_overrides={"ts": pl.Datetime("us", "UTC")},
+    )
+    data = build_dataset(events)
+    assert data.n_users > 2 * _DIRECTION_ROWS  # three slices of directions
+    expected = _sequential_projection(data, 48)
+    many = projected_audiences(data, 48)
+    monkeypatch.setenv(THREADS_ENV, "1")
+    one = projected_audiences(data, 48)
+    assert many.tobytes() == expected.tobytes() == one.tobytes()
+    assert np.abs(expected).sum() > 0

@@ -10,13 +10,17 @@ expectation, within about ±1/√dims per pair.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
 
 from tasks.data.dataset import Dataset
+from tasks.kernels.blocks import parallel_chunks
 
 EXACT_AUDIENCE_USERS = 4096
 _DIRECTION_ROWS = 8192  # users per slice of random directions (bounds their memory)
+_ITEM_ROWS = 1024  # items per chunk of a slice's product
 
 
 def unit_audiences(data: Dataset) -> sp.csr_matrix:
@@ -28,13 +32,36 @@ def unit_audiences(data: Dataset) -> sp.csr_matrix:
 
 
 def projected_audiences(data: Dataset, dims: int, seed: int = 0) -> np.ndarray:
-    """items × dims: unit audiences projected on `dims` seeded Gaussian directions."""
+    """items × dims: unit audiences projected on `dims` seeded Gaussian directions.
+
+    Users are taken `_DIRECTION_ROWS` at a time (their directions' memory stays bounded), in
+    order; each slice's product is split by items over the shared pool while the next slice's
+    directions are drawn. An item's row is summed over its audience in user order whoever
+    computes it, so the vectors are the same bits on any number of threads (tested).
+    """
     unit = sp.csc_matrix(unit_audiences(data))
     rng = np.random.default_rng(seed)
     scale = np.float32(1.0 / np.sqrt(dims))
     out = np.zeros((data.n_items, dims), dtype=np.float32)
-    for lo in range(0, data.n_users, _DIRECTION_ROWS):
-        hi = min(lo + _DIRECTION_ROWS, data.n_users)
-        directions = rng.standard_normal((hi - lo, dims), dtype=np.float32)
-        out += np.asarray(unit[:, lo:hi] @ (directions * scale))
+    slices = [(lo, min(lo + _DIRECTION_ROWS, data.n_users))
+              for lo in range(0, data.n_users, _DIRECTION_ROWS)]
+
+    def draw(bounds: tuple[int, int]) -> np.ndarray:
+        directions = rng.standard_normal((bounds[1] - bounds[0], dims), dtype=np.float32)
+        directions *= scale
+        return directions
+
+    with ThreadPoolExecutor(1, thread_name_prefix="recfusion-directions") as drawer:
+        upcoming = drawer.submit(draw, slices[0]) if slices else None
+        for at, (lo, hi) in enumerate(slices):
+            assert upcoming is not None
+            directions = upcoming.result()
+            upcoming = drawer.submit(draw, slices[at + 1]) if at + 1 < len(slices) else None
+            part = sp.csr_matrix(unit[:, lo:hi])
+
+            def rows(a: int, b: int, part: sp.csr_matrix = part,
+                     directions: np.ndarray = directions) -> None:
+                out[a:b] += np.asarray(part[a:b] @ directions)
+
+            parallel_chunks(rows, data.n_items, _ITEM_ROWS)
     return out
