@@ -68,10 +68,15 @@ class Dataset:
         return len(self.item_ids)
 
     def seen(self) -> sp.csr_matrix:
-        """Binary matrix of what each user already interacted with (excluded from lists)."""
-        seen = self.interactions.copy()
-        seen.data = np.ones_like(seen.data)
-        return seen
+        """Binary matrix of what each user already interacted with (excluded from lists).
+
+        It shares the interaction matrix's index arrays (read them, never change them in
+        place): copying them cost 0.4 GB and 0.6 s per call at 50M events, and a shard of users
+        called it three times.
+        """
+        m = self.interactions
+        return sp.csr_matrix((np.ones(m.nnz, dtype=m.dtype), m.indices, m.indptr), shape=m.shape,
+                             copy=False)
 
     def history_lengths(self) -> np.ndarray:
         return np.diff(self.interactions.indptr)
