@@ -422,3 +422,47 @@ def test_projected_diversity_matches_the_exact_one_on_many_users() -> None:
     exact = intra_list_diversity(lists, sp.csr_matrix(data.seen().T), 10)
     assert exact < 0.99  # audiences overlap: a projection that ignored them would show it
     assert abs(intra_list_diversity(lists, projected, 10) - exact) < 0.005
+
+
+def test_evaluated_lists_get_the_diversity_of_vectors_for_every_item() -> None:
+    """`evaluate_lists` projects only the listed items' audiences: each row is the bits it has
+    among all rows, so the diversity is exactly the one over the whole catalogue's vectors."""
+    from tasks.data.dataset import build_dataset
+    from tasks.data.segments import EXACT_AUDIENCE_USERS
+    from tasks.evaluation.lists import diversity_item_vectors, evaluate_lists, user_segments
+
+    rng = np.random.default_rng(12)
+    n_users, n_items, n_events = EXACT_AUDIENCE_USERS + 900, 400, 50_000
+    events = pl.DataFrame(
+        {
+            "user_id": rng.integers(0, n_users, n_events).astype(str),
+            "item_id": (rng.zipf(1.4, n_events) % n_items).astype(str),
+            "event_type": "view",
+            "value": 1.0,
+            "ts": None,
+        },
+        schema_overrides={"ts": pl.Datetime("us", "UTC")},
+    )
+    data = build_dataset(events)
+    users = np.arange(300, dtype=np.int32)
+    lists = {
+        name: pl.DataFrame(
+            {
+                "user_idx": np.repeat(users, 10),
+                "item_idx": (rng.permuted(np.tile(np.arange(lo, lo + 60), (300, 1)), axis=1)
+                             [:, :10].ravel()).astype(np.int32),
+                "rank": np.tile(np.arange(1, 11, dtype=np.int32), 300),
+            }
+        )
+        for name, lo in (("a", 0), ("b", 150))  # two lists over different items
+    }
+    truth = pl.DataFrame({"user_idx": users, "item_idx": users % 7}, schema_overrides={
+        "item_idx": pl.Int32})
+    metrics = evaluate_lists(lists, truth, data, 10, user_segments(data, 2))
+    every_item = diversity_item_vectors(data)
+    for name, frame in lists.items():
+        got = metrics.filter((pl.col("model") == name) & (pl.col("metric") == "diversity"))
+        expected = intra_list_diversity(
+            frame.select(pl.col("user_idx").alias("user_id"), "item_idx", "rank"), every_item, 10
+        )
+        assert got["value"].item() == expected

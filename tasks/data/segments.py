@@ -31,18 +31,24 @@ def unit_audiences(data: Dataset) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ audiences)
 
 
-def projected_audiences(data: Dataset, dims: int, seed: int = 0) -> np.ndarray:
-    """items × dims: unit audiences projected on `dims` seeded Gaussian directions.
+def projected_audiences(
+    data: Dataset, dims: int, seed: int = 0, items: np.ndarray | None = None
+) -> np.ndarray:
+    """items × dims: unit audiences projected on `dims` seeded Gaussian directions; with
+    `items`, the rows of those items only, each the bits it has among all rows.
 
     Users are taken `_DIRECTION_ROWS` at a time (their directions' memory stays bounded), in
     order; each slice's product is split by items over the shared pool while the next slice's
     directions are drawn. An item's row is summed over its audience in user order whoever
     computes it, so the vectors are the same bits on any number of threads (tested).
     """
-    unit = sp.csc_matrix(unit_audiences(data))
+    unit = unit_audiences(data)
+    if items is not None:
+        unit = unit[np.asarray(items, dtype=np.int64)]
+    unit = sp.csc_matrix(unit)
     rng = np.random.default_rng(seed)
     scale = np.float32(1.0 / np.sqrt(dims))
-    out = np.zeros((data.n_items, dims), dtype=np.float32)
+    out = np.zeros((unit.shape[0], dims), dtype=np.float32)
     slices = [(lo, min(lo + _DIRECTION_ROWS, data.n_users))
               for lo in range(0, data.n_users, _DIRECTION_ROWS)]
 
@@ -63,5 +69,5 @@ def projected_audiences(data: Dataset, dims: int, seed: int = 0) -> np.ndarray:
                      directions: np.ndarray = directions) -> None:
                 out[a:b] += np.asarray(part[a:b] @ directions)
 
-            parallel_chunks(rows, data.n_items, _ITEM_ROWS)
+            parallel_chunks(rows, unit.shape[0], _ITEM_ROWS)
     return out
