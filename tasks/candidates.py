@@ -63,8 +63,12 @@ def write_published(
     name first: `path` is either the whole file or absent, and a file already published (a
     hard link to it) is never rewritten in place.
     """
-    users = pl.LazyFrame({"user_idx": np.arange(len(user_ids), dtype=np.int32),
-                          "user_id": pl.Series(user_ids, dtype=pl.String)})
+    # Only the ids of the users these candidates hold (a shard's range): a lookup of every
+    # user's id cost each of a 1M-user night's 200 shards ~0.3 s.
+    codes = candidates["user_idx"].to_numpy()
+    lo, hi = (int(codes.min()), int(codes.max()) + 1) if len(codes) else (0, 0)
+    users = pl.LazyFrame({"user_idx": np.arange(lo, hi, dtype=np.int32),
+                          "user_id": pl.Series(user_ids[lo:hi], dtype=pl.String)})
     items = pl.LazyFrame({"item_idx": np.arange(len(item_ids), dtype=np.int32),
                           "item_id": pl.Series(item_ids, dtype=pl.String)})
     partial = path.with_name(f".partial-{path.name}")
