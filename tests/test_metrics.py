@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import scipy.sparse as sp
+from synthetic import skewed_views
 
 from tasks.evaluation.metrics import (
     RANKING_METRICS,
@@ -396,19 +397,8 @@ def test_projected_diversity_matches_the_exact_one_on_many_users() -> None:
     from tasks.evaluation.lists import diversity_item_vectors
 
     rng = np.random.default_rng(11)
-    n_users, n_items, n_events = EXACT_AUDIENCE_USERS + 2000, 300, 60_000
-    items = (rng.zipf(1.4, n_events) % n_items).astype(str)  # skewed: some item pairs overlap a lot
-    events = pl.DataFrame(
-        {
-            "user_id": rng.integers(0, n_users, n_events).astype(str),
-            "item_id": items,
-            "event_type": "view",
-            "value": 1.0,
-            "ts": None,
-        },
-        schema_overrides={"ts": pl.Datetime("us", "UTC")},
-    )
-    data = build_dataset(events)
+    # Skewed: some item pairs overlap a lot.
+    data = build_dataset(skewed_views(rng, EXACT_AUDIENCE_USERS + 2000, 300, 60_000, zipf=1.4))
     assert data.n_users > EXACT_AUDIENCE_USERS
     projected = diversity_item_vectors(data)
     assert isinstance(projected, np.ndarray) and projected.shape[1] < data.n_users
@@ -432,18 +422,7 @@ def test_evaluated_lists_get_the_diversity_of_vectors_for_every_item() -> None:
     from tasks.evaluation.lists import diversity_item_vectors, evaluate_lists, user_segments
 
     rng = np.random.default_rng(12)
-    n_users, n_items, n_events = EXACT_AUDIENCE_USERS + 900, 400, 50_000
-    events = pl.DataFrame(
-        {
-            "user_id": rng.integers(0, n_users, n_events).astype(str),
-            "item_id": (rng.zipf(1.4, n_events) % n_items).astype(str),
-            "event_type": "view",
-            "value": 1.0,
-            "ts": None,
-        },
-        schema_overrides={"ts": pl.Datetime("us", "UTC")},
-    )
-    data = build_dataset(events)
+    data = build_dataset(skewed_views(rng, EXACT_AUDIENCE_USERS + 900, 400, 50_000, zipf=1.4))
     users = np.arange(300, dtype=np.int32)
     lists = {
         name: pl.DataFrame(

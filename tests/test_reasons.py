@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from synthetic import skewed_views
 
 from tasks.data.dataset import Dataset, build_dataset
 from tasks.data.segments import EXACT_AUDIENCE_USERS
@@ -116,18 +117,7 @@ def test_projected_audiences_are_the_same_bits_on_one_thread_or_many(monkeypatch
     from tasks.kernels.blocks import THREADS_ENV
 
     rng = np.random.default_rng(11)
-    n_users, n_items, n_events = 2 * _DIRECTION_ROWS + 700, 2500, 60_000
-    events = pl.DataFrame(
-        {
-            "user_id": rng.integers(0, n_users, n_events).astype(str),
-            "item_id": (rng.zipf(1.3, n_events) % n_items).astype(str),
-            "event_type": "view",
-            "value": 1.0,
-            "ts": None,
-        },
-        schema_overrides={"ts": pl.Datetime("us", "UTC")},
-    )
-    data = build_dataset(events)
+    data = build_dataset(skewed_views(rng, 2 * _DIRECTION_ROWS + 700, 2500, 60_000, zipf=1.3))
     assert data.n_users > 2 * _DIRECTION_ROWS  # three slices of directions
     expected = _sequential_projection(data, 48)
     many = projected_audiences(data, 48)
