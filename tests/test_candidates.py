@@ -20,7 +20,9 @@ from tasks.kernels.blocks import (
     side_by_side,
     top_n,
     top_n_of_block,
+    top_n_of_product,
 )
+from tasks.kernels.sparse import product_to_scores
 
 
 def reference(scores: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
@@ -77,6 +79,71 @@ def test_nan_scores_never_hide_finite_ones() -> None:
     scores[1:, 17] = np.nan
     got = as_lists(top_n_of_block(scores.copy(), 10), 4)
     assert got == reference(np.where(np.isnan(scores), -np.inf, scores), 10)
+
+
+class Product:
+    """A `ProductScorer` over fixed matrices, and its dense scores the way a modality gives them."""
+
+    def __init__(self, left: sp.csr_matrix, right: sp.csr_matrix) -> None:
+        self.left, self.right = left, right
+
+    def product_items(self) -> sp.csr_matrix:
+        return self.right
+
+    def product_rows(self, users: np.ndarray) -> sp.csr_matrix:
+        return self.left[users]
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        return product_to_scores(self.left[users], self.right)
+
+
+def tied_product(seed: int) -> Product:
+    """Small integer weights: many equal sums; a negative weight: sums of exactly 0 and below;
+    an empty row; a duplicate entry."""
+    rng = np.random.default_rng(seed)
+    left = sp.random(60, 30, density=0.15, format="csr", random_state=seed,
+                     data_rvs=lambda k: rng.integers(-1, 3, k).astype(np.float32))
+    right = sp.random(30, 400, density=0.05, format="csr", random_state=seed + 1,
+                      data_rvs=lambda k: rng.integers(1, 4, k).astype(np.float32))
+    left = sp.csr_matrix(left, dtype=np.float32)
+    left.data[left.data == 0] = 1.0
+    left = sp.csr_matrix(sp.diags(np.r_[0.0, np.ones(59)]) @ left, dtype=np.float32)
+    left.eliminate_zeros()
+    coo = left.tocoo()
+    doubled = sp.csr_matrix((np.r_[coo.data, coo.data[:1]], (np.r_[coo.row, coo.row[:1]],
+                                                           np.r_[coo.col, coo.col[:1]])),
+                            shape=left.shape)
+    doubled.has_canonical_format = False
+    return Product(doubled, sp.csr_matrix(right, dtype=np.float32))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n", [1, 10, 400])
+def test_a_products_top_n_is_its_dense_blocks_bits(seed: int, n: int) -> None:
+    """Selected from the sparse products: the dense block's items, scores and ranks, ties to the
+    smaller item, zero sums and seen items left out, whatever the chunking."""
+    model = tied_product(seed)
+    users = np.arange(60)
+    seen = sp.random(60, 400, density=0.1, format="csr", random_state=seed + 7)
+    dense = top_n_of_block(model.score_block(users), n, seen)
+    sparse = top_n_of_product(model, users, n, seen)
+    for a, b in zip(dense, sparse, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert as_lists(sparse, 60) == reference(
+        np.where(seen.toarray() > 0, -np.inf, model.score_block(users)), n)
+    assert len(sparse[0]) > 0 and not (sparse[0] == 0).any()  # row 0 has no evidence
+    assert top_n(model, users, n, seen=seen, block_size=7).equals(
+        top_n(Dense(model), users, n, seen=seen, block_size=60))
+
+
+class Dense:
+    """Any modality's view of a model: a full block per block of users."""
+
+    def __init__(self, model: Product) -> None:
+        self.model = model
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        return self.model.score_block(users)
 
 
 def test_parallel_chunks_keeps_order_and_covers_the_range() -> None:

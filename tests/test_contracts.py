@@ -97,12 +97,12 @@ def test_fitting_twice_gives_the_same_scores(name: str, data: Dataset) -> None:
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_a_source_scored_on_its_item_subset_lists_what_its_full_block_lists(
-    name: str, data: Dataset
-) -> None:
-    """`top_n` scores a `SubsetScorer` on its items only: the same candidates, scores and ranks
-    as over the full block (a cap of 30 items makes the subset a real one here)."""
-    from tasks.kernels.blocks import SubsetScorer, top_n
+def test_a_sources_top_n_lists_what_its_full_block_lists(name: str, data: Dataset) -> None:
+    """`top_n` scores a `SubsetScorer` on its items only, a `ShortlistScorer` on its short list
+    and selects a `ProductScorer`'s lists from its sparse products: the same candidates, scores
+    and ranks as over the full block (a cap of 30 items makes a subset a real one here). Any
+    other source is the full block."""
+    from tasks.kernels.blocks import ProductScorer, ShortlistScorer, SubsetScorer, top_n
 
     small = RunParameters(behavior={"algorithm": "ease", "max_items_for_ease": 30},
                           hybrid={"max_items": 30})
@@ -110,25 +110,29 @@ def test_a_source_scored_on_its_item_subset_lists_what_its_full_block_lists(
         model = build_modality(name, small).fit(data)
     except MissingModalityInput as exc:
         pytest.fail(f"{name} refused a source with every table: {exc}")
-    subset = model.scored_items() if isinstance(model, SubsetScorer) else None
-    if subset is None:
-        pytest.skip(f"{name} scores every item")
-    assert 0 < len(subset) <= 30 < data.n_items
-    assert np.array_equal(subset, np.sort(subset))
     users = np.arange(data.n_users)
     full = model.score_block(users)
-    assert np.array_equal(model.score_items(users), full[:, subset])
-    assert np.isneginf(np.delete(full, subset, axis=1)).all()
+    subset = model.scored_items() if isinstance(model, SubsetScorer) else None
+    if subset is not None:
+        assert 0 < len(subset) <= 30 < data.n_items
+        assert np.array_equal(subset, np.sort(subset))
+        assert np.array_equal(model.score_items(users), full[:, subset])
+        assert np.isneginf(np.delete(full, subset, axis=1)).all()
+    if isinstance(model, ShortlistScorer):
+        columns = np.arange(0, data.n_items, 3)
+        assert np.array_equal(model.score_columns(users, columns), full[:, columns])
 
     class FullWidth:  # the same model seen as any other modality: a full block per user block
         def score_block(self, block: np.ndarray) -> np.ndarray:
             return model.score_block(block)
 
+    assert not isinstance(FullWidth(), SubsetScorer | ProductScorer | ShortlistScorer)
     for block_size in (7, data.n_users):
-        narrow = top_n(model, users, 10, seen=data.seen(), block_size=block_size)
-        wide = top_n(FullWidth(), users, 10, seen=data.seen(), block_size=block_size)
-        assert narrow.height > 0
-        assert narrow.equals(wide)
+        for seen in (data.seen(), None):
+            narrow = top_n(model, users, 10, seen=seen, block_size=block_size)
+            wide = top_n(FullWidth(), users, 10, seen=seen, block_size=block_size)
+            assert narrow.height > 0
+            assert narrow.equals(wide)
 
 
 def test_sources_fitted_side_by_side_score_the_bytes_each_fitted_alone_scores(

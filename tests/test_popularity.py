@@ -133,3 +133,62 @@ def test_blas_blend_equals_the_per_item_lookup(
     newcomer = data.user_index(["newcomer"])[0]
     plain = make_popularity(PopularityParams(category_blend=0.0)).fit(data).score_block(users)
     np.testing.assert_array_equal(fast[newcomer], plain[newcomer])  # no history: global order
+
+
+class FullWidth:
+    """The same model as any other modality: `top_n` scores the whole catalogue."""
+
+    def __init__(self, model: Modality) -> None:
+        self.model = model
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        return self.model.score_block(users)
+
+
+@pytest.mark.parametrize("path", ["blas", "lookup", "global"])
+@pytest.mark.parametrize("half_life", [14.0, None])
+def test_the_short_list_lists_what_the_whole_catalogue_lists(
+    small_source: Path, path: str, half_life: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scored on each category's most popular items only, then checked against the bound:
+    the same candidates, scores and ranks as over every item, for any n."""
+    from tasks.kernels.blocks import ShortlistScorer
+
+    if path == "lookup":
+        monkeypatch.setattr(popularity, "_MAX_MIX_CATEGORIES", 0)
+    data = build_dataset(pl.read_parquet(small_source / "events.parquet"),
+                         items=pl.read_parquet(small_source / "items.parquet"),
+                         users=pl.DataFrame({"user_id": ["newcomer"]}))
+    params = PopularityParams(half_life_days=half_life,
+                              category_blend=0.0 if path == "global" else 0.9)
+    model = make_popularity(params).fit(data)
+    assert isinstance(model, ShortlistScorer)
+    users = np.arange(data.n_users)
+    columns = np.sort(np.random.default_rng(0).choice(data.n_items, 25, replace=False))
+    np.testing.assert_array_equal(model.score_columns(users, columns),
+                                  model.score_block(users)[:, columns])
+    for n in (1, 5, 40, data.n_items):
+        items, _ = model.shortlist(users[:7], n, data.seen()[:7])
+        assert n >= data.n_items or len(items) < data.n_items  # a real short list
+        for block_size in (7, data.n_users):
+            short = top_n(model, users, n, seen=data.seen(), block_size=block_size)
+            assert short.equals(top_n(FullWidth(model), users, n, seen=data.seen(),
+                                      block_size=block_size))
+
+
+def test_a_tie_at_the_edge_of_the_short_list_is_settled_over_the_whole_catalogue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every item equally popular: an item left off the short list ties with the last one kept
+    and would win on its smaller index, so each user is scored over every item instead."""
+    rows = [(f"u{u}", f"i{(u + d) % 30:02d}", NOW) for u in range(30) for d in (0, 1)]
+    data = build_dataset(events(rows), as_of=NOW)
+    model = make_popularity(PopularityParams(half_life_days=None)).fit(data)
+    redone: list[int] = []
+    score_block = model.score_block
+    monkeypatch.setattr(model, "score_block", lambda u: (redone.append(len(u)), score_block(u))[1])
+    users = np.arange(data.n_users)
+    short = top_n(model, users, 3, seen=data.seen())
+    assert sum(redone) == data.n_users
+    assert short.equals(top_n(FullWidth(model), users, 3, seen=data.seen()))
+    assert short.filter(pl.col("user_idx") == 0)["item_idx"].to_list() == [2, 3, 4]

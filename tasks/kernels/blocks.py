@@ -20,10 +20,12 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import polars as pl
+import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS before the controller looks)
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
-from tasks.kernels.topn import select_columns, select_rows
+from tasks.kernels.sparse import csr32
+from tasks.kernels.topn import select_columns, select_product_rows, select_rows
 
 CANDIDATE_SCHEMA = {
     "user_idx": pl.Int32,
@@ -45,7 +47,10 @@ _pool_lock = threading.Lock()
 _in_worker = threading.local()
 _blas_users = 0
 _blas_limit: Any = None  # threadpoolctl's limiter while `_blas_users` > 0
-_blas: ThreadpoolController | None = None  # inspecting the loaded libraries costs ~1 ms: once
+# Inspecting the loaded libraries costs ~1 ms: once. It sees only the BLAS libraries loaded by
+# then: numpy and scipy each bring their own OpenBLAS, and scipy's came only with scipy.linalg
+# (first imported by a Numba kernel, say), so it ran on every core while the pool was busy.
+_blas: ThreadpoolController | None = None
 
 
 #: Threads of this process's pool; default: its cores, at most 8. Dask workers sharing a machine
@@ -288,6 +293,109 @@ class SubsetScorer(Protocol):
         ...
 
 
+@runtime_checkable
+class ProductScorer(Protocol):
+    """A modality whose scores are a sparse product, `product_rows(users) @ product_items()`,
+    where an entry no product reaches (or that sums to exactly 0) is no evidence: social's ties
+    times the others' items. `top_n` selects straight from each row's products, never writing
+    a row as wide as the catalogue: a user's friends reach a few thousand of 100,000 items.
+    `score_block` must give the same scores densely (-inf where there is no evidence)."""
+
+    def product_items(self) -> sp.csr_matrix:
+        """(users or features) × items, fitted once."""
+        ...
+
+    def product_rows(self, users: np.ndarray) -> sp.csr_matrix:
+        """len(users) × product_items() rows: each user's weights."""
+        ...
+
+
+def top_n_of_product(
+    model: ProductScorer, users: np.ndarray, n: int, seen: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`top_n_of_block(model.score_block(users), n, seen)` without the dense block: the same
+    (row, item, score, rank), each row summed in the same order (a test holds the bits)."""
+    right = csr32(model.product_items())
+    n = min(n, right.shape[1])
+    n_rows = len(users)
+    if n == 0 or n_rows == 0:
+        empty = np.array([], dtype=np.int64)
+        return empty, empty, np.array([], dtype=np.float32), empty
+    if seen is None:
+        seen = sp.csr_matrix((n_rows, right.shape[1]), dtype=np.float32)
+    vals = np.empty((n_rows, n), dtype=np.float32)
+    items = np.empty((n_rows, n), dtype=np.int64)
+    counts = np.empty(n_rows, dtype=np.int64)
+
+    def chunk(a: int, b: int) -> None:
+        left, mask = csr32(model.product_rows(users[a:b])), seen[a:b]
+        select_product_rows(left.indptr, left.indices, left.data, right.indptr, right.indices,
+                            right.data, mask.indptr, mask.indices, right.shape[1], n, vals[a:b],
+                            items[a:b],
+                            counts[a:b])
+
+    parallel_chunks(chunk, n_rows)
+    keep = np.arange(n)[None, :] < counts[:, None]
+    rows, ranks = np.nonzero(keep)
+    return rows, items[keep], vals[keep], ranks + 1
+
+
+@runtime_checkable
+class ShortlistScorer(Protocol):
+    """A modality that can name, per block of users, a few items certain to hold their top-n
+    (popularity: every user's ranking within a category is the items' popularity order), and a
+    bound on what any other item scores. `top_n` scores the short list only; a user whose n-th
+    candidate does not beat the bound is scored over the whole catalogue instead, so the lists
+    are `score_block`'s whatever the short list."""
+
+    def shortlist(
+        self, users: np.ndarray, n: int, seen: sp.csr_matrix | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted item indexes, per user an upper bound of every other item's score)."""
+        ...
+
+    def score_columns(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """`score_block(users)[:, items]`, bit for bit."""
+        ...
+
+    def score_block(self, users: np.ndarray) -> np.ndarray:
+        """Every item's score: for the users the short list cannot settle."""
+        ...
+
+
+def top_n_of_shortlist(
+    model: ShortlistScorer, users: np.ndarray, n: int, seen: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`top_n_of_block(model.score_block(users), n, seen)`, scoring the model's short list."""
+    items, bound = model.shortlist(users, n, seen)
+    scores = np.asarray(model.score_columns(users, items), dtype=np.float32)
+    if seen is not None:
+        position = np.full(seen.shape[1], -1, dtype=np.int64)
+        position[items] = np.arange(len(items))
+        _mask_seen_columns(scores, seen, position)
+    rows, picked, top_scores, ranks = top_n_of_block(scores, n)
+    picked = items[picked]
+    # Exact for a user whose n-th candidate beats the bound, or who has fewer than n and
+    # nothing outside can score: no other item can enter, nor tie and win on its index.
+    count = np.bincount(rows, minlength=len(users))
+    nth = np.full(len(users), -np.inf, dtype=np.float32)
+    nth[rows[ranks == n]] = top_scores[ranks == n]
+    exact = np.where(count >= n, nth > bound, np.isneginf(bound))
+    if exact.all():
+        return rows, picked, top_scores, ranks
+    redo = np.flatnonzero(~exact)
+    full = np.asarray(model.score_block(users[redo]), dtype=np.float32)
+    r2, i2, s2, k2 = top_n_of_block(full, n, seen[redo] if seen is not None else None)
+    _blocks.give_back(full)
+    kept = exact[rows]
+    rows = np.concatenate([rows[kept], redo[r2]])
+    picked = np.concatenate([picked[kept], i2])
+    top_scores = np.concatenate([top_scores[kept], s2])
+    ranks = np.concatenate([ranks[kept], k2])
+    order = np.lexsort((ranks, rows))
+    return rows[order], picked[order], top_scores[order], ranks[order]
+
+
 def _mask_seen_columns(
     scores: np.ndarray, seen: sp.csr_matrix, position: np.ndarray
 ) -> None:
@@ -310,8 +418,9 @@ def top_n(
 ) -> pl.DataFrame:
     """Score `users` in blocks and keep each user's top-n unseen items with finite scores.
 
-    A `SubsetScorer` is scored on its items only; the lists are the same (its columns are
-    sorted, so ties still go to the lower item index)."""
+    A `SubsetScorer` is scored on its items only, a `ProductScorer` selected from its sparse
+    products, a `ShortlistScorer` on its short list; the lists are the same (a subset's columns
+    are sorted, and the others' ties are broken by item: ties go to the lower item index)."""
     parts: list[pl.DataFrame] = []
     users = np.asarray(users, dtype=np.int64)
     subset = model.scored_items() if isinstance(model, SubsetScorer) else None
@@ -323,9 +432,15 @@ def top_n(
         for start in range(0, len(users), block_size):
             block = users[start : start + block_size]
             block_seen = seen[block] if seen is not None else None
-            if subset is None:
+            if isinstance(model, ProductScorer):
+                rows, items, top_scores, ranks = top_n_of_product(model, block, n, block_seen)
+            elif isinstance(model, ShortlistScorer):
+                rows, items, top_scores, ranks = top_n_of_shortlist(model, block, n, block_seen)
+            elif subset is None:
                 scores = np.asarray(model.score_block(block), dtype=np.float32)
                 rows, items, top_scores, ranks = top_n_of_block(scores, n, block_seen)
+                _blocks.give_back(scores)
+                del scores
             else:
                 assert isinstance(model, SubsetScorer)
                 scores = np.asarray(model.score_items(block), dtype=np.float32)
@@ -333,8 +448,8 @@ def top_n(
                     _mask_seen_columns(scores, block_seen, position)
                 rows, items, top_scores, ranks = top_n_of_block(scores, n)
                 items = subset[items]
-            _blocks.give_back(scores)
-            del scores
+                _blocks.give_back(scores)
+                del scores
             parts.append(
                 pl.DataFrame(
                     {"user_idx": block[rows], "item_idx": items, "score": top_scores,

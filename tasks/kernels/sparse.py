@@ -99,7 +99,7 @@ def _add_product_rows(
             o[j] = neg_inf
 
 
-def _csr32(matrix: sp.spmatrix) -> sp.csr_matrix:
+def csr32(matrix: sp.spmatrix) -> sp.csr_matrix:
     """CSR float32 view; duplicates and unsorted indices are fine (sums are additive), and it
     must not be mutated: fitted matrices are shared by the pool's threads."""
     return sp.csr_matrix(matrix, dtype=np.float32)
@@ -113,7 +113,7 @@ def product_to_scores(
     `out` (C-ordered rows) receives the block when given. Cost: one scattered add per pair of
     stored entries that meet, with the output row in cache; no sparse intermediate.
     """
-    left, right = _csr32(left), _csr32(right)
+    left, right = csr32(left), csr32(right)
     if out is None:
         out = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
     _product_rows(left.indptr, left.indices, left.data, right.indptr, right.indices,
@@ -123,7 +123,7 @@ def product_to_scores(
 
 def sparse_product_dense(left: sp.spmatrix, right: sp.spmatrix) -> np.ndarray:
     """Dense float32 `left @ right` (zeros stay 0), without scipy's sparse intermediate."""
-    left, right = _csr32(left), _csr32(right)
+    left, right = csr32(left), csr32(right)
     out = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
     _product_rows(left.indptr, left.indices, left.data, right.indptr, right.indices,
                   right.data, out, False)
@@ -158,9 +158,9 @@ def sparse_gram(left: sp.spmatrix, right: sp.spmatrix | None = None) -> np.ndarr
     """
     from tasks.kernels.blocks import parallel_chunks
 
-    lt = _csr32(sp.csr_matrix(left).T)
+    lt = csr32(sp.csr_matrix(left).T)
     if right is None:
-        r = _csr32(left)
+        r = csr32(left)
         if not r.has_sorted_indices:
             r = r.sorted_indices()
         lt = lt.sorted_indices() if not lt.has_sorted_indices else lt  # users in order
@@ -173,7 +173,7 @@ def sparse_gram(left: sp.spmatrix, right: sp.spmatrix | None = None) -> np.ndarr
         parallel_chunks(upper, lt.shape[0], chunk=128)
         _mirror_upper(out)
         return out
-    r = _csr32(right)
+    r = csr32(right)
     out = np.empty((lt.shape[0], r.shape[1]), dtype=np.float32)
 
     def chunk(a: int, b: int) -> None:
@@ -197,7 +197,7 @@ def scores_on_columns(
     """
     from tasks.kernels.blocks import parallel_chunks
 
-    left = _csr32(left)
+    left = csr32(left)
     right = np.ascontiguousarray(right, dtype=np.float32)
     columns = np.asarray(columns, dtype=np.int64)
     empty = np.diff(left.indptr) == 0

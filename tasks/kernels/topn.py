@@ -151,3 +151,67 @@ def top_k_per_user(
             n_out += 1
         start = end
     return out[:n_out]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _insert_by_item(vals: np.ndarray, items: np.ndarray, count: int, n: int, v: float,
+                    item: int) -> int:  # pragma: no cover - compiled
+    """`_insert` for items offered in any order: among equal scores the smaller item goes first,
+    so the kept list is the one an ascending scan keeps."""
+    pos = count if count < n else n - 1
+    while pos > 0 and (vals[pos - 1] < v or (vals[pos - 1] == v and items[pos - 1] > item)):
+        vals[pos] = vals[pos - 1]
+        items[pos] = items[pos - 1]
+        pos -= 1
+    vals[pos] = v
+    items[pos] = item
+    return count + 1 if count < n else n
+
+
+@numba.njit(nogil=True, cache=True)
+def select_product_rows(
+    l_indptr: np.ndarray, l_indices: np.ndarray, l_data: np.ndarray,
+    r_indptr: np.ndarray, r_indices: np.ndarray, r_data: np.ndarray,
+    s_indptr: np.ndarray, s_indices: np.ndarray, n_items: int, n: int,
+    vals: np.ndarray, items: np.ndarray, counts: np.ndarray,
+) -> None:  # pragma: no cover - compiled; covered through `tasks.kernels.blocks.top_n`
+    """Top-n per row of the sparse product left @ right, items of `s` (seen) left out.
+
+    An entry no product reached, or whose sum is exactly 0, is no evidence (as
+    `tasks.kernels.sparse.product_to_scores` writes -inf there). Each row is summed in the
+    order `product_to_scores` sums it, into a scratch row that only the touched items are read
+    from and reset in: the cost is the products, not the catalogue's width.
+    """
+    inf = np.float32(np.inf)
+    scratch = np.zeros(n_items, dtype=np.float32)
+    mark = np.zeros(n_items, dtype=np.uint8)  # 1: touched, 2: seen
+    touched = np.empty(n_items, dtype=np.int64)
+    for row in range(l_indptr.shape[0] - 1):
+        n_touched = 0
+        for p in range(l_indptr[row], l_indptr[row + 1]):
+            k, w = l_indices[p], l_data[p]
+            for q in range(r_indptr[k], r_indptr[k + 1]):
+                j = r_indices[q]
+                if mark[j] == 0:
+                    mark[j] = 1
+                    touched[n_touched] = j
+                    n_touched += 1
+                scratch[j] += w * r_data[q]
+        for p in range(s_indptr[row], s_indptr[row + 1]):
+            mark[s_indices[p]] = 2
+        v_r, i_r = vals[row], items[row]
+        count, thresh, thresh_item = 0, -inf, -1
+        for t in range(n_touched):
+            j = touched[t]
+            v = scratch[j]
+            if mark[j] == 1 and v != 0.0 and v < inf and (
+                v > thresh or (v == thresh and j < thresh_item)
+            ):
+                count = _insert_by_item(v_r, i_r, count, n, v, j)
+                if count == n:
+                    thresh, thresh_item = v_r[n - 1], i_r[n - 1]
+            scratch[j] = 0.0
+            mark[j] = 0
+        for p in range(s_indptr[row], s_indptr[row + 1]):
+            mark[s_indices[p]] = 0
+        counts[row] = count

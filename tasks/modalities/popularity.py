@@ -84,6 +84,9 @@ class PopularityModality:
         self._cats: np.ndarray | None = None
         self._prefs: sp.csr_matrix | None = None
         self._mix: np.ndarray | None = None
+        self._order: np.ndarray | None = None  # items by group, then popularity desc, item asc
+        self._group: np.ndarray | None = None  # item -> group (a category, or "none")
+        self._group_start: np.ndarray | None = None  # where each group starts in _order
 
     def fit(self, data: Dataset) -> PopularityModality:
         """Count decayed distinct users per item and, with categories, each user's genre shares."""
@@ -94,6 +97,7 @@ class PopularityModality:
         self._cats = None
         cats = _item_categories(data, self.params) if self.params.category_blend > 0 else None
         if cats is None or not (cats >= 0).any() or top == 0:
+            self._set_groups(pop, np.zeros(data.n_items, dtype=np.int64))
             return self
         n_cats = int(cats.max()) + 1
         has = cats >= 0
@@ -121,15 +125,66 @@ class PopularityModality:
             mix[n_cats] = (1 - blend) * self._global
             mix[n_cats + 1] = self._global
             self._mix = mix
+        self._set_groups(pop, np.where(cats >= 0, cats, n_cats))
         return self
+
+    def _set_groups(self, pop: np.ndarray, group: np.ndarray) -> None:
+        """Within a group (one category, or the items without one) every user's score rises
+        with the item's popularity: each term does, and float rounding keeps that order."""
+        self._group = group.astype(np.int64)
+        self._order = np.lexsort((np.arange(len(pop)), -pop, self._group))
+        self._group_start = np.searchsorted(self._group[self._order],
+                                            np.arange(int(self._group.max(initial=0)) + 2))
+
+    def shortlist(
+        self, users: np.ndarray, n: int, seen: sp.csr_matrix | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Items that hold every one of `users`' top n, and a bound for the rest of the catalogue.
+
+        Per group, its most popular n + (most items any of these users has seen in it): the
+        popularity ranking is the same for everyone, only the mix of categories differs. The
+        bound is each user's score of the first item left out of each group (no item left out
+        scores more, by the order above); `top_n` scores the whole catalogue for a user whose
+        n-th candidate does not beat it.
+        """
+        assert self._group is not None and self._order is not None
+        assert self._group_start is not None
+        sizes = np.diff(self._group_start)
+        most_seen = np.zeros(len(sizes), dtype=np.int64)
+        if seen is not None and seen.nnz:
+            rows = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
+            per_user = sp.csr_matrix((np.ones(seen.nnz, dtype=np.int64),
+                                      (rows, self._group[seen.indices])),
+                                     shape=(seen.shape[0], len(sizes)))
+            most_seen = per_user.max(axis=0).toarray().ravel()
+        keep = np.minimum(sizes, n + most_seen)
+        starts = self._group_start[:-1]
+        taken = np.concatenate([self._order[a:a + k] for a, k in zip(starts, keep, strict=True)])
+        left_out = self._order[(starts + keep)[keep < sizes]]
+        bound = np.full(len(users), -np.inf, dtype=np.float32)
+        if len(left_out):
+            bound = self.score_columns(users, np.sort(left_out)).max(axis=1)
+        return np.sort(taken), bound
+
+    def score_columns(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """`score_block(users)[:, items]`, the same bits, for a few columns."""
+        return self._scores(np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64))
 
     def score_block(self, users: np.ndarray) -> np.ndarray:
         """Same global ranking for everyone, tilted towards each user's categories; 0 → -inf."""
+        return self._scores(np.asarray(users, dtype=np.int64), None)
+
+    def _scores(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        """Scores of `items` (None: every item). Each entry is its own few products, the same
+        bits whichever columns are asked for: within a category's column only two terms are
+        not 0 (the user's share × the item's, then the global term), summed in that order."""
         assert self._global is not None
-        users = np.asarray(users, dtype=np.int64)
+        glob = self._global if items is None else self._global[items]
+        width = len(glob)
         if self._cats is None:
-            scores = block_array((len(users), len(self._global)))
-            scores[...] = self._global
+            scores = block_array((len(users), width)) if items is None else \
+                np.empty((len(users), width), dtype=np.float32)
+            scores[...] = glob
         else:
             assert self._prefs is not None and self._within is not None
             pref = self._prefs[users].toarray()
@@ -140,8 +195,11 @@ class PopularityModality:
                 coef[:, : pref.shape[1]] = pref
                 coef[~empty, -2] = 1.0
                 coef[empty, -1] = 1.0
-                scores = block_array((len(users), self._mix.shape[1]))
-                mix = self._mix
+                if items is None:
+                    scores, mix = block_array((len(users), width)), self._mix
+                else:
+                    scores = np.empty((len(users), width), dtype=np.float32)
+                    mix = np.ascontiguousarray(self._mix[:, items])
 
                 def chunk(a: int, b: int) -> None:
                     np.matmul(coef[a:b], mix, out=scores[a:b])
@@ -149,21 +207,26 @@ class PopularityModality:
 
                 parallel_chunks(chunk, len(users))
                 return scores
-            scores = self._gather_scores(pref, empty)
+            scores = self._gather_scores(pref, empty, items)
         np.copyto(scores, np.float32(-np.inf), where=scores <= 0)
         return scores
 
-    def _gather_scores(self, pref: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    def _gather_scores(
+        self, pref: np.ndarray, empty: np.ndarray, items: np.ndarray | None
+    ) -> np.ndarray:
         """Many categories: look up each item's category share per user (block-sized passes)."""
         assert self._global is not None and self._within is not None and self._cats is not None
+        cats, within, glob = self._cats, self._within, self._global
+        if items is not None:
+            cats, within, glob = cats[items], within[items], glob[items]
         # Column n_cats is an all-zero "no category" slot for items with code -1.
         pref = np.hstack([pref, np.zeros((len(pref), 1), dtype=np.float32)])
         blend = np.float32(self.params.category_blend)
-        scores = pref[:, self._cats]
+        scores = pref[:, cats]
         scores *= blend
-        scores *= self._within
-        scores += (1 - blend) * self._global
-        scores[empty] = self._global
+        scores *= within
+        scores += (1 - blend) * glob
+        scores[empty] = glob
         return scores.astype(np.float32, copy=False)
 
 

@@ -181,6 +181,15 @@ class SocialModality:
         reach.eliminate_zeros()
         return reach
 
+    def product_items(self) -> sp.csr_matrix:
+        """Each user's (normalised) item vector: what a tie to that user brings."""
+        assert self._items is not None
+        return self._items
+
+    def product_rows(self, users: np.ndarray) -> sp.csr_matrix:
+        """How much each other user's items count for each of `users` (`top_n`'s sparse path)."""
+        return self._reach(np.asarray(users, dtype=np.int64))
+
     def score_block(self, users: np.ndarray) -> np.ndarray:
         """Trust-weighted sum of other users' item vectors; friendless users → all -inf.
 
